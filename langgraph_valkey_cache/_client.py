@@ -1,0 +1,162 @@
+"""Client construction and the few client-shape questions every tier asks.
+
+A client passed in by the user is used as is (never reconfigured). Clients we build
+from a URL get explicit socket/connect timeouts, a blocking pool with a wait timeout
+(instead of "Too many connections" under load), retries with exponential backoff on
+connection errors, and ``lib-name`` set best effort.
+
+URLs: ``valkey://``, ``valkeys://`` (TLS), ``unix://``, and the ``redis``/``rediss``
+spellings. ``?cluster=true`` (or ``cluster=True``) builds a cluster client. Username
+and password in the URL give ACL auth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Union
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import valkey
+import valkey.asyncio as avalkey
+from valkey.asyncio.cluster import ValkeyCluster as AsyncValkeyCluster
+from valkey.backoff import ExponentialBackoff
+from valkey.cluster import ValkeyCluster
+from valkey.exceptions import ConnectionError as VConnectionError
+from valkey.exceptions import TimeoutError as VTimeoutError
+
+from langgraph_valkey_cache._version import __version__
+
+__all__ = [
+    "AsyncClient",
+    "SyncClient",
+    "client_from_url",
+    "is_async_client",
+    "is_cluster",
+    "scan_keys",
+    "ascan_keys",
+]
+
+SyncClient = Union[valkey.Valkey, ValkeyCluster]
+AsyncClient = Union[avalkey.Valkey, AsyncValkeyCluster]
+
+LIB_NAME = "langgraph-valkey-cache"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_CONNECTIONS = 64
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _split_cluster_flag(url: str) -> tuple[str, bool | None]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flag: bool | None = None
+    kept = []
+    for k, v in query:
+        if k == "cluster":
+            flag = v.lower() in _TRUE
+        else:
+            kept.append((k, v))
+    scheme = {"valkey": "valkey", "valkeys": "valkeys", "redis": "valkey", "rediss": "valkeys"}
+    new_scheme = scheme.get(parts.scheme, parts.scheme)
+    if new_scheme not in ("valkey", "valkeys", "unix"):
+        raise ValueError(
+            f"unsupported URL scheme {parts.scheme!r}: use valkey://, valkeys:// or unix://"
+        )
+    return urlunsplit(parts._replace(scheme=new_scheme, query=urlencode(kept))), flag
+
+
+def client_from_url(
+    url: str,
+    *,
+    asyncio: bool = False,
+    cluster: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **kwargs: Any,
+) -> Any:
+    """Build a client with explicit timeouts and retries.
+
+    Args:
+        url: ``valkey://[user:pass@]host:port/db``, ``valkeys://...`` or ``unix://...``.
+        asyncio: build a ``valkey.asyncio`` client.
+        cluster: build a cluster client (also ``?cluster=true`` in the URL).
+        timeout: socket, connect and pool-wait timeout in seconds.
+        max_connections: pool size (blocking pool: callers wait, never fail).
+        **kwargs: passed to the client constructor.
+    """
+    clean_url, flag = _split_cluster_flag(url)
+    use_cluster = cluster if cluster is not None else bool(flag)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "lib_name": LIB_NAME,
+        "lib_version": __version__,
+        "health_check_interval": 30,
+    }
+    if asyncio:
+        from valkey.asyncio.retry import Retry as ARetry
+
+        options["retry"] = ARetry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+    else:
+        from valkey.retry import Retry
+
+        options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+    options["retry_on_error"] = [VConnectionError, VTimeoutError]
+    options.update(kwargs)
+    if use_cluster:
+        options.pop("health_check_interval", None)
+        options.pop("retry_on_error", None)
+        if asyncio:
+            options.pop("retry", None)
+            return AsyncValkeyCluster.from_url(clean_url, **options)
+        options.pop("retry", None)
+        return ValkeyCluster.from_url(clean_url, max_connections=max_connections, **options)
+    if asyncio:
+        pool = avalkey.BlockingConnectionPool.from_url(
+            clean_url, max_connections=max_connections, timeout=timeout, **options
+        )
+        return avalkey.Valkey(connection_pool=pool)
+    spool = valkey.BlockingConnectionPool.from_url(
+        clean_url, max_connections=max_connections, timeout=timeout, **options
+    )
+    return valkey.Valkey(connection_pool=spool)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, (ValkeyCluster, AsyncValkeyCluster))
+
+
+def is_async_client(client: Any) -> bool:
+    return isinstance(client, (avalkey.Valkey, AsyncValkeyCluster))
+
+
+def scan_keys(client: SyncClient, match: str, count: int = 1000) -> Iterator[bytes | str]:
+    """SCAN every primary (one node when standalone) for ``match``. Never KEYS."""
+    if isinstance(client, ValkeyCluster):
+        for node in client.get_primaries():
+            conn = client.get_valkey_connection(node)
+            yield from conn.scan_iter(match=match, count=count)
+    else:
+        yield from client.scan_iter(match=match, count=count)
+
+
+async def ascan_keys(client: AsyncClient, match: str, count: int = 1000) -> AsyncIterator[Any]:
+    """Async twin of :func:`scan_keys`."""
+    if isinstance(client, AsyncValkeyCluster):
+        for node in client.get_primaries():
+            cursor: int = 0
+            while True:
+                cursor, keys = await client.execute_command(
+                    "SCAN", cursor, "MATCH", match, "COUNT", count, target_nodes=node
+                )
+                for key in keys:
+                    yield key
+                if int(cursor) == 0:
+                    break
+    else:
+        async for key in client.scan_iter(match=match, count=count):
+            yield key
+
+
+async def aclose_client(client: Any) -> None:
+    close = getattr(client, "aclose", None) or client.close
+    await close()

@@ -1,0 +1,129 @@
+"""OpenTelemetry spans and Prometheus metrics shared by every tier.
+
+Spans come from ``opentelemetry-api`` only: with no SDK configured they are no-ops.
+Metrics go to a Prometheus registry (the default one unless injected); pass
+``metrics=False`` to a component to turn them off. Labels stay low-cardinality
+(tier, operation, result): never keys, prompts or thread ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from langgraph_valkey_cache._version import __version__
+
+__all__ = ["Metrics", "Telemetry", "get_metrics"]
+
+logger = logging.getLogger("langgraph_valkey_cache")
+_tracer = trace.get_tracer("langgraph_valkey_cache", __version__)
+_NS = "langgraph_valkey_cache"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Counter
+    duration: Histogram
+    errors: Counter
+    stored_bytes: Counter
+    cost_saved: Counter
+
+
+_metrics_by_registry: dict[int, Metrics] = {}
+
+
+def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """The package's metric family, registered once per registry."""
+    reg = registry or REGISTRY
+    found = _metrics_by_registry.get(id(reg))
+    if found is None:
+        found = Metrics(
+            requests=Counter(
+                f"{_NS}_requests", "Operations by tier and result", ["tier", "result"], registry=reg
+            ),
+            duration=Histogram(
+                f"{_NS}_operation_duration_seconds",
+                "Duration of operations",
+                ["tier", "operation"],
+                registry=reg,
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            ),
+            errors=Counter(
+                f"{_NS}_errors", "Server or client errors", ["tier", "operation"], registry=reg
+            ),
+            stored_bytes=Counter(
+                f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], registry=reg
+            ),
+            cost_saved=Counter(
+                f"{_NS}_cost_saved_usd", "Estimated cost saved by cache hits", ["tier"], registry=reg
+            ),
+        )
+        _metrics_by_registry[id(reg)] = found
+    return found
+
+
+class Telemetry:
+    """Per-component handle: ``with telemetry.operation("put"):`` wraps one public call.
+
+    The same context manager serves sync and async code (it does no I/O).
+    """
+
+    def __init__(
+        self,
+        tier: str,
+        *,
+        metrics: bool | CollectorRegistry = True,
+        server_address: str | None = None,
+    ) -> None:
+        self.tier = tier
+        self._metrics: Metrics | None = None
+        if metrics is not False:
+            self._metrics = get_metrics(None if metrics is True else metrics)
+        self._attrs: dict[str, Any] = {
+            "db.system.name": "valkey",
+            "langgraph_valkey_cache.tier": tier,
+        }
+        if server_address:
+            self._attrs["server.address"] = server_address
+
+    @contextmanager
+    def operation(self, name: str) -> Iterator[trace.Span]:
+        start = time.perf_counter()
+        with _tracer.start_as_current_span(
+            f"{self.tier}.{name}", kind=trace.SpanKind.CLIENT, attributes=self._attrs
+        ) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                if self._metrics is not None and not isinstance(exc, GeneratorExit):
+                    self._metrics.errors.labels(self.tier, name).inc()
+                raise
+            finally:
+                if self._metrics is not None:
+                    self._metrics.duration.labels(self.tier, name).observe(
+                        time.perf_counter() - start
+                    )
+
+    def result(self, result: str, n: int = 1) -> None:
+        """Count an outcome: ``hit``, ``miss``, ``ok``, ``error``..."""
+        if self._metrics is not None:
+            self._metrics.requests.labels(self.tier, result).inc(n)
+
+    def error(self, operation: str) -> None:
+        if self._metrics is not None:
+            self._metrics.errors.labels(self.tier, operation).inc()
+
+    def stored(self, nbytes: int) -> None:
+        if self._metrics is not None and nbytes:
+            self._metrics.stored_bytes.labels(self.tier).inc(nbytes)
+
+    def saved(self, usd: float) -> None:
+        if self._metrics is not None and usd > 0:
+            self._metrics.cost_saved.labels(self.tier).inc(usd)

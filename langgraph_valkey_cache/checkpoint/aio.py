@@ -1,0 +1,222 @@
+"""``AsyncValkeySaver``: the checkpointer on ``valkey.asyncio``, all the way down."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+
+from langgraph_valkey_cache._client import aclose_client, ascan_keys, client_from_url, is_async_client
+from langgraph_valkey_cache.checkpoint.base import Emit, Op, Plan, ScanThreads, Script, ValkeySaverBase
+
+__all__ = ["AsyncValkeySaver"]
+
+T = TypeVar("T")
+
+
+class AsyncValkeySaver(ValkeySaverBase):
+    """LangGraph checkpointer on an async Valkey client (standalone or cluster).
+
+    Same data layout, options and round-trip budget as :class:`ValkeySaver`. Sync
+    methods work from other threads (they run on the saver's event loop, the way
+    ``AsyncPostgresSaver`` does it) and refuse to run on the loop's own thread.
+
+    Example:
+        ```python
+        from langgraph_valkey_cache import AsyncValkeySaver
+
+        async with AsyncValkeySaver.from_conn_string("valkey://localhost:6379") as saver:
+            graph = builder.compile(checkpointer=saver)
+            await graph.ainvoke(inputs, {"configurable": {"thread_id": "t1"}})
+        ```
+    """
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        if not is_async_client(client):
+            raise TypeError("AsyncValkeySaver needs a valkey.asyncio client; use ValkeySaver")
+        super().__init__(client, **kwargs)
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+
+    @classmethod
+    @asynccontextmanager
+    async def from_conn_string(cls, url: str, **kwargs: Any) -> AsyncIterator[AsyncValkeySaver]:
+        client_kwargs = kwargs.pop("client_kwargs", {})
+        client = client_from_url(url, asyncio=True, **client_kwargs)
+        try:
+            yield cls(client, **kwargs)
+        finally:
+            await aclose_client(client)
+
+    async def asetup(self) -> None:
+        await self.client.ping()
+
+    # -- plan execution ---------------------------------------------------------------
+
+    async def _execute(self, op: Op) -> Any:
+        if isinstance(op, Script):
+            return await self._scripts[op.name](keys=[op.key], args=list(op.args))
+        if isinstance(op, ScanThreads):
+            return [
+                self._thread_from_marker(k)
+                async for k in ascan_keys(self.client, self.keys.marker_pattern)
+            ]
+        raise TypeError(f"unexpected plan step {op!r}")
+
+    async def _run(self, plan: Plan, name: str) -> Any:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        with self._telemetry.operation(name):
+            reply = None
+            while True:
+                try:
+                    op = plan.send(reply)
+                except StopIteration as done:
+                    return done.value
+                reply = await self._execute(op)
+
+    async def _iter(self, plan: Plan, name: str) -> AsyncIterator[CheckpointTuple]:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        reply = None
+        while True:
+            try:
+                op = plan.send(reply)
+            except StopIteration:
+                return
+            if isinstance(op, Emit):
+                reply = None
+                yield op.item
+            else:
+                with self._telemetry.operation(name):
+                    reply = await self._execute(op)
+
+    # -- async API ------------------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._run(self._plan_get_tuple(config), "get_tuple")
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        async for item in self._iter(self._plan_list(config, filter, before, limit), "list"):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await self._run(self._plan_put(config, checkpoint, metadata, new_versions), "put")
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await self._run(self._plan_put_writes(config, writes, task_id, task_path), "put_writes")
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._run(self._plan_delete_thread(thread_id), "delete_thread")
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._run(self._plan_delete_for_runs(run_ids), "delete_for_runs")
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._run(self._plan_copy_thread(source_thread_id, target_thread_id), "copy_thread")
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._run(self._plan_prune(thread_ids, strategy), "prune")
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await self._run(self._plan_delta_history(config, channels), "delta_history")
+
+    # -- sync API: bridged onto the saver's loop from other threads ------------------
+
+    def _sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self.loop is None or running is self.loop:
+            coro.close()
+            raise asyncio.InvalidStateError(
+                "Synchronous calls to AsyncValkeySaver are only allowed from a different "
+                "thread than its event loop's. From the loop, use the async interface, "
+                "e.g. `await checkpointer.aget_tuple(...)` or `await graph.ainvoke(...)`."
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._sync(self.aget_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        async def collect() -> list[CheckpointTuple]:
+            return [t async for t in self.alist(config, filter=filter, before=before, limit=limit)]
+
+        yield from self._sync(collect())
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._sync(self.aput(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._sync(self.aput_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._sync(self.adelete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._sync(self.adelete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._sync(self.acopy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._sync(self.aprune(thread_ids, strategy=strategy))
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return self._sync(self.aget_delta_channel_history(config=config, channels=channels))

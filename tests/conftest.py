@@ -1,0 +1,93 @@
+"""Real servers for every test: a standalone valkey-server, a 3-primary cluster and a
+server that answers FT.* (see README "Tests"). A missing binary is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import valkey
+
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache.embedded import EmbeddedCluster, EmbeddedValkey
+from langgraph_valkey_cache.testing import CommandLog, count_commands
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[EmbeddedValkey]:
+    with EmbeddedValkey() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_url(valkey_server: EmbeddedValkey) -> str:
+    return valkey_server.url
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(3) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def cluster_url(cluster: EmbeddedCluster) -> str:
+    return cluster.url
+
+
+@pytest.fixture(scope="session")
+def search_url() -> Iterator[str]:
+    """A server answering FT.*: $VALKEY_SEARCH_URL if set, else a local one."""
+    external = os.environ.get("VALKEY_SEARCH_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedValkey(search=True) as server:
+        yield server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """Parametrises a test over the standalone server and the cluster."""
+    if request.param == "cluster":
+        request.applymarker(pytest.mark.cluster)
+        return str(request.getfixturevalue("cluster_url"))
+    return str(request.getfixturevalue("valkey_url"))
+
+
+@pytest.fixture
+def sync_client(any_url: str) -> Iterator[Any]:
+    client = client_from_url(any_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def async_client(any_url: str) -> AsyncIterator[Any]:
+    client = client_from_url(any_url, asyncio=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def commands() -> Iterator[CommandLog]:
+    """Counts round trips and commands sent while the test body runs."""
+    with count_commands() as log:
+        yield log
+
+
+def raw_client(url: str) -> Any:
+    return client_from_url(url)
+
+
+__all__ = ["raw_client", "valkey"]
