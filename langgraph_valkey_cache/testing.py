@@ -17,7 +17,7 @@ from typing import Any
 import valkey.asyncio.connection as aconn
 import valkey.connection as sconn
 
-__all__ = ["CommandLog", "count_commands"]
+__all__ = ["CommandLog", "HashingEmbeddings", "count_commands"]
 
 
 @dataclass
@@ -99,3 +99,53 @@ def count_commands() -> Iterator[CommandLog]:
         with _lock:
             for cls, attr, orig in reversed(patched):
                 setattr(cls, attr, orig)
+
+
+class HashingEmbeddings:
+    """Deterministic offline embeddings for tests, demos and benchmarks.
+
+    A seeded hashed bag of words (lower-cased word unigrams and character
+    trigrams), L2-normalised: texts sharing words are close in cosine distance,
+    the same text always gives the same vector, and no model or network is needed.
+    Implements LangChain's ``Embeddings`` interface (sync and async) and counts calls
+    in ``calls`` so tests can check what was embedded.
+    """
+
+    def __init__(self, dims: int = 64, seed: int = 0) -> None:
+        from langchain_core.embeddings import Embeddings
+
+        Embeddings.register(type(self))
+        self.dims = dims
+        self.seed = seed
+        self.calls = 0
+        self.texts_embedded = 0
+
+    def _vector(self, text: str) -> list[float]:
+        import hashlib
+        import math
+        import re
+
+        vec = [0.0] * self.dims
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        grams = words + [w[i : i + 3] for w in words for i in range(max(1, len(w) - 2))]
+        for g in grams:
+            h = hashlib.blake2b(f"{self.seed}:{g}".encode(), digest_size=8).digest()
+            idx = int.from_bytes(h[:4], "little") % self.dims
+            sign = 1.0 if h[4] & 1 else -1.0
+            vec[idx] += sign * (2.0 if g in words else 1.0)
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+        return [v / norm for v in vec]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.embed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return self.embed_query(text)

@@ -1,0 +1,1 @@
+"""Cache tiers: LLM (exact and semantic), embeddings, tools, LangGraph nodes."""
