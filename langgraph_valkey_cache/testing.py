@@ -8,6 +8,9 @@ nothing is faked, only observed.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import valkey.asyncio.connection as aconn
+from langchain_core.embeddings import Embeddings
 import valkey.connection as sconn
 
 __all__ = ["CommandLog", "HashingEmbeddings", "count_commands"]
@@ -101,7 +105,7 @@ def count_commands() -> Iterator[CommandLog]:
                 setattr(cls, attr, orig)
 
 
-class HashingEmbeddings:
+class HashingEmbeddings(Embeddings):
     """Deterministic offline embeddings for tests, demos and benchmarks.
 
     A seeded hashed bag of words (lower-cased word unigrams and character
@@ -112,19 +116,12 @@ class HashingEmbeddings:
     """
 
     def __init__(self, dims: int = 64, seed: int = 0) -> None:
-        from langchain_core.embeddings import Embeddings
-
-        Embeddings.register(type(self))
         self.dims = dims
         self.seed = seed
         self.calls = 0
         self.texts_embedded = 0
 
     def _vector(self, text: str) -> list[float]:
-        import hashlib
-        import math
-        import re
-
         vec = [0.0] * self.dims
         words = re.findall(r"[a-z0-9]+", text.lower())
         grams = words + [w[i : i + 3] for w in words for i in range(max(1, len(w) - 2))]
