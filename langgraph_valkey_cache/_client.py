@@ -145,9 +145,12 @@ async def ascan_keys(client: AsyncClient, match: str, count: int = 1000) -> Asyn
         for node in client.get_primaries():
             cursor: int = 0
             while True:
-                cursor, keys = await client.execute_command(
+                reply = await client.execute_command(
                     "SCAN", cursor, "MATCH", match, "COUNT", count, target_nodes=node
                 )
+                cursor, keys = reply
+                if isinstance(cursor, dict):  # the cluster client keys cursors by node
+                    (cursor,) = cursor.values()
                 for key in keys:
                     yield key
                 if int(cursor) == 0:

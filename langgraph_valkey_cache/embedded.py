@@ -57,10 +57,18 @@ def search_module_path() -> str:
     return str(found)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class _PortTaken(Exception):
+    pass
+
+
+def free_port(below: int = 65536) -> int:
+    """A free loopback port; cluster nodes need one below 55536 (bus port = +10000)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < below:
+            return port
 
 
 class EmbeddedValkey:
@@ -81,7 +89,9 @@ class EmbeddedValkey:
         cluster: bool = False,
         extra_args: list[str] | None = None,
     ) -> None:
-        self.port = port or free_port()
+        self._fixed_port = port is not None
+        self._port_limit = 55536 if cluster else 65536
+        self.port = port or free_port(self._port_limit)
         self.search = search
         self.cluster = cluster
         self.extra_args = extra_args or []
@@ -93,6 +103,17 @@ class EmbeddedValkey:
         return f"valkey://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedValkey:
+        # a free port can be taken by another process before the server binds it
+        for attempt in range(5):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if self._fixed_port or attempt == 4:
+                    raise RuntimeError(f"port {self.port} is in use") from None
+                self.port = free_port(self._port_limit)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EmbeddedValkey:
         self._dir = tempfile.mkdtemp(prefix="lvc-valkey-")
         args = [
             server_binary(),
@@ -114,7 +135,11 @@ class EmbeddedValkey:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"valkey-server exited at start: {self.log()}")
+                log = self.log()
+                self.stop()
+                if "Address already in use" in log:
+                    raise _PortTaken()
+                raise RuntimeError(f"valkey-server exited at start: {log}")
             try:
                 with valkey.Valkey(port=self.port, socket_timeout=1) as c:
                     c.ping()
@@ -130,7 +155,9 @@ class EmbeddedValkey:
         if self._dir is None:
             return ""
         path = Path(self._dir, "valkey.log")
-        err = self._proc.stderr.read().decode(errors="replace") if self._proc and self._proc.stderr and self._proc.poll() is not None else ""  # noqa: E501
+        err = ""
+        if self._proc and self._proc.stderr and self._proc.poll() is not None:
+            err = self._proc.stderr.read().decode(errors="replace")
         return (path.read_text(errors="replace") if path.exists() else "") + err
 
     def stop(self) -> None:
