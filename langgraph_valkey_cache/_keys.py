@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote
 __all__ = [
     "CheckpointKeys",
     "KeySpace",
+    "LLMCacheKeys",
     "decode",
     "digest",
     "encode",
@@ -139,3 +140,58 @@ class CheckpointKeys:
     @staticmethod
     def write_field(checkpoint_id: str, task_id: str, idx: int) -> str:
         return f"{encode(checkpoint_id)}:{encode(task_id)}:{idx}"
+
+
+class LLMCacheKeys:
+    """Keys of the LLM caches (exact, semantic) and of :class:`ValkeyByteStore`.
+
+    Under prefix ``P`` (prompts and llm strings only ever appear hashed):
+
+    - ``P:x:<M>:<E>``  STRING, exact entry; ``M = digest(llm_string)``,
+      ``E = digest(llm_string, prompt)`` (length-prefixed, so no ``prompt + llm_string``
+      collision). ``P:x:<M>:*`` is one model's entries (invalidate by model).
+    - ``P:s:<F>:<E>``  HASH, semantic entry; ``F`` is the filter tag (llm string plus
+      conversation context), ``E = digest(F, embedded text)``. ``P:idx`` is the FT index
+      over the ``P:s:`` key prefix.
+    - ``P:b:<encoded key>``  ByteStore value (key percent-encoded, so the caller's key
+      never widens a SCAN pattern).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = validate_prefix(prefix)
+        self._glob_prefix = glob_escape(prefix)
+
+    @staticmethod
+    def model_digest(llm_string: str) -> str:
+        return digest("llm", llm_string)
+
+    def exact(self, llm_string: str, prompt: str) -> str:
+        return f"{self.prefix}:x:{self.model_digest(llm_string)}:{digest(llm_string, prompt)}"
+
+    def exact_pattern(self, llm_string: str | None = None) -> str:
+        if llm_string is None:
+            return f"{self._glob_prefix}:x:*"
+        return f"{self._glob_prefix}:x:{self.model_digest(llm_string)}:*"
+
+    def semantic(self, tag: str, text: str) -> str:
+        return f"{self.prefix}:s:{tag}:{digest(tag, text)}"
+
+    def semantic_key_prefix(self) -> str:
+        """The FT.CREATE ``PREFIX`` (a literal string, not a glob)."""
+        return f"{self.prefix}:s:"
+
+    def semantic_pattern(self) -> str:
+        return f"{self._glob_prefix}:s:*"
+
+    def index(self) -> str:
+        return f"{self.prefix}:idx"
+
+    def blob(self, key: str) -> str:
+        return f"{self.prefix}:b:{encode(key)}"
+
+    def blob_pattern(self, key_prefix: str | None = None) -> str:
+        return f"{self._glob_prefix}:b:{encode(key_prefix or '')}*"
+
+    def blob_from_key(self, key: str | bytes) -> str:
+        text = key.decode() if isinstance(key, bytes) else key
+        return decode(text[len(self.prefix) + 3 :])
