@@ -114,11 +114,11 @@ def client_from_url(
         pool = avalkey.BlockingConnectionPool.from_url(
             clean_url, max_connections=max_connections, timeout=timeout, **options
         )
-        return avalkey.Valkey(connection_pool=pool)
+        return avalkey.Valkey.from_pool(pool)
     spool = valkey.BlockingConnectionPool.from_url(
         clean_url, max_connections=max_connections, timeout=timeout, **options
     )
-    return valkey.Valkey(connection_pool=spool)
+    return valkey.Valkey.from_pool(spool)
 
 
 def is_cluster(client: Any) -> bool:

@@ -117,20 +117,24 @@ local function delete_thread(base)
 end
 """
 
-# ARGV: base, ns, id, record, run, ttl_ms, then blob field/value pairs
+# ARGV: base, ns, id, record, run, ttl_ms, then blob field/value pairs.
+# Order matters: blobs and indexes first, the record last, so even a script error
+# part-way (scripts are not rolled back) never leaves a checkpoint without its blobs.
 _PUT = r"""
 local base, ns, id, rec, run, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local created = redis.call('HSET', nskey(base, 'c', ns), id, rec)
-redis.call('ZADD', nskey(base, 'i', ns), 0, id)
-redis.call('SADD', base .. 'ns', ns)
 for k = 7, #ARGV, 1000 do
   redis.call('HSET', nskey(base, 'b', ns), unpack(ARGV, k, math.min(k + 999, #ARGV)))
 end
+local ckey = nskey(base, 'c', ns)
+local created = 1 - redis.call('HEXISTS', ckey, id)
 if run ~= '' and created == 1 then
   local cur = redis.call('HGET', base .. 'runs', run)
   local entry = ns .. '/' .. id
   redis.call('HSET', base .. 'runs', run, cur and (cur .. ',' .. entry) or entry)
 end
+redis.call('SADD', base .. 'ns', ns)
+redis.call('ZADD', nskey(base, 'i', ns), 0, id)
+redis.call('HSET', ckey, id, rec)
 touch(base, ttl)
 return created
 """
