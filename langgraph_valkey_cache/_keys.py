@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote
 __all__ = [
     "CheckpointKeys",
     "KeySpace",
+    "StoreKeys",
     "LLMCacheKeys",
     "decode",
     "digest",
@@ -142,6 +143,105 @@ class CheckpointKeys:
         return f"{encode(checkpoint_id)}:{encode(task_id)}:{idx}"
 
 
+# --- cache tiers: node cache, tool cache, single-flight leases (issue 5) ---
+
+# ``%`` followed by a letter never comes out of :func:`encode` (it only emits ``%XX``
+# with hex digits), so this suffix cannot collide with an encoded key part.
+_LEASE_SUFFIX = ":%lease"
+
+
+def _hash_tag(key: str) -> str | None:
+    """The hash tag of ``key`` as the cluster computes it, or None."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def lease_key(key: str) -> str:
+    """The single-flight lease key of a value key, in the same cluster slot.
+
+    A key with a hash tag keeps it (the suffix goes at the end); a key without
+    braces becomes the hash tag itself, which hashes to the same slot as the key.
+    """
+    if _hash_tag(key) is not None:
+        return key + _LEASE_SUFFIX
+    if "{" in key or "}" in key:
+        raise ValueError(f"cannot derive a same-slot lease key from {key!r}")
+    return "{" + key + "}" + _LEASE_SUFFIX
+
+
+class NodeCacheKeys:
+    """Keys of :class:`~langgraph_valkey_cache.cache.node.ValkeyNodeCache`.
+
+    ``P:n:<ns>:<key>`` where ``<ns>`` is the namespace's parts encoded and joined
+    with ``,`` (so ``("a",)`` never matches ``("a", "b")`` and ``()`` is empty).
+    No hash tag: a graph step's tasks spread over the cluster and MGET goes per slot.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = validate_prefix(prefix)
+        self._glob_prefix = glob_escape(prefix)
+
+    @staticmethod
+    def _ns(namespace: tuple[str, ...]) -> str:
+        return ",".join(encode(p) for p in namespace)
+
+    def entry(self, namespace: tuple[str, ...], key: str) -> str:
+        return f"{self.prefix}:n:{self._ns(namespace)}:{encode(key)}"
+
+    def namespace_pattern(self, namespace: tuple[str, ...]) -> str:
+        return f"{self._glob_prefix}:n:{self._ns(namespace)}:*"
+
+    def all_pattern(self) -> str:
+        return f"{self._glob_prefix}:n:*"
+
+
+class ToolCacheKeys:
+    """Keys of :class:`~langgraph_valkey_cache.cache.tools.ToolCache` (and ``cached``).
+
+    Under prefix ``P``, for tool (or function) name ``T`` (encoded) and argument
+    digest ``D``:
+
+    - ``P:t:{T:D}``         STRING the cached result (serde bytes), TTL set with it
+    - ``P:t:{T:D}:%lease``  single-flight lease (same slot, see :func:`lease_key`)
+    - ``P:s:T``             HASH stats of the tool: hits, misses, saved_ms, run_ms
+    - ``P:p``               HASH tool name -> JSON policy (operator-set TTLs)
+
+    The entry's hash tag is per call, so entries spread over the cluster; a tool's
+    entries are found for invalidation with ``SCAN MATCH P:t:{T:*`` per primary.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = validate_prefix(prefix)
+        self._glob_prefix = glob_escape(prefix)
+
+    def entry(self, name: str, args_digest: str) -> str:
+        return f"{self.prefix}:t:{{{encode(name)}:{encode(args_digest)}}}"
+
+    def tool_pattern(self, name: str) -> str:
+        return f"{self._glob_prefix}:t:{{{encode(name)}:*"
+
+    def all_pattern(self) -> str:
+        return f"{self._glob_prefix}:t:*"
+
+    def stats(self, name: str) -> str:
+        return f"{self.prefix}:s:{encode(name)}"
+
+    def stats_pattern(self) -> str:
+        return f"{self._glob_prefix}:s:*"
+
+    def stats_name(self, key: str | bytes) -> str:
+        text = key.decode() if isinstance(key, bytes) else key
+        return decode(text[len(self.prefix) + 3 :])
+
+    def policies(self) -> str:
+        return f"{self.prefix}:p"
+
+
 class LLMCacheKeys:
     """Keys of the LLM caches (exact, semantic) and of :class:`ValkeyByteStore`.
 
@@ -195,3 +295,61 @@ class LLMCacheKeys:
     def blob_from_key(self, key: str | bytes) -> str:
         text = key.decode() if isinstance(key, bytes) else key
         return decode(text[len(self.prefix) + 3 :])
+
+
+# --- store (issue 4) ---
+
+
+class StoreKeys:
+    """Keys of :class:`~langgraph_valkey_cache.store.ValkeyStore`.
+
+    A namespace ``N`` is written ``E`` = its labels encoded and joined with ``,``
+    (injective: :func:`encode` never yields ``,``; prefix matching by whole labels is
+    ``E == pre or E.startswith(pre + ",")``). Every key of a namespace carries the
+    ``{E}`` hash tag, so the put/delete scripts touch one slot, and namespaces spread
+    over a cluster. Under prefix ``P``, per namespace ``E`` and item key ``K`` (encoded):
+
+    - ``P:i:{E}:K``    HASH the item: ``v`` JSON value, ``c``/``u`` created/updated (µs),
+                       ``t`` TTL ms (0 = none), ``nv`` number of vector docs, plus the
+                       filter-field copies also on the vector docs
+    - ``P:v:{E}:K:j``  HASH vector doc ``j`` of the item (FLOAT32 ``vec`` + ``nsp`` TAG +
+                       filter copies); the FT index covers ``P:v:`` only
+    - ``P:u:{E}``      ZSET item keys by updated time (search without a query)
+    - ``P:x:{E}``      ZSET item keys by expiry ms (``inf`` = none): namespace liveness
+    - ``P:ns``         ZSET (all scores 0, ordered by member) of every live ``E``: the
+                       namespace registry ``list_namespaces`` and prefix search read
+    - ``P:idx:<h>``    FT index name, ``h`` a digest of the index configuration
+
+    The scripts derive a namespace's keys from the bases returned by :meth:`bases`.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = validate_prefix(prefix)
+        self.registry = f"{prefix}:ns"
+        self.vector_prefix = f"{prefix}:v:"
+
+    @staticmethod
+    def ns(namespace: tuple[str, ...]) -> str:
+        return ",".join(encode(label) for label in namespace)
+
+    @staticmethod
+    def ns_decode(encoded: str) -> tuple[str, ...]:
+        return tuple(decode(p) for p in encoded.split(",")) if encoded else ()
+
+    def bases(self, ns: str) -> tuple[str, str, str, str]:
+        """``(item base, vector base, updated zset, expiry zset)`` of namespace ``ns``."""
+        p = self.prefix
+        return f"{p}:i:{{{ns}}}:", f"{p}:v:{{{ns}}}:", f"{p}:u:{{{ns}}}", f"{p}:x:{{{ns}}}"
+
+    def item(self, ns: str, key: str) -> str:
+        return f"{self.prefix}:i:{{{ns}}}:{encode(key)}"
+
+    def split_vector(self, vkey: str | bytes) -> tuple[str, str]:
+        """``(E, encoded K)`` of a vector doc key ``P:v:{E}:K:j``."""
+        text = vkey.decode() if isinstance(vkey, bytes) else vkey
+        rest = text[len(self.vector_prefix) + 1 :]
+        ns, tail = rest.split("}:", 1)
+        return ns, tail.rsplit(":", 1)[0]
+
+    def index_name(self, config_digest: str) -> str:
+        return f"{self.prefix}:idx:{config_digest[:16]}"

@@ -1,0 +1,204 @@
+"""Single-flight leases on a real server: threads, asyncio tasks, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, SingleFlight, lease_key
+from langgraph_valkey_cache.testing import count_commands
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode()
+
+
+def test_hit_is_one_round_trip_and_leader_miss_two(sync_client: Any, prefix: str) -> None:
+    sf = SingleFlight(sync_client)
+    key = f"{prefix}:k"
+    sf.run(key, lambda: ("warm", None), ttl=None, decode=_decode)  # loads the scripts
+    with count_commands() as log:
+        flight = sf.run(key, lambda: ("v", b"v"), ttl=60, decode=_decode)
+    assert (flight.value, flight.outcome) == ("v", "leader")
+    assert log.round_trips == 2
+    with count_commands() as log:
+        flight = sf.run(key, lambda: pytest.fail("computed on a hit"), ttl=60, decode=_decode)
+    assert (flight.value, flight.outcome) == ("v", "hit")
+    assert log.round_trips == 1
+    assert 0 < sync_client.pttl(key) <= 60_000
+    assert not sync_client.exists(lease_key(key))
+
+
+def test_threads_compute_once(sync_client: Any, prefix: str) -> None:
+    sf = SingleFlight(sync_client)
+    runs = 0
+    lock = threading.Lock()
+    start = threading.Barrier(20)
+
+    def compute() -> tuple[str, bytes]:
+        nonlocal runs
+        with lock:
+            runs += 1
+        time.sleep(0.2)
+        return "v", b"v"
+
+    results: list[str] = []
+
+    def worker() -> None:
+        start.wait()
+        flight = sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode)
+        with lock:
+            results.append(flight.outcome)
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs == 1
+    assert sorted(set(results)) == ["follower", "leader"]
+    assert results.count("leader") == 1
+
+
+async def test_tasks_compute_once(async_client: Any, prefix: str) -> None:
+    sf = AsyncSingleFlight(async_client)
+    runs = 0
+
+    async def compute() -> tuple[str, bytes]:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.2)
+        return "v", b"v"
+
+    flights = await asyncio.gather(
+        *(sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode) for _ in range(20))
+    )
+    assert runs == 1
+    assert {f.value for f in flights} == {"v"}
+    assert [f.outcome for f in flights].count("leader") == 1
+
+
+def _process_worker(url: str, key: str, counter: str, barrier: Any, out: Any) -> None:
+    client = client_from_url(url)
+    sf = SingleFlight(client)
+
+    def compute() -> tuple[str, bytes]:
+        client.incr(counter)
+        time.sleep(0.3)
+        return "v", b"v"
+
+    barrier.wait()
+    out.put(sf.run(key, compute, ttl=60, decode=_decode).outcome)
+    client.close()
+
+
+def test_processes_compute_once(valkey_url: str, prefix: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_process_worker,
+            args=(valkey_url, f"{prefix}:k", f"{prefix}:runs", barrier, out),
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    client = client_from_url(valkey_url)
+    assert int(client.get(f"{prefix}:runs")) == 1
+    client.close()
+    assert outcomes.count("leader") == 1
+
+
+def test_crashed_leader_lease_expires(sync_client: Any, prefix: str) -> None:
+    key = f"{prefix}:k"
+    # a leader that died: its lease stays until it expires
+    sync_client.set(lease_key(key), "dead", px=300)
+    sf = SingleFlight(sync_client, wait_timeout=5)
+    t0 = time.monotonic()
+    flight = sf.run(key, lambda: ("v", b"v"), ttl=60, decode=_decode)
+    assert flight.outcome == "leader"
+    assert 0.2 < time.monotonic() - t0 < 2
+
+
+def test_wait_timeout_computes_itself(sync_client: Any, prefix: str) -> None:
+    key = f"{prefix}:k"
+    sync_client.set(lease_key(key), "slow", px=10_000)
+    sf = SingleFlight(sync_client, wait_timeout=0.2)
+    flight = sf.run(key, lambda: ("v", b"v"), ttl=60, decode=_decode)
+    assert flight.outcome == "fallback"
+    assert sync_client.get(key) == b"v"
+    assert sync_client.get(lease_key(key)) == b"slow"  # someone else's lease is left alone
+
+
+def test_uncacheable_result_and_compute_error_release_the_lease(
+    sync_client: Any, prefix: str
+) -> None:
+    sf = SingleFlight(sync_client)
+    key = f"{prefix}:k"
+    assert sf.run(key, lambda: ("err", None), ttl=60, decode=_decode).outcome == "leader"
+    assert not sync_client.exists(key, lease_key(key))
+
+    def boom() -> tuple[str, bytes]:
+        raise RuntimeError("tool failed")
+
+    with pytest.raises(RuntimeError):
+        sf.run(key, boom, ttl=60, decode=_decode)
+    assert not sync_client.exists(lease_key(key))
+
+
+def test_call_with_custom_layout(sync_client: Any, prefix: str) -> None:
+    sf = SingleFlight(sync_client)
+    h = f"{prefix}:h"
+    runs = 0
+
+    def lookup() -> str | None:
+        raw = sync_client.hget(h, "v")
+        return raw.decode() if raw else None
+
+    def compute() -> str:
+        nonlocal runs
+        runs += 1
+        time.sleep(0.1)
+        return "v"
+
+    def store(value: str) -> None:
+        sync_client.hset(h, "v", value)
+
+    threads = [
+        threading.Thread(target=sf.call, args=(lease_key(h), lookup, compute, store))
+        for _ in range(10)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs == 1
+    assert sf.call(lease_key(h), lookup, compute, store).outcome == "hit"
+
+
+async def test_async_call_and_server_down(prefix: str) -> None:
+    from langgraph_valkey_cache.embedded import EmbeddedValkey
+
+    with EmbeddedValkey() as server:
+        client = client_from_url(server.url, asyncio=True, timeout=0.5)
+        sf = AsyncSingleFlight(client)
+        server.kill()
+
+        async def compute() -> tuple[str, bytes]:
+            return "v", b"v"
+
+        flight = await sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode)
+        assert flight.outcome == "fallback"
+        await client.aclose()
