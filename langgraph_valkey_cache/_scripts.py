@@ -118,7 +118,7 @@ end
 """
 
 # ARGV: base, ns, id, record, run, ttl_ms, then blob field/value pairs.
-# Order matters: blobs and indexes first, the record last, so even a script error
+# Order matters: blobs, record, then the index entry, so even a script error
 # part-way (scripts are not rolled back) never leaves a checkpoint without its blobs.
 _PUT = r"""
 local base, ns, id, rec, run, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -133,8 +133,9 @@ if run ~= '' and created == 1 then
   redis.call('HSET', base .. 'runs', run, cur and (cur .. ',' .. entry) or entry)
 end
 redis.call('SADD', base .. 'ns', ns)
-redis.call('ZADD', nskey(base, 'i', ns), 0, id)
 redis.call('HSET', ckey, id, rec)
+-- the index entry is the commit point: "latest" and listings only see complete records
+redis.call('ZADD', nskey(base, 'i', ns), 0, id)
 touch(base, ttl)
 return created
 """

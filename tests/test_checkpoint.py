@@ -1,0 +1,430 @@
+"""ValkeySaver / AsyncValkeySaver behaviour beyond the conformance suite: round-trip
+budgets, graphs (subgraph, interrupt, resume, time travel), DeltaChannel history and
+pruning, TTL, key safety, and the failure policy."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import pytest
+import valkey
+from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+from typing_extensions import TypedDict
+
+from langgraph_valkey_cache import AsyncValkeySaver, ValkeySaver
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache.embedded import EmbeddedValkey
+from langgraph_valkey_cache.testing import count_commands
+
+
+def _cfg(thread: str, ns: str = "", cid: str | None = None) -> dict[str, Any]:
+    conf: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ns}
+    if cid:
+        conf["checkpoint_id"] = cid
+    return {"configurable": conf}
+
+
+def _put_chain(saver: ValkeySaver, thread: str, n: int, ns: str = "") -> list[dict[str, Any]]:
+    configs: list[dict[str, Any]] = []
+    parent: str | None = None
+    for i in range(n):
+        cp = generate_checkpoint(channel_values={"a": i}, channel_versions={"a": i + 1})
+        configs.append(
+            saver.put(_cfg(thread, ns, parent), cp, generate_metadata(step=i), {"a": i + 1})
+        )
+        parent = configs[-1]["configurable"]["checkpoint_id"]
+    return configs
+
+
+# -- round-trip budget --------------------------------------------------------------
+
+
+def test_round_trip_budget_sync(any_url: str, prefix: str) -> None:
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    warm = _put_chain(saver, "warm", 2)  # loads scripts and the cluster slot map
+    saver.put_writes(warm[-1], [("a", 1)], "t")
+    saver.get_tuple(warm[-1])
+    list(saver.list(_cfg("warm"), limit=10))
+
+    thread = "budget"
+    cp = generate_checkpoint(channel_values={"a": 1, "b": "x"}, channel_versions={"a": 1, "b": 1})
+    with count_commands() as log:
+        stored = saver.put(_cfg(thread), cp, generate_metadata(), {"a": 1, "b": 1})
+    assert log.round_trips == 1, log.commands
+    with count_commands() as log:
+        saver.put_writes(stored, [("a", 2), ("b", "y")], "task-1", "path")
+    assert log.round_trips == 1, log.commands
+    for config in (_cfg(thread), stored):
+        with count_commands() as log:
+            tup = saver.get_tuple(config)
+        assert log.round_trips == 1, log.commands
+        assert tup is not None and tup.checkpoint["channel_values"] == {"a": 1, "b": "x"}
+        assert tup.pending_writes == [("task-1", "a", 2), ("task-1", "b", "y")]
+    _put_chain(saver, "many", 25)
+    with count_commands() as log:
+        got = list(saver.list(_cfg("many"), limit=10))
+    assert len(got) == 10 and log.round_trips <= 2, log.commands
+    client.close()
+
+
+async def test_round_trip_budget_async(any_url: str, prefix: str) -> None:
+    client = client_from_url(any_url, asyncio=True)
+    saver = AsyncValkeySaver(client, prefix=prefix)
+    cp0 = generate_checkpoint(channel_values={"a": 0}, channel_versions={"a": 1})
+    warm = await saver.aput(_cfg("warm"), cp0, generate_metadata(), {"a": 1})
+    await saver.aput_writes(warm, [("a", 1)], "t")
+    await saver.aget_tuple(warm)
+    _ = [t async for t in saver.alist(_cfg("warm"), limit=10)]
+
+    cp = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
+    with count_commands() as log:
+        stored = await saver.aput(_cfg("budget"), cp, generate_metadata(), {"a": 1})
+    assert log.round_trips == 1, log.commands
+    with count_commands() as log:
+        await saver.aput_writes(stored, [("a", 2)], "task-1")
+    assert log.round_trips == 1, log.commands
+    with count_commands() as log:
+        tup = await saver.aget_tuple(_cfg("budget"))
+    assert log.round_trips == 1 and tup is not None and tup.pending_writes == [("task-1", "a", 2)]
+    parent = None
+    for i in range(15):
+        c = generate_checkpoint(channel_values={"a": i}, channel_versions={"a": i + 1})
+        parent = (await saver.aput(_cfg("many", cid=parent), c, generate_metadata(), {"a": i + 1}))[
+            "configurable"
+        ]["checkpoint_id"]
+    with count_commands() as log:
+        got = [t async for t in saver.alist(_cfg("many"), limit=10)]
+    assert len(got) == 10 and log.round_trips <= 2
+    await client.aclose()
+
+
+def test_unchanged_channels_are_not_rewritten(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    big = "x" * 10_000
+    cp1 = generate_checkpoint(channel_values={"big": big, "n": 1}, channel_versions={"big": 1, "n": 1})
+    c1 = saver.put(_cfg("t"), cp1, generate_metadata(), {"big": 1, "n": 1})
+    cp2 = generate_checkpoint(channel_values={"big": big, "n": 2}, channel_versions={"big": 1, "n": 2})
+    with count_commands() as log:
+        saver.put(_cfg("t", cid=c1["configurable"]["checkpoint_id"]), cp2, generate_metadata(), {"n": 2})
+    assert log.round_trips == 1
+    blobs = client.hgetall(saver.keys.base("t") + "b:")
+    assert len(blobs) == 3  # big@1, n@1, n@2: big stored once
+    assert saver.get_tuple(_cfg("t")).checkpoint["channel_values"] == {"big": big, "n": 2}
+    client.close()
+
+
+# -- graphs -----------------------------------------------------------------------
+
+
+class State(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+def _build_graph() -> Any:
+    def sub_step(state: State) -> dict[str, Any]:
+        return {"log": ["sub"]}
+
+    sub = StateGraph(State)
+    sub.add_node("sub_step", sub_step)
+    sub.add_edge(START, "sub_step")
+    sub.add_edge("sub_step", END)
+
+    def ask(state: State) -> dict[str, Any]:
+        answer = interrupt("approve?")
+        return {"log": [f"answer:{answer}"]}
+
+    def finish(state: State) -> dict[str, Any]:
+        return {"log": ["done"]}
+
+    builder = StateGraph(State)
+    builder.add_node("child", sub.compile())
+    builder.add_node("ask", ask)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "child")
+    builder.add_edge("child", "ask")
+    builder.add_edge("ask", "finish")
+    builder.add_edge("finish", END)
+    return builder
+
+
+def _scenario(graph: Any) -> list[Any]:
+    """Interrupt, resume, history, replay and a fork: a transcript to compare."""
+    config = {"configurable": {"thread_id": "g1"}}
+    out: list[Any] = []
+    first = graph.invoke({"log": ["start"]}, config)
+    out.append(("interrupted", "__interrupt__" in first, graph.get_state(config).next))
+    out.append(("resumed", graph.invoke(Command(resume="yes"), config)["log"]))
+    history = list(graph.get_state_history(config))
+    out.append(("history", [s.next for s in history], [s.metadata["step"] for s in history]))
+    before_ask = next(s for s in history if s.next == ("ask",))
+    out.append(("replay", graph.invoke(None, before_ask.config)["log"]))
+    forked = graph.update_state(before_ask.config, {"log": ["edited"]})
+    out.append(("fork-next", graph.get_state(forked).next))
+    out.append(("fork-resumed", graph.invoke(Command(resume="no"), forked)["log"]))
+    out.append(("latest", graph.get_state(config).values["log"]))
+    out.append(("history-len", len(list(graph.get_state_history(config)))))
+    return out
+
+
+async def _ascenario(graph: Any) -> list[Any]:
+    config = {"configurable": {"thread_id": "g1"}}
+    out: list[Any] = []
+    first = await graph.ainvoke({"log": ["start"]}, config)
+    out.append(("interrupted", "__interrupt__" in first, (await graph.aget_state(config)).next))
+    out.append(("resumed", (await graph.ainvoke(Command(resume="yes"), config))["log"]))
+    history = [s async for s in graph.aget_state_history(config)]
+    out.append(("history", [s.next for s in history], [s.metadata["step"] for s in history]))
+    before_ask = next(s for s in history if s.next == ("ask",))
+    out.append(("replay", (await graph.ainvoke(None, before_ask.config))["log"]))
+    forked = await graph.aupdate_state(before_ask.config, {"log": ["edited"]})
+    out.append(("fork-next", (await graph.aget_state(forked)).next))
+    out.append(("fork-resumed", (await graph.ainvoke(Command(resume="no"), forked))["log"]))
+    out.append(("latest", (await graph.aget_state(config)).values["log"]))
+    out.append(("history-len", len([s async for s in graph.aget_state_history(config)])))
+    return out
+
+
+def test_graph_interrupt_resume_time_travel_sync(any_url: str, prefix: str) -> None:
+    expected = _scenario(_build_graph().compile(checkpointer=InMemorySaver()))
+    assert expected[0] == ("interrupted", True, ("ask",))
+    assert "answer:no" in expected[-3][1] and "edited" in expected[-3][1]
+    with ValkeySaver.from_conn_string(any_url, prefix=prefix) as saver:
+        assert _scenario(_build_graph().compile(checkpointer=saver)) == expected
+        # subgraph checkpoints live in their own namespace of the same thread
+        config = {"configurable": {"thread_id": "g1"}}
+        namespaces = {t.config["configurable"]["checkpoint_ns"] for t in saver.list(config)}
+        assert "" in namespaces and any(ns.startswith("child:") for ns in namespaces)
+
+
+async def test_graph_interrupt_resume_time_travel_async(any_url: str, prefix: str) -> None:
+    expected = _scenario(_build_graph().compile(checkpointer=InMemorySaver()))
+    async with AsyncValkeySaver.from_conn_string(any_url, prefix=prefix) as saver:
+        assert await _ascenario(_build_graph().compile(checkpointer=saver)) == expected
+        config = {"configurable": {"thread_id": "g1"}}
+        # sync calls from another thread are bridged onto the saver's loop
+        result: list[Any] = []
+        worker = threading.Thread(target=lambda: result.append(saver.get_tuple(config)))
+        worker.start()
+        while worker.is_alive():
+            await asyncio.sleep(0.01)
+        assert result[0].checkpoint["channel_values"]["log"] == expected[-2][1]
+        # ...and refused on the loop's own thread
+        with pytest.raises(asyncio.InvalidStateError):
+            saver.get_tuple(config)
+
+
+# -- DeltaChannel --------------------------------------------------------------------
+
+
+def _concat(base: list[str], updates: Sequence[list[str]]) -> list[str]:
+    return base + [x for u in updates for x in u]
+
+
+class DeltaState(TypedDict):
+    items: Annotated[list[str], DeltaChannel(_concat, snapshot_frequency=3)]
+
+
+def _delta_graph() -> Any:
+    builder = StateGraph(DeltaState)
+    builder.add_node("add", lambda s: {"items": [f"i{len(s['items'])}"]})
+    builder.add_edge(START, "add")
+    builder.add_edge("add", END)
+    return builder
+
+
+def test_delta_channel_history_matches_in_memory(valkey_url: str, prefix: str) -> None:
+    reference = InMemorySaver()
+    with ValkeySaver.from_conn_string(valkey_url, prefix=prefix) as saver:
+        for cp in (reference, saver):
+            graph = _delta_graph().compile(checkpointer=cp)
+            config = {"configurable": {"thread_id": "d1"}}
+            for _ in range(7):
+                graph.invoke({"items": ["in"]}, config)
+        config = {"configurable": {"thread_id": "d1", "checkpoint_ns": ""}}
+        ours = saver.get_delta_channel_history(config=config, channels=["items"])
+        theirs = reference.get_delta_channel_history(config=config, channels=["items"])
+        assert [w[1:] for w in ours["items"]["writes"]] == [w[1:] for w in theirs["items"]["writes"]]
+        assert ours["items"].get("seed") == theirs["items"].get("seed")
+        assert "seed" in ours["items"] and ours["items"]["writes"]
+
+        graph = _delta_graph().compile(checkpointer=saver)
+        state_before = graph.get_state(config).values
+        n_before = len(list(saver.list(config)))
+        saver.prune(["d1"], strategy="keep_latest")
+        n_after = len(list(saver.list(config)))
+        # fewer checkpoints, but the delta channel still reconstructs exactly
+        assert 1 < n_after < n_before
+        assert graph.get_state(config).values == state_before
+        graph.invoke({"items": ["more"]}, config)
+        assert graph.get_state(config).values["items"][: len(state_before["items"])] == state_before["items"]
+
+
+def test_prune_keep_latest_without_delta_keeps_one_and_collects_blobs(
+    valkey_url: str, prefix: str
+) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    _put_chain(saver, "p", 5)
+    saver.prune(["p"])
+    assert len(list(saver.list(_cfg("p")))) == 1
+    assert client.hlen(saver.keys.base("p") + "b:") == 1
+    assert saver.get_tuple(_cfg("p")).checkpoint["channel_values"] == {"a": 4}
+    with pytest.raises(ValueError, match="prune strategy"):
+        saver.prune(["p"], strategy="keep_some")
+    client.close()
+
+
+# -- TTL --------------------------------------------------------------------------------
+
+
+def _thread_keys(client: valkey.Valkey, saver: ValkeySaver, thread: str) -> list[bytes]:
+    pattern = saver.keys.base(thread).replace("{", "\\{").replace("}", "\\}") + "*"
+    return list(client.scan_iter(match=pattern))
+
+
+def test_ttl_applies_to_every_key_of_a_thread_and_slides(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix, ttl={"default_ttl": 0.02, "refresh_on_read": True})
+    configs = _put_chain(saver, "ttl", 3)
+    saver.put_writes(configs[-1], [("a", 9)], "task")
+    keys = _thread_keys(client, saver, "ttl")
+    assert len(keys) >= 5
+    ttls = [client.pttl(k) for k in keys]
+    assert all(0 < t <= 1200 for t in ttls), ttls
+    time.sleep(0.6)
+    saver.get_tuple(_cfg("ttl"))  # refresh_on_read slides the whole thread
+    assert all(client.pttl(k) > 900 for k in keys)
+    time.sleep(1.3)
+    assert saver.get_tuple(_cfg("ttl")) is None
+    assert _thread_keys(client, saver, "ttl") == []
+    client.close()
+
+
+def test_ttl_validation(valkey_url: str) -> None:
+    client = client_from_url(valkey_url)
+    with pytest.raises(ValueError, match="default_ttl"):
+        ValkeySaver(client, ttl={"default_ttl": -1})
+    client.close()
+
+
+# -- key safety -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weird", ["*", "[ab]*", "a}b{c", "x:y/z", "ユーザー 1", "%41"])
+def test_hostile_thread_ids_stay_isolated(any_url: str, prefix: str, weird: str) -> None:
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    for thread in (weird, "a", "ab", "b"):
+        _put_chain(saver, thread, 2)
+    saver.delete_thread(weird)
+    assert saver.get_tuple(_cfg(weird)) is None
+    for thread in ("a", "ab", "b"):
+        assert saver.get_tuple(_cfg(thread)) is not None
+    assert {t.config["configurable"]["thread_id"] for t in saver.list(None)} == {"a", "ab", "b"}
+    saver.copy_thread("a", weird)
+    assert len(list(saver.list(_cfg(weird)))) == 2
+    client.close()
+
+
+def test_prefix_validation(valkey_url: str) -> None:
+    client = client_from_url(valkey_url)
+    with pytest.raises(ValueError, match="prefix"):
+        ValkeySaver(client, prefix="a{b}")
+    client.close()
+
+
+# -- failure policy ---------------------------------------------------------------------
+
+
+def test_bad_input_raises_before_anything_is_written(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    cp = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
+    with pytest.raises(ValueError, match="thread_id"):
+        saver.put({"configurable": {}}, cp, generate_metadata(), {"a": 1})
+    with pytest.raises(TypeError, match="channel 'a'"):
+        bad = generate_checkpoint(channel_values={"a": object()}, channel_versions={"a": 1})
+        saver.put(_cfg("t"), bad, generate_metadata(), {"a": 1})
+    with pytest.raises(ValueError, match="malformed checkpoint id"):
+        saver.put(_cfg("t"), {**cp, "id": "has space"}, generate_metadata(), {"a": 1})
+    with pytest.raises(ValueError, match="malformed checkpoint id"):
+        saver.get_tuple(_cfg("t", cid="a,b"))
+    with pytest.raises(ValueError, match="malformed checkpoint id"):
+        saver.put_writes(_cfg("t"), [("a", 1)], "task")
+    assert list(client.scan_iter(match=prefix + "*")) == []
+    client.close()
+
+
+def test_script_error_never_leaves_a_partial_checkpoint(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    client.set(saver.keys.base("t") + "runs", "not a hash")  # sabotage the run index
+    cp = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
+    with pytest.raises(valkey.ResponseError):
+        saver.put(_cfg("t"), cp, generate_metadata(run_id="r1"), {"a": 1})
+    client.delete(saver.keys.base("t") + "runs")
+    assert saver.get_tuple(_cfg("t")) is None
+    assert saver.get_tuple(_cfg("t", cid=cp["id"])) is None
+    client.close()
+
+
+def test_server_down_raises_instead_of_looking_empty(prefix: str) -> None:
+    server = EmbeddedValkey().start()
+    client = client_from_url(server.url, timeout=0.5)
+    saver = ValkeySaver(client, prefix=prefix)
+    _put_chain(saver, "t", 1)
+    server.kill()
+    try:
+        with pytest.raises(valkey.ConnectionError):
+            saver.get_tuple(_cfg("t"))
+        with pytest.raises(valkey.ConnectionError):
+            list(saver.list(_cfg("t")))
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_wrong_client_kind_is_refused(valkey_url: str) -> None:
+    with pytest.raises(TypeError, match="AsyncValkeySaver"):
+        ValkeySaver(client_from_url(valkey_url, asyncio=True))
+    with pytest.raises(TypeError, match="ValkeySaver"):
+        AsyncValkeySaver(client_from_url(valkey_url))
+
+
+def test_strict_serde_by_default(valkey_url: str, prefix: str) -> None:
+    """A value of an unregistered class is not revived from Valkey (no code execution)."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Custom:
+        x: int
+
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    cp = generate_checkpoint(channel_values={"c": Custom(1)}, channel_versions={"c": 1})
+    saver.put(_cfg("s"), cp, generate_metadata(), {"c": 1})
+    value = saver.get_tuple(_cfg("s")).checkpoint["channel_values"]["c"]
+    assert not isinstance(value, Custom)
+    client.close()
+
+
+def test_next_version_is_monotonic_string(valkey_url: str) -> None:
+    saver = ValkeySaver(client_from_url(valkey_url))
+    v1 = saver.get_next_version(None, None)
+    v2 = saver.get_next_version(v1, None)
+    assert v1 < v2 and v2.startswith("0" * 31 + "2.")
+    assert empty_checkpoint()["v"] >= 1
+    _ = uuid.uuid4()
