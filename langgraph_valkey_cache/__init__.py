@@ -17,6 +17,10 @@ _EXPORTS: dict[str, str] = {
     "client_from_url": "langgraph_valkey_cache._client",
     "EmbeddedValkey": "langgraph_valkey_cache.embedded",
     "EmbeddedCluster": "langgraph_valkey_cache.embedded",
+    "ValkeyNodeCache": "langgraph_valkey_cache.cache.node",
+    "ToolCache": "langgraph_valkey_cache.cache.tools",
+    "cached": "langgraph_valkey_cache.cache.decorator",
+    "ValkeyCache": "langgraph_valkey_cache.cache.llm",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,236 @@
+"""ValkeyCache (exact): langchain-tests suites, full-message round trip through a chat
+model, scoping of clear/invalidate, TTL, normalisation, fail-open, round trips."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from langchain_core.globals import set_llm_cache
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, Generation
+from langchain_tests.integration_tests.cache import AsyncCacheTestSuite, SyncCacheTestSuite
+
+from langgraph_valkey_cache import ValkeyCache
+from langgraph_valkey_cache._client import client_from_url, scan_keys
+from langgraph_valkey_cache.testing import count_commands
+
+
+class TestValkeyCacheSync(SyncCacheTestSuite):
+    @pytest.fixture
+    def cache(self, sync_client: Any, prefix: str) -> ValkeyCache:
+        return ValkeyCache(sync_client, prefix=prefix, metrics=False)
+
+
+class TestValkeyCacheAsync(AsyncCacheTestSuite):
+    @pytest.fixture
+    async def cache(self, async_client: Any, prefix: str) -> ValkeyCache:
+        return ValkeyCache(async_client, prefix=prefix, metrics=False)
+
+
+class TestValkeyCacheBothClients(AsyncCacheTestSuite):
+    @pytest.fixture
+    async def cache(self, sync_client: Any, async_client: Any, prefix: str) -> ValkeyCache:
+        return ValkeyCache(sync_client, async_client=async_client, prefix=prefix, metrics=False)
+
+
+def _tool_call_message() -> AIMessage:
+    return AIMessage(
+        content=[{"type": "text", "text": "Let me look that up."}],
+        tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_1"}],
+        usage_metadata={"input_tokens": 12, "output_tokens": 7, "total_tokens": 19},
+        response_metadata={"model_name": "fake-1", "finish_reason": "tool_calls"},
+        additional_kwargs={"refusal": None, "custom": [1, 2]},
+    )
+
+
+def _strip(msg: Any) -> Any:
+    # LangChain zeroes total_cost on cache hits and assigns run ids; compare the rest
+    usage = {k: v for k, v in (msg.usage_metadata or {}).items() if k != "total_cost"}
+    return msg.model_copy(update={"id": None, "usage_metadata": usage})
+
+
+@pytest.fixture
+def global_cache() -> Iterator[None]:
+    yield
+    set_llm_cache(None)
+
+
+def test_tool_call_round_trip_invoke(sync_client: Any, prefix: str, global_cache: None) -> None:
+    set_llm_cache(ValkeyCache(sync_client, prefix=prefix, metrics=False))
+    model = FakeMessagesListChatModel(responses=[_tool_call_message(), AIMessage("other")])
+    first = model.invoke([HumanMessage("weather in Paris?")])
+    assert model.i == 1
+    second = model.invoke([HumanMessage("weather in Paris?")])
+    assert model.i == 1, "the second identical invoke must not call the model"
+    assert _strip(second) == _strip(first)
+    assert second.tool_calls == first.tool_calls
+    assert second.usage_metadata is not None
+    assert second.usage_metadata["total_tokens"] == 19
+    assert second.response_metadata == first.response_metadata
+    assert second.additional_kwargs == first.additional_kwargs
+    assert second.content == first.content
+
+
+async def test_tool_call_round_trip_ainvoke(
+    async_client: Any, prefix: str, global_cache: None
+) -> None:
+    cache = ValkeyCache(async_client, prefix=prefix, metrics=False)
+    model = FakeMessagesListChatModel(
+        responses=[_tool_call_message(), AIMessage("other")], cache=cache
+    )
+    first = await model.ainvoke([HumanMessage("weather in Paris?")])
+    second = await model.ainvoke([HumanMessage("weather in Paris?")])
+    assert model.i == 1
+    assert _strip(second) == _strip(first)
+    assert second.tool_calls[0]["args"] == {"city": "Paris"}
+    # a different question is a miss
+    third = await model.ainvoke([HumanMessage("weather in Rome?")])
+    assert third.content == "other"
+
+
+def test_prompt_not_in_key_and_ttl_in_set(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(client, prefix=prefix, ttl=60, metrics=False)
+    client.ping()  # connect first: the handshake is not the cache's cost
+    with count_commands() as log:
+        cache.update("secret prompt text", "llm", [Generation(text="x")])
+    assert log.round_trips == 1  # one SET carries value and TTL
+    keys = [k.decode() for k in scan_keys(client, f"{prefix}:*")]
+    assert len(keys) == 1 and "secret" not in keys[0]
+    assert 0 < client.pttl(keys[0]) <= 60_000
+    with count_commands() as log:
+        assert cache.lookup("secret prompt text", "llm") == [Generation(text="x")]
+    assert log.round_trips == 1
+    client.close()
+
+
+def test_no_collision_between_prompt_and_llm_string(sync_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    cache.update("ab", "c", [Generation(text="1")])
+    assert cache.lookup("a", "bc") is None
+
+
+def test_clear_is_scoped_and_star_prefix_does_not_widen(sync_client: Any, prefix: str) -> None:
+    star = ValkeyCache(sync_client, prefix=prefix + "*", metrics=False)
+    plain = ValkeyCache(sync_client, prefix=prefix + "x", metrics=False)
+    other = ValkeyCache(sync_client, prefix=prefix + "xy", metrics=False)
+    for c in (star, plain, other):
+        c.update("p", "llm", [Generation(text="v")])
+    sync_client.set(prefix + "unrelated", "keep")
+    star.clear()
+    assert star.lookup("p", "llm") is None
+    assert plain.lookup("p", "llm") is not None
+    assert other.lookup("p", "llm") is not None
+    plain.clear()
+    assert other.lookup("p", "llm") is not None
+    assert sync_client.get(prefix + "unrelated") == b"keep"
+
+
+async def test_invalidate_model(async_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(async_client, prefix=prefix, metrics=False)
+    for i in range(30):
+        await cache.aupdate(f"p{i}", "model-a", [Generation(text="a")])
+        await cache.aupdate(f"p{i}", "model-b", [Generation(text="b")])
+    await cache.ainvalidate_model("model-a")
+    assert await cache.alookup("p3", "model-a") is None
+    assert await cache.alookup("p3", "model-b") == [Generation(text="b")]
+
+
+def test_normalize_is_opt_in(sync_client: Any, prefix: str) -> None:
+    plain = ValkeyCache(sync_client, prefix=prefix + "a", metrics=False)
+    norm = ValkeyCache(sync_client, prefix=prefix + "b", normalize=True, metrics=False)
+    for c in (plain, norm):
+        c.update("What  is\n the   answer?", "llm", [Generation(text="42")])
+    assert plain.lookup("What is the answer?", "llm") is None
+    assert norm.lookup("What is the answer?", "llm") == [Generation(text="42")]
+    # chat prompts: only message text is collapsed, the JSON stays valid
+    from langchain_core.load import dumps
+
+    p1 = dumps([HumanMessage("hello    world")])
+    p2 = dumps([HumanMessage("hello world ")])
+    norm.update(p1, "llm", [Generation(text="hi")])
+    assert norm.lookup(p2, "llm") == [Generation(text="hi")]
+
+
+def test_unsafe_payload_is_not_instantiated(sync_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    key = cache.codec.key("p", "llm")
+    evil = (
+        '[{"lc": 1, "type": "constructor", "id": ["langchain", "prompts", "prompt", '
+        '"PromptTemplate"], "kwargs": {"template": "{x}", "input_variables": ["x"]}}]'
+    )
+    sync_client.set(key, evil)
+    assert cache.lookup("p", "llm") is None
+    sync_client.set(key, "not json")
+    assert cache.lookup("p", "llm") is None
+
+
+def test_multiple_chat_generations(sync_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    gens = [ChatGeneration(message=_tool_call_message()), ChatGeneration(message=AIMessage("b"))]
+    cache.update("p", "llm", gens)
+    assert cache.lookup("p", "llm") == gens
+
+
+def test_lookup_many_one_round_trip(sync_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    cache.update("p1", "llm", [Generation(text="1")])
+    with count_commands() as log:
+        got = cache.lookup_many([("p1", "llm"), ("p2", "llm")])
+    assert got == [[Generation(text="1")], None]
+    if not hasattr(sync_client, "get_primaries"):
+        assert log.round_trips == 1  # cluster pipelines take one per node
+
+
+@pytest.fixture
+def dead_url() -> str:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"valkey://127.0.0.1:{port}"
+
+
+def test_fail_open_sync(dead_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    client = client_from_url(dead_url, timeout=0.2)
+    cache = ValkeyCache(client, metrics=False)
+    model = FakeMessagesListChatModel(responses=[AIMessage("fresh")], cache=cache)
+    with caplog.at_level(logging.WARNING, "langgraph_valkey_cache.cache"):
+        assert model.invoke("hi").content == "fresh"
+    assert "lookup failed" in caplog.text and "update failed" in caplog.text
+    client.close()
+
+
+async def test_fail_open_async(dead_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    client = client_from_url(dead_url, asyncio=True, timeout=0.2)
+    cache = ValkeyCache(client, metrics=False)
+    with caplog.at_level(logging.WARNING, "langgraph_valkey_cache.cache"):
+        assert await cache.alookup("p", "llm") is None
+        await cache.aupdate("p", "llm", [Generation(text="x")])
+    assert "lookup failed" in caplog.text
+    await client.aclose()
+
+
+async def test_async_only_client_refuses_sync_use(async_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(async_client, prefix=prefix, metrics=False)
+    with pytest.raises(RuntimeError, match="only an async client"):
+        cache.lookup("p", "llm")
+
+
+@pytest.fixture
+async def url_cache(valkey_url: str, prefix: str) -> AsyncIterator[ValkeyCache]:
+    cache = ValkeyCache.from_url(valkey_url, prefix=prefix, metrics=False)
+    yield cache
+    cache.close()
+    await cache.aclose()
+
+
+async def test_from_url_serves_both(url_cache: ValkeyCache) -> None:
+    url_cache.update("p", "llm", [Generation(text="s")])
+    assert await url_cache.alookup("p", "llm") == [Generation(text="s")]
