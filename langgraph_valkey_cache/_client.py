@@ -13,7 +13,7 @@ and password in the URL give ACL auth.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Union
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import valkey
@@ -36,8 +36,8 @@ __all__ = [
     "ascan_keys",
 ]
 
-SyncClient = Union[valkey.Valkey, ValkeyCluster]
-AsyncClient = Union[avalkey.Valkey, AsyncValkeyCluster]
+SyncClient = valkey.Valkey | ValkeyCluster
+AsyncClient = avalkey.Valkey | AsyncValkeyCluster
 
 LIB_NAME = "langgraph-valkey-cache"
 DEFAULT_TIMEOUT = 5.0

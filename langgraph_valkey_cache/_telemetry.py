@@ -62,7 +62,10 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                 f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], registry=reg
             ),
             cost_saved=Counter(
-                f"{_NS}_cost_saved_usd", "Estimated cost saved by cache hits", ["tier"], registry=reg
+                f"{_NS}_cost_saved_usd",
+                "Estimated cost saved by cache hits",
+                ["tier"],
+                registry=reg,
             ),
         )
         _metrics_by_registry[id(reg)] = found

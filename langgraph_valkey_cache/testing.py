@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import valkey.asyncio.connection as aconn
-from langchain_core.embeddings import Embeddings
 import valkey.connection as sconn
+from langchain_core.embeddings import Embeddings
 
 __all__ = ["CommandLog", "HashingEmbeddings", "count_commands"]
 

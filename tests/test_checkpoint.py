@@ -114,11 +114,17 @@ def test_unchanged_channels_are_not_rewritten(valkey_url: str, prefix: str) -> N
     client = client_from_url(valkey_url)
     saver = ValkeySaver(client, prefix=prefix)
     big = "x" * 10_000
-    cp1 = generate_checkpoint(channel_values={"big": big, "n": 1}, channel_versions={"big": 1, "n": 1})
+    cp1 = generate_checkpoint(
+        channel_values={"big": big, "n": 1}, channel_versions={"big": 1, "n": 1}
+    )
     c1 = saver.put(_cfg("t"), cp1, generate_metadata(), {"big": 1, "n": 1})
-    cp2 = generate_checkpoint(channel_values={"big": big, "n": 2}, channel_versions={"big": 1, "n": 2})
+    cp2 = generate_checkpoint(
+        channel_values={"big": big, "n": 2}, channel_versions={"big": 1, "n": 2}
+    )
     with count_commands() as log:
-        saver.put(_cfg("t", cid=c1["configurable"]["checkpoint_id"]), cp2, generate_metadata(), {"n": 2})
+        saver.put(
+            _cfg("t", cid=c1["configurable"]["checkpoint_id"]), cp2, generate_metadata(), {"n": 2}
+        )
     assert log.round_trips == 1
     blobs = client.hgetall(saver.keys.base("t") + "b:")
     assert len(blobs) == 3  # big@1, n@1, n@2: big stored once
@@ -256,7 +262,9 @@ def test_delta_channel_history_matches_in_memory(valkey_url: str, prefix: str) -
         config = {"configurable": {"thread_id": "d1", "checkpoint_ns": ""}}
         ours = saver.get_delta_channel_history(config=config, channels=["items"])
         theirs = reference.get_delta_channel_history(config=config, channels=["items"])
-        assert [w[1:] for w in ours["items"]["writes"]] == [w[1:] for w in theirs["items"]["writes"]]
+        assert [w[1:] for w in ours["items"]["writes"]] == [
+            w[1:] for w in theirs["items"]["writes"]
+        ]
         assert ours["items"].get("seed") == theirs["items"].get("seed")
         assert "seed" in ours["items"] and ours["items"]["writes"]
 
@@ -269,7 +277,10 @@ def test_delta_channel_history_matches_in_memory(valkey_url: str, prefix: str) -
         assert 1 < n_after < n_before
         assert graph.get_state(config).values == state_before
         graph.invoke({"items": ["more"]}, config)
-        assert graph.get_state(config).values["items"][: len(state_before["items"])] == state_before["items"]
+        assert (
+            graph.get_state(config).values["items"][: len(state_before["items"])]
+            == state_before["items"]
+        )
 
 
 def test_prune_keep_latest_without_delta_keeps_one_and_collects_blobs(

@@ -76,7 +76,9 @@ def _registered(flavour: str, url: str, prefix: str) -> Any:
 async def test_conformance_all_capabilities(flavour: str, any_url: str, prefix: str) -> None:
     report = await validate(_registered(flavour, any_url, prefix))
     failures = {
-        cap: [f"{f}" for f in (res.failures or [])] for cap, res in report.results.items() if not res.passed
+        cap: [f"{f}" for f in (res.failures or [])]
+        for cap, res in report.results.items()
+        if not res.passed
     }
     assert not failures, failures
     assert {c.value for c in ALL_CAPABILITIES} == set(report.results)
@@ -89,5 +91,3 @@ def test_bridge_overrides_every_capability() -> None:
 
     saver = object.__new__(SyncBridge)
     assert DetectedCapabilities.from_instance(saver).missing == frozenset()
-
-

@@ -60,7 +60,9 @@ class ValkeySaver(ValkeySaverBase):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         if is_async_client(client):
-            raise TypeError("ValkeySaver needs a sync client; use AsyncValkeySaver for valkey.asyncio")
+            raise TypeError(
+                "ValkeySaver needs a sync client; use AsyncValkeySaver for valkey.asyncio"
+            )
         super().__init__(client, **kwargs)
 
     @classmethod
@@ -84,7 +86,10 @@ class ValkeySaver(ValkeySaverBase):
         if isinstance(op, Script):
             return self._scripts[op.name](keys=[op.key], args=list(op.args))
         if isinstance(op, ScanThreads):
-            return [self._thread_from_marker(k) for k in scan_keys(self.client, self.keys.marker_pattern)]
+            return [
+                self._thread_from_marker(k)
+                for k in scan_keys(self.client, self.keys.marker_pattern)
+            ]
         raise TypeError(f"unexpected plan step {op!r}")
 
     def _run(self, plan: Plan, name: str) -> Any:

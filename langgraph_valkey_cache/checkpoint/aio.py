@@ -16,8 +16,20 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
 )
 
-from langgraph_valkey_cache._client import aclose_client, ascan_keys, client_from_url, is_async_client
-from langgraph_valkey_cache.checkpoint.base import Emit, Op, Plan, ScanThreads, Script, ValkeySaverBase
+from langgraph_valkey_cache._client import (
+    aclose_client,
+    ascan_keys,
+    client_from_url,
+    is_async_client,
+)
+from langgraph_valkey_cache.checkpoint.base import (
+    Emit,
+    Op,
+    Plan,
+    ScanThreads,
+    Script,
+    ValkeySaverBase,
+)
 
 __all__ = ["AsyncValkeySaver"]
 

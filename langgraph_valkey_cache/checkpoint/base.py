@@ -20,7 +20,7 @@ import random
 import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import ormsgpack
 from langchain_core.runnables import RunnableConfig
@@ -72,7 +72,7 @@ class Emit:
     item: CheckpointTuple
 
 
-Op = Union[Script, ScanThreads, Emit]
+Op = Script | ScanThreads | Emit
 Plan = Generator[Op, Any, Any]
 
 TTLConfig = dict[str, Any]
@@ -115,7 +115,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         if default_ttl is not None and (
             not isinstance(default_ttl, (int, float)) or default_ttl <= 0
         ):
-            raise ValueError(f"ttl['default_ttl'] must be a positive number of minutes, got {default_ttl!r}")
+            raise ValueError(
+                f"ttl['default_ttl'] must be a positive number of minutes, got {default_ttl!r}"
+            )
         self._ttl_ms = int(default_ttl * 60_000) if default_ttl else 0
         self._read_ttl_ms = self._ttl_ms if self.ttl.get("refresh_on_read") else 0
         self._scripts = _REGISTRY.bind(client)
@@ -132,9 +134,11 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                 'config["configurable"]["thread_id"] is required by ValkeySaver '
                 '(e.g. {"configurable": {"thread_id": "my-thread"}})'
             )
-        if isinstance(thread_id, (bytes, bytearray)) or not isinstance(
-            thread_id, (str, int)
-        ) and not hasattr(thread_id, "hex"):
+        if (
+            isinstance(thread_id, (bytes, bytearray))
+            or not isinstance(thread_id, (str, int))
+            and not hasattr(thread_id, "hex")
+        ):
             raise TypeError(f"thread_id must be a str, int or UUID, got {type(thread_id).__name__}")
         return str(thread_id)
 
@@ -190,7 +194,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         cid = _str(cid)
         parent, checkpoint, metadata = self._parse_record(rec)
         values: dict[str, Any] = {}
-        for ch, blob in zip(self._header_channels(rec), blobs):
+        for ch, blob in zip(self._header_channels(rec), blobs, strict=True):
             if blob:
                 values[ch] = self.serde.loads_typed(unpack_typed(blob))
         checkpoint["channel_values"] = values
@@ -295,7 +299,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         emitted = 0
         if checkpoint_id and ns is not None:
             # one known checkpoint: a single read
-            reply = yield self._script("get", thread_id, encode(ns), checkpoint_id, self._read_ttl_ms)
+            reply = yield self._script(
+                "get", thread_id, encode(ns), checkpoint_id, self._read_ttl_ms
+            )
             if reply and (not before or checkpoint_id < before):
                 tup = self._parse_tuple(thread_id, reply)
                 if _matches(tup.metadata, filter):
@@ -351,7 +357,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         return None
 
     def _plan_delete_thread(self, thread_id: str) -> Plan:
-        yield self._script("delete_thread", self._thread_id({"configurable": {"thread_id": thread_id}}))
+        yield self._script(
+            "delete_thread", self._thread_id({"configurable": {"thread_id": thread_id}})
+        )
 
     def _plan_delete_for_runs(self, run_ids: Sequence[str]) -> Plan:
         if not run_ids:
@@ -391,7 +399,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             if not remaining:
                 break
             terminated: dict[str, Any] = {}
-            for ch, blob in zip(self._header_channels(rec), blobs):
+            for ch, blob in zip(self._header_channels(rec), blobs, strict=True):
                 if ch in remaining and blob:
                     terminated[ch] = self.serde.loads_typed(unpack_typed(blob))
             for tid, ch, typed, _, _ in reversed(self._decode_writes(writes)):
@@ -421,4 +429,4 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         return f"{current_v + 1:032}.{random.random():016}"
 
     def _thread_from_marker(self, key: Any) -> str:
-        return self.keys.thread_from_marker(cast(Union[str, bytes], key))
+        return self.keys.thread_from_marker(cast(str | bytes, key))
