@@ -14,6 +14,8 @@ from langgraph_valkey_cache._version import __version__
 _EXPORTS: dict[str, str] = {
     "ValkeySaver": "langgraph_valkey_cache.checkpoint",
     "AsyncValkeySaver": "langgraph_valkey_cache.checkpoint.aio",
+    "ValkeyStore": "langgraph_valkey_cache.store",
+    "AsyncValkeyStore": "langgraph_valkey_cache.store.aio",
     "client_from_url": "langgraph_valkey_cache._client",
     "EmbeddedValkey": "langgraph_valkey_cache.embedded",
     "EmbeddedCluster": "langgraph_valkey_cache.embedded",
@@ -21,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "ToolCache": "langgraph_valkey_cache.cache.tools",
     "cached": "langgraph_valkey_cache.cache.decorator",
     "ValkeyCache": "langgraph_valkey_cache.cache.llm",
+    "ValkeyByteStore": "langgraph_valkey_cache.cache.embeddings",
+    "CachedEmbeddings": "langgraph_valkey_cache.cache.embeddings",
 }
 
 __all__ = ["__version__", *_EXPORTS]
