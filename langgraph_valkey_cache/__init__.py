@@ -16,6 +16,8 @@ _EXPORTS: dict[str, str] = {
     "AsyncValkeySaver": "langgraph_valkey_cache.checkpoint.aio",
     "ValkeyStore": "langgraph_valkey_cache.store",
     "AsyncValkeyStore": "langgraph_valkey_cache.store.aio",
+    "ValkeyStore": "langgraph_valkey_cache.store",
+    "AsyncValkeyStore": "langgraph_valkey_cache.store.aio",
     "client_from_url": "langgraph_valkey_cache._client",
     "EmbeddedValkey": "langgraph_valkey_cache.embedded",
     "EmbeddedCluster": "langgraph_valkey_cache.embedded",

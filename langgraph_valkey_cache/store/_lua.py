@@ -1,0 +1,130 @@
+"""Lua scripts of the store (one namespace's keys per call: one cluster slot).
+
+Key names follow :class:`langgraph_valkey_cache._keys.StoreKeys`: the caller passes the
+item key (``KEYS[1]``) or a namespace's zset key, and the bases the scripts append
+``K`` / ``K:j`` to. Times come from the server's ``TIME`` so every client agrees.
+"""
+
+from __future__ import annotations
+
+__all__ = ["STORE_SCRIPTS"]
+
+_PRELUDE = r"""
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2])), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- forget index entries of items that expired (Valkey already deleted the items)
+local function prune(ukey, xkey, now_ms)
+  while true do
+    local dead = redis.call('ZRANGEBYSCORE', xkey, '-inf', '(' .. now_ms, 'LIMIT', 0, 500)
+    if #dead == 0 then return end
+    redis.call('ZREM', xkey, unpack(dead))
+    redis.call('ZREM', ukey, unpack(dead))
+    if #dead < 500 then return end
+  end
+end
+"""
+
+# KEYS: item. ARGV: vbase, ukey, xkey, K, value, ttl_ms, nv, nf, nf field/value pairs, nv blobs.
+# Returns {created_us, updated_us, new_namespace (1/0)}.
+_PUT = r"""
+local item, vb, ukey, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, nv, nf = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local us, now_ms = now()
+prune(ukey, xkey, now_ms)
+local fresh = (redis.call('ZCARD', xkey) == 0) and 1 or 0
+local old = redis.call('HMGET', item, 'c', 'nv')
+local created = old[1] or us
+local old_nv = tonumber(old[2] or '0')
+redis.call('DEL', item)
+redis.call('HSET', item, 'v', ARGV[5], 'c', created, 'u', us, 't', ARGV[6], 'nv', ARGV[7])
+local shared = {}
+for i = 9, 8 + 2 * nf do shared[#shared + 1] = ARGV[i] end
+for j = nv, old_nv - 1 do redis.call('DEL', vb .. k .. ':' .. j) end
+for j = 0, nv - 1 do
+  local vk = vb .. k .. ':' .. j
+  redis.call('DEL', vk)
+  redis.call('HSET', vk, 'vec', ARGV[9 + 2 * nf + j], unpack(shared))
+  if ttl > 0 then redis.call('PEXPIRE', vk, ttl) end
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', item, ttl)
+  redis.call('ZADD', xkey, now_ms + ttl, k)
+else
+  redis.call('ZADD', xkey, '+inf', k)
+end
+redis.call('ZADD', ukey, us, k)
+return {created, us, fresh}
+"""
+
+# KEYS: item. ARGV: vbase, ukey, xkey, K. Returns how many live items the namespace keeps.
+_DELETE = r"""
+local item, vb, ukey, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local _, now_ms = now()
+local nv = tonumber(redis.call('HGET', item, 'nv') or '0')
+redis.call('DEL', item)
+for j = 0, nv - 1 do redis.call('DEL', vb .. k .. ':' .. j) end
+redis.call('ZREM', ukey, k)
+redis.call('ZREM', xkey, k)
+prune(ukey, xkey, now_ms)
+return redis.call('ZCARD', xkey)
+"""
+
+# KEYS: item. ARGV: vbase, xkey, K, refresh (1/0). Returns {v, c, u, t, nv} or nil.
+_GET = r"""
+local item, vb, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local r = redis.call('HMGET', item, 'v', 'c', 'u', 't', 'nv')
+if not r[1] then return false end
+local ttl = tonumber(r[4])
+if ARGV[4] == '1' and ttl > 0 then
+  local _, now_ms = now()
+  redis.call('PEXPIRE', item, ttl)
+  for j = 0, tonumber(r[5]) - 1 do redis.call('PEXPIRE', vb .. k .. ':' .. j, ttl) end
+  redis.call('ZADD', xkey, 'XX', now_ms + ttl, k)
+end
+return r
+"""
+
+# KEYS: ukey. ARGV: ibase, vbase, xkey, count (0 = all), with_vectors (1/0).
+# Returns {rows, seen}: rows {K, v, c, u, t, nv, vec...} most recently updated first;
+# seen = index entries read (seen == count means more may follow).
+_LIST = r"""
+local ukey, ib, vb, xkey = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local count, with_vec = tonumber(ARGV[4]), ARGV[5] == '1'
+local _, now_ms = now()
+prune(ukey, xkey, now_ms)
+local ks = redis.call('ZREVRANGE', ukey, 0, count - 1)
+local out = {}
+for _, k in ipairs(ks) do
+  local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv')
+  if r[1] then
+    local row = {k, r[1], r[2], r[3], r[4], r[5]}
+    if with_vec then
+      for j = 0, tonumber(r[5]) - 1 do
+        row[#row + 1] = redis.call('HGET', vb .. k .. ':' .. j, 'vec') or ''
+      end
+    end
+    out[#out + 1] = row
+  end
+end
+return {out, #ks}
+"""
+
+# KEYS: xkey. ARGV: ukey. Returns the number of live items of the namespace.
+_ALIVE = r"""
+local _, now_ms = now()
+prune(ARGV[1], KEYS[1], now_ms)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+STORE_SCRIPTS: dict[str, str] = {
+    name: _PRELUDE + body
+    for name, body in {
+        "put": _PUT,
+        "delete": _DELETE,
+        "get": _GET,
+        "list": _LIST,
+        "alive": _ALIVE,
+    }.items()
+}

@@ -1,0 +1,132 @@
+"""``AsyncValkeyStore``: the store on ``valkey.asyncio``, all the way down."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from langgraph.store.base import Op, Result
+from langgraph.store.base.batch import AsyncBatchedBaseStore
+from valkey.exceptions import NoScriptError, ResponseError
+
+from langgraph_valkey_cache._client import aclose_client, client_from_url, is_async_client
+from langgraph_valkey_cache.store.base import Call, Embed, Pipe, Plan, PlanOp, ValkeyStoreBase, op_name
+
+__all__ = ["AsyncValkeyStore"]
+
+
+class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
+    """:class:`~langgraph_valkey_cache.store.ValkeyStore` on an async client.
+
+    Same layout, options and round trips. Concurrent ``aget``/``aput``/... calls from
+    one event loop are gathered into one ``abatch`` (LangGraph's
+    ``AsyncBatchedBaseStore``); sync methods work from other threads and refuse to
+    run on the store's own loop.
+
+    Example:
+        ```python
+        from langgraph_valkey_cache import AsyncValkeyStore
+
+        async with AsyncValkeyStore.from_conn_string(
+            "valkey://localhost:6379", index={"dims": 1536, "embed": "openai:text-embedding-3-small"}
+        ) as store:
+            await store.asetup()
+            graph = builder.compile(store=store)
+        ```
+    """
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        if not is_async_client(client):
+            raise TypeError("AsyncValkeyStore needs a valkey.asyncio client; use ValkeyStore")
+        self._init_store(client, **kwargs)
+        super().__init__()
+
+    @classmethod
+    @asynccontextmanager
+    async def from_conn_string(cls, url: str, **kwargs: Any) -> AsyncIterator[AsyncValkeyStore]:
+        client = client_from_url(url, asyncio=True, **kwargs.pop("client_kwargs", {}))
+        try:
+            yield cls(client, **kwargs)
+        finally:
+            await aclose_client(client)
+
+    async def asetup(self) -> None:
+        """Async twin of :meth:`ValkeyStore.setup`."""
+        await self.client.ping()
+        self._search_ok = None
+        await self._run(self._plan_setup(), "setup")
+
+    def setup(self) -> None:
+        self._check_thread("setup")
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.asetup(), self._loop).result()
+
+    def _check_thread(self, name: str) -> None:
+        import asyncio
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is self._loop:
+            raise asyncio.InvalidStateError(
+                f"Synchronous calls to AsyncValkeyStore detected in its event loop: "
+                f"use `await store.a{name}(...)`."
+            )
+
+    # -- plan execution ---------------------------------------------------------------
+
+    async def _one(self, call: Call) -> Any:
+        if call.script:
+            return await self._scripts[call.script](keys=list(call.keys), args=list(call.args))
+        return await self.client.execute_command(*call.args)
+
+    async def _pipe(self, op: Pipe) -> list[Any]:
+        if len(op.calls) == 1:
+            try:
+                return [await self._one(op.calls[0])]
+            except ResponseError as exc:
+                if op.return_errors:
+                    return [exc]
+                raise
+        pipe = self.client.pipeline(transaction=False)
+        for call in op.calls:
+            if call.script:
+                sha = self._scripts[call.script].sha
+                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
+            else:
+                pipe.execute_command(*call.args)
+        replies = list(await pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                replies[i] = await self._one(op.calls[i])
+            elif isinstance(reply, Exception) and not (
+                op.return_errors and isinstance(reply, ResponseError)
+            ):
+                raise reply
+        return replies
+
+    async def _execute(self, op: PlanOp) -> Any:
+        if isinstance(op, Pipe):
+            return await self._pipe(op)
+        if isinstance(op, Embed):
+            if op.query:
+                return [await self.embeddings.aembed_query(t) for t in op.texts]
+            return await self.embeddings.aembed_documents(op.texts)
+        raise TypeError(f"unexpected plan step {op!r}")
+
+    async def _run(self, plan: Plan, name: str) -> Any:
+        with self._telemetry.operation(name):
+            reply = None
+            while True:
+                try:
+                    step = plan.send(reply)
+                except StopIteration as done:
+                    return done.value
+                reply = await self._execute(step)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        ops = list(ops)
+        return await self._run(self._plan_batch(ops), op_name(ops))

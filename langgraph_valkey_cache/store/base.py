@@ -1,0 +1,575 @@
+"""The I/O-free half of the store: validation, encoding and *plans*.
+
+A plan is a generator that yields :class:`Pipe` (commands sent as one pipeline, one
+round trip per node) or :class:`Embed` (texts for the embedder) and receives the
+replies. :class:`ValkeyStore` and :class:`AsyncValkeyStore` only execute plans, so
+sync and async share every behaviour and every round trip is visible here.
+
+Data layout: see :class:`langgraph_valkey_cache._keys.StoreKeys`. Round trips: a batch
+of N gets is 1; N puts 1 (+1 when a namespace appears, +2 when one empties); a search
+without query 2; a vector search 3 (FT.SEARCH, item fetch, registry) plus a retry when
+post-filtering left fewer than ``limit`` hits and more exist; ``list_namespaces`` 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import struct
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Union
+
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    IndexConfig,
+    InvalidNamespaceError,
+    Item,
+    ListNamespacesOp,
+    Op,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+    TTLConfig,
+    ensure_embeddings,
+    get_text_at_path,
+    tokenize_path,
+    validate_op_namespace,
+)
+
+from langgraph_valkey_cache._keys import StoreKeys, digest, encode
+from langgraph_valkey_cache._scripts import ScriptRegistry
+from langgraph_valkey_cache._search import (
+    is_index_exists_error,
+    is_missing_index_error,
+    is_unknown_command_error,
+    pack_vector,
+    parse_search,
+)
+from langgraph_valkey_cache._telemetry import Telemetry
+from langgraph_valkey_cache.store import search as q
+from langgraph_valkey_cache.store._lua import STORE_SCRIPTS
+
+__all__ = ["Call", "Embed", "Pipe", "ValkeyStoreBase", "op_name"]
+
+logger = logging.getLogger("langgraph_valkey_cache.store")
+_REGISTRY = ScriptRegistry(STORE_SCRIPTS)
+_ALGORITHMS = ("HNSW", "FLAT")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command: a store script (``script``, ``keys``, ``args``) or raw ``args``."""
+
+    args: tuple[Any, ...]
+    script: str | None = None
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """Reply: the replies of ``calls``, sent as one pipeline (errors raised)."""
+
+    calls: list[Call]
+    # a server error (e.g. FT.INFO on a missing index) becomes the reply, not raised
+    return_errors: bool = False
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Reply: embeddings of ``texts`` (``embed_query`` each when ``query``)."""
+
+    texts: list[str]
+    query: bool = False
+
+
+PlanOp = Union[Pipe, Embed]
+Plan = Generator[PlanOp, Any, Any]
+
+
+@dataclass
+class _Row:
+    ns: str  # encoded namespace
+    key: str  # encoded key
+    value: dict[str, Any]
+    created: int
+    updated: int
+    ttl: int
+    nv: int
+    vectors: list[bytes] = field(default_factory=list)
+
+    def item(self, keys: StoreKeys, score: float | None = None, search: bool = False) -> Item:
+        from langgraph_valkey_cache._keys import decode
+
+        kwargs = dict(
+            value=self.value,
+            key=decode(self.key),
+            namespace=keys.ns_decode(self.ns),
+            created_at=_dt(self.created),
+            updated_at=_dt(self.updated),
+        )
+        if search:
+            return SearchItem(**kwargs, score=score)  # type: ignore[arg-type]
+        return Item(**kwargs)  # type: ignore[arg-type]
+
+
+def op_name(ops: Sequence[Op]) -> str:
+    """Telemetry name of a batch: the op kind when all ops share one."""
+    kinds = {type(op) for op in ops}
+    if len(kinds) != 1:
+        return "batch"
+    kind = kinds.pop()
+    if kind is PutOp:
+        return "delete" if all(op.value is None for op in ops) else "put"  # type: ignore[union-attr]
+    return {GetOp: "get", SearchOp: "search", ListNamespacesOp: "list_namespaces"}.get(kind, "batch")
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _b(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("latin-1")
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def _cosine(query: Sequence[float], blobs: Sequence[bytes]) -> list[float]:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy ships with langchain's deps
+        out = []
+        qn = math.sqrt(sum(x * x for x in query))
+        for blob in blobs:
+            v = struct.unpack(f"<{len(blob) // 4}f", blob)
+            vn = math.sqrt(sum(x * x for x in v))
+            dot = sum(a * b for a, b in zip(query, v))
+            out.append(dot / (qn * vn) if qn and vn else 0.0)
+        return out
+    if not blobs:
+        return []
+    x = np.asarray(query, dtype=np.float32)
+    y = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+    norms = np.linalg.norm(y, axis=1) * np.linalg.norm(x)
+    sims = np.zeros(len(blobs), dtype=np.float64)
+    mask = norms != 0
+    sims[mask] = (y[mask] @ x) / norms[mask]
+    return [float(s) for s in sims]
+
+
+class ValkeyStoreBase(BaseStore):
+    """Shared state and plans of :class:`ValkeyStore` and :class:`AsyncValkeyStore`."""
+
+    supports_ttl: bool = True
+
+    def _init_store(
+        self,
+        client: Any,
+        *,
+        index: IndexConfig | None = None,
+        ttl: TTLConfig | None = None,
+        prefix: str = "lgv:store",
+        filter_fields: Sequence[str] = (),
+        vector_algorithm: str = "HNSW",
+        vector_params: dict[str, Any] | None = None,
+        metrics: Any = True,
+    ) -> None:
+        self.client = client
+        self.keys = StoreKeys(prefix)
+        self.ttl_config = ttl
+        if ttl and ttl.get("default_ttl") is not None and ttl["default_ttl"] <= 0:  # type: ignore[operator]
+            raise ValueError(f"ttl['default_ttl'] must be positive minutes, got {ttl['default_ttl']!r}")
+        self.filter_fields = q.FilterFields(filter_fields)
+        algorithm = vector_algorithm.upper()
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"vector_algorithm must be one of {_ALGORITHMS}, got {vector_algorithm!r}")
+        self.vector_algorithm = algorithm
+        self.vector_params = {k.upper(): v for k, v in (vector_params or {}).items()}
+        self._ef_runtime = self.vector_params.get("EF_RUNTIME") if algorithm == "HNSW" else None
+        self.index_config: IndexConfig | None = None
+        self.embeddings: Any = None
+        self._fields: list[tuple[str, Any]] = []
+        self.index_name: str | None = None
+        if index:
+            dims = index.get("dims")
+            if not isinstance(dims, int) or dims <= 0:
+                raise ValueError(f"index['dims'] must be a positive int, got {dims!r}")
+            self.index_config = dict(index)  # type: ignore[assignment]
+            self.embeddings = ensure_embeddings(index.get("embed"))
+            self._fields = [
+                (p, tokenize_path(p) if p != "$" else p) for p in (index.get("fields") or ["$"])
+            ]
+            config = json.dumps(
+                [dims, algorithm, sorted(self.vector_params.items()), list(filter_fields)],
+                default=str,
+            )
+            self.index_name = self.keys.index_name(digest(self.keys.vector_prefix, config))
+        self.dims: int | None = index["dims"] if index else None
+        # None: not checked yet; False: no FT module (brute-force fallback)
+        self._search_ok: bool | None = None
+        self._warned = False
+        self._scripts = _REGISTRY.bind(client)
+        self._telemetry = Telemetry("store", metrics=metrics)
+
+    # -- calls ----------------------------------------------------------------------
+
+    def _script(self, name: str, key: str, *args: Any) -> Call:
+        return Call(args, script=name, keys=(key,))
+
+    def _get_call(self, ns: str, key: str, refresh: bool) -> Call:
+        _, vb, _, xkey = self.keys.bases(ns)
+        return self._script("get", self.keys.item(ns, key), vb, xkey, encode(key), int(refresh))
+
+    def _touch_call(self, row: _Row) -> Call:
+        _, vb, _, xkey = self.keys.bases(row.ns)
+        item = self.keys.bases(row.ns)[0] + row.key
+        return self._script("get", item, vb, xkey, row.key, 1)
+
+    @staticmethod
+    def _parse_get(reply: Any, ns: str, key: str) -> _Row | None:
+        if not reply or reply[0] is None:
+            return None
+        v, c, u, t, nv = reply
+        return _Row(ns, encode(key), json.loads(v), int(c), int(u), int(t), int(nv))
+
+    # -- batch ----------------------------------------------------------------------
+
+    def _plan_batch(self, ops: Iterable[Op]) -> Plan:
+        ops = list(ops)
+        results: list[Result] = [None] * len(ops)
+        gets: list[tuple[int, GetOp]] = []
+        searches: list[tuple[int, SearchOp]] = []
+        listings: list[tuple[int, ListNamespacesOp]] = []
+        puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        for i, op in enumerate(ops):
+            validate_op_namespace(op)
+            if isinstance(op, GetOp):
+                gets.append((i, op))
+            elif isinstance(op, SearchOp):
+                searches.append((i, op))
+            elif isinstance(op, ListNamespacesOp):
+                listings.append((i, op))
+            elif isinstance(op, PutOp):
+                if not op.namespace:
+                    raise InvalidNamespaceError("Namespace cannot be empty.")
+                puts[(op.namespace, str(op.key))] = op
+            else:
+                raise ValueError(f"Unknown operation type: {type(op)}")
+        # encode puts first: bad input fails before anything is read or written
+        prepared = [self._prepare_put(op) for op in puts.values()]
+
+        if gets:
+            calls = [
+                self._get_call(self.keys.ns(op.namespace), str(op.key), op.refresh_ttl)
+                for _, op in gets
+            ]
+            replies = yield Pipe(calls)
+            for (i, op), reply in zip(gets, replies):
+                row = self._parse_get(reply, self.keys.ns(op.namespace), str(op.key))
+                results[i] = row.item(self.keys) if row else None
+        for i, sop in searches:
+            results[i] = yield from self._plan_search(sop)
+        for i, lop in listings:
+            results[i] = yield from self._plan_list_namespaces(lop)
+        if prepared:
+            yield from self._plan_puts(prepared)
+        return results
+
+    # -- puts -----------------------------------------------------------------------
+
+    def _prepare_put(self, op: PutOp) -> tuple[PutOp, str, str | None, list[str]]:
+        ns = self.keys.ns(op.namespace)
+        if op.value is None:
+            return op, ns, None, []
+        if not isinstance(op.value, dict):
+            raise TypeError(f"store values must be dicts, got {type(op.value).__name__}")
+        try:
+            text = json.dumps(op.value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"value of {op.namespace}/{op.key!r} is not JSON-serialisable: {exc}"
+            ) from exc
+        if op.ttl is not None and (not isinstance(op.ttl, (int, float)) or op.ttl <= 0):
+            raise ValueError(f"ttl must be a positive number of minutes or None, got {op.ttl!r}")
+        texts: list[str] = []
+        if self.embeddings is not None and op.index is not False:
+            paths = (
+                self._fields
+                if op.index is None
+                else [(p, tokenize_path(p) if p != "$" else p) for p in op.index]
+            )
+            for _, tokens in paths:
+                texts.extend(get_text_at_path(op.value, tokens))
+        return op, ns, text, texts
+
+    def _plan_puts(self, prepared: list[tuple[PutOp, str, str | None, list[str]]]) -> Plan:
+        all_texts = [t for *_, texts in prepared for t in texts]
+        vectors: list[list[float]] = []
+        if all_texts:
+            vectors = yield Embed(all_texts)
+            if len(vectors) != len(all_texts):
+                raise ValueError(
+                    f"embedder returned {len(vectors)} vectors for {len(all_texts)} texts"
+                )
+        blobs = [pack_vector(v, self.dims) for v in vectors]
+        calls: list[Call] = []
+        pos = 0
+        for op, ns, text, texts in prepared:
+            _, vb, ukey, xkey = self.keys.bases(ns)
+            item = self.keys.item(ns, str(op.key))
+            k = encode(str(op.key))
+            if text is None:
+                calls.append(self._script("delete", item, vb, ukey, xkey, k))
+                continue
+            mine = blobs[pos : pos + len(texts)]
+            pos += len(texts)
+            shared = ["nsp", q.ns_tags(op.namespace), *self.filter_fields.doc_fields(op.value)]  # type: ignore[arg-type]
+            ttl_ms = int(op.ttl * 60_000) if op.ttl else 0
+            calls.append(
+                self._script(
+                    "put", item, vb, ukey, xkey, k, text, ttl_ms, len(mine),
+                    len(shared) // 2, *shared, *mine,
+                )  # fmt: skip
+            )
+            self._telemetry.stored(len(text) + sum(len(b) for b in mine))
+        replies = yield Pipe(calls)
+        new: list[str] = []
+        emptied: list[str] = []
+        for (op, ns, text, _), reply in zip(prepared, replies):
+            if text is None:
+                if int(reply) == 0:
+                    emptied.append(ns)
+            elif int(reply[2]) == 1:
+                new.append(ns)
+        # After the item scripts, so a concurrent emptiness check re-adds what it removed.
+        if new:
+            yield Pipe([Call(("ZADD", self.keys.registry, *[x for n in new for x in (0, n)]))])
+        if emptied:
+            yield from self._plan_unregister(sorted(set(emptied) - set(new)))
+
+    def _alive_call(self, ns: str) -> Call:
+        _, _, ukey, xkey = self.keys.bases(ns)
+        return self._script("alive", xkey, ukey)
+
+    def _plan_unregister(self, dead: list[str]) -> Plan:
+        """Drop empty namespaces from the registry; put back any a put revived meanwhile."""
+        if not dead:
+            return
+        yield Pipe([Call(("ZREM", self.keys.registry, *dead))])
+        counts = yield Pipe([self._alive_call(ns) for ns in dead])
+        back = [ns for ns, n in zip(dead, counts) if int(n) > 0]
+        if back:
+            yield Pipe([Call(("ZADD", self.keys.registry, *[x for n in back for x in (0, n)]))])
+
+    # -- namespaces -----------------------------------------------------------------
+
+    def _plan_namespaces(self, prefix: tuple[str, ...]) -> Plan:
+        """Encoded namespaces in the registry under ``prefix`` (whole labels)."""
+        pre = self.keys.ns(prefix)
+        if pre:
+            call = Call(("ZRANGEBYLEX", self.keys.registry, "[" + pre, "(" + pre + "-"))
+        else:
+            call = Call(("ZRANGE", self.keys.registry, 0, -1))
+        (reply,) = yield Pipe([call])
+        found = [_s(m) for m in reply]
+        return [n for n in found if not pre or n == pre or n.startswith(pre + ",")]
+
+    def _plan_list_namespaces(self, op: ListNamespacesOp) -> Plan:
+        literal: tuple[str, ...] = ()
+        for cond in op.match_conditions or ():
+            if cond.match_type == "prefix":
+                for label in cond.path:
+                    if label == "*":
+                        break
+                    literal += (label,)
+                break
+        candidates = yield from self._plan_namespaces(literal)
+        if candidates:
+            counts = yield Pipe([self._alive_call(ns) for ns in candidates])
+            dead = [ns for ns, n in zip(candidates, counts) if int(n) == 0]
+            yield from self._plan_unregister(dead)
+            candidates = [ns for ns, n in zip(candidates, counts) if int(n) > 0]
+        namespaces = [self.keys.ns_decode(ns) for ns in candidates]
+        if op.match_conditions:
+            namespaces = [
+                ns for ns in namespaces if all(q.does_match(c, ns) for c in op.match_conditions)
+            ]
+        if op.max_depth is not None:
+            namespaces = sorted({ns[: op.max_depth] for ns in namespaces})
+        else:
+            namespaces = sorted(namespaces)
+        return namespaces[op.offset : op.offset + op.limit]
+
+    # -- search ---------------------------------------------------------------------
+
+    def _plan_search(self, op: SearchOp) -> Plan:
+        if op.query and self.embeddings is not None:
+            (vector,) = yield Embed([op.query], query=True)
+            if self._search_ok is None:
+                yield from self._plan_setup()
+            if self._search_ok:
+                return (yield from self._plan_knn(op, vector))
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "the server has no search module (FT.*): search(query=...) falls back to "
+                    "exact cosine over every item under the namespace prefix, which is slow "
+                    "for large namespaces. Use Valkey with valkey-search for vector search."
+                )
+            return (yield from self._plan_bruteforce(op, vector))
+        rows = yield from self._plan_scan(
+            op.namespace_prefix, op.filter, op.offset + op.limit
+        )
+        page = rows[op.offset : op.offset + op.limit]
+        yield from self._plan_refresh(page, op.refresh_ttl)
+        return [r.item(self.keys, search=True) for r in page]  # type: ignore[misc]
+
+    def _plan_refresh(self, rows: list[_Row], refresh: bool) -> Plan:
+        touch = [self._touch_call(r) for r in rows if refresh and r.ttl > 0]
+        if touch:
+            yield Pipe(touch)
+
+    def _plan_scan(
+        self,
+        prefix: tuple[str, ...],
+        filter: dict[str, Any] | None,
+        want: int | None,
+        *,
+        vectors: bool = False,
+        scoreless: bool = False,
+    ) -> Plan:
+        """Items under ``prefix`` passing ``filter``, most recently updated first.
+
+        Reads ``want`` (all if None) index entries per namespace, then 4x more while
+        post-filtering leaves fewer than ``want`` and a namespace may have more.
+        """
+        namespaces = yield from self._plan_namespaces(prefix)
+        if not namespaces:
+            return []
+        count = 0 if want is None else max(want, 10) * (2 if filter or scoreless else 1)
+        while True:
+            calls = []
+            for ns in namespaces:
+                ib, vb, ukey, xkey = self.keys.bases(ns)
+                calls.append(self._script("list", ukey, ib, vb, xkey, count, int(vectors)))
+            replies = yield Pipe(calls)
+            rows: list[_Row] = []
+            more = False
+            for ns, (out, seen) in zip(namespaces, replies):
+                more = more or (count > 0 and int(seen) >= count)
+                for r in out:
+                    row = _Row(
+                        ns, _s(r[0]), json.loads(r[1]), int(r[2]), int(r[3]), int(r[4]),
+                        int(r[5]), [_b(v) for v in r[6:]],
+                    )  # fmt: skip
+                    if scoreless and row.nv:
+                        continue
+                    if q.matches(row.value, filter):
+                        rows.append(row)
+            if want is None or len(rows) >= want or not more:
+                rows.sort(key=lambda r: (-r.updated, r.ns, r.key))
+                return rows
+            count *= 4
+
+    def _plan_bruteforce(self, op: SearchOp, vector: list[float]) -> Plan:
+        rows = yield from self._plan_scan(op.namespace_prefix, op.filter, None, vectors=True)
+        flat = [(row, blob) for row in rows for blob in row.vectors if blob]
+        scores = _cosine(vector, [b for _, b in flat])
+        best: dict[tuple[str, str], tuple[float, _Row]] = {}
+        for score, (row, _) in zip(scores, flat):
+            k = (row.ns, row.key)
+            if k not in best or score > best[k][0]:
+                best[k] = (score, row)
+        ranked = sorted(best.values(), key=lambda sr: -sr[0])
+        kept = ranked[op.offset : op.offset + op.limit]
+        page: list[tuple[float | None, _Row]] = list(kept)
+        if len(page) < op.limit:
+            page += [(None, r) for r in rows if not r.vectors][: op.limit - len(page)]
+        yield from self._plan_refresh([r for _, r in page], op.refresh_ttl)
+        return [r.item(self.keys, score=s, search=True) for s, r in page]
+
+    def _plan_knn(self, op: SearchOp, vector: list[float]) -> Plan:
+        assert self.index_name is not None
+        blob = pack_vector(vector, self.dims)
+        clauses = self.filter_fields.pushdown(op.filter)
+        want = op.offset + op.limit
+        k = max(want * 2, 10)
+        fetched: dict[tuple[str, str], _Row | None] = {}
+        while True:
+            args = q.knn_query(op.namespace_prefix, clauses, k, blob, self._ef_runtime)
+            (reply,) = yield Pipe([Call(("FT.SEARCH", self.index_name, *args))])
+            _, docs = parse_search(reply)
+            hits = sorted(
+                ((float(_s(fields.get("dist", 1.0))), self.keys.split_vector(key)) for key, fields in docs),
+                key=lambda h: h[0],
+            )
+            ranked: list[tuple[float, tuple[str, str]]] = []
+            seen: set[tuple[str, str]] = set()
+            for dist, ident in hits:
+                if ident not in seen:
+                    seen.add(ident)
+                    ranked.append((dist, ident))
+            missing = [ident for _, ident in ranked if ident not in fetched]
+            if missing:
+                calls = [
+                    self._script("get", self.keys.bases(ns)[0] + kenc, self.keys.bases(ns)[1],
+                                 self.keys.bases(ns)[3], kenc, 0)
+                    for ns, kenc in missing
+                ]  # fmt: skip
+                replies = yield Pipe(calls)
+                for (ns, kenc), reply in zip(missing, replies):
+                    fetched[(ns, kenc)] = (
+                        _Row(ns, kenc, json.loads(reply[0]), int(reply[1]), int(reply[2]),
+                             int(reply[3]), int(reply[4]))
+                        if reply and reply[0] is not None else None
+                    )  # fmt: skip
+            kept: list[tuple[float | None, _Row]] = []
+            for dist, ident in ranked:
+                row = fetched.get(ident)
+                if row is not None and q.matches(row.value, op.filter):
+                    kept.append((1.0 - dist, row))
+            if len(kept) >= want or len(docs) < k:
+                break
+            k *= 4
+        page = kept[op.offset : want]
+        if len(page) < op.limit:
+            extra = yield from self._plan_scan(
+                op.namespace_prefix, op.filter, op.limit - len(page), scoreless=True
+            )
+            page += [(None, r) for r in extra][: op.limit - len(page)]
+        yield from self._plan_refresh([r for _, r in page], op.refresh_ttl)
+        return [r.item(self.keys, score=s, search=True) for s, r in page]
+
+    # -- setup ----------------------------------------------------------------------
+
+    def _plan_setup(self) -> Plan:
+        """Create the FT index if missing (idempotent); detect a server without FT."""
+        if self.index_name is None or self.dims is None:
+            self._search_ok = False
+            return
+        (info,) = yield Pipe([Call(("FT.INFO", self.index_name))], return_errors=True)
+        if isinstance(info, Exception):
+            if is_unknown_command_error(info):
+                self._search_ok = False
+                return
+            if not is_missing_index_error(info):
+                raise info
+            schema = q.index_schema(
+                self.keys.vector_prefix, self.dims, self.vector_algorithm,
+                self.vector_params, len(self.filter_fields.paths),
+            )  # fmt: skip
+            (created,) = yield Pipe(
+                [Call(("FT.CREATE", self.index_name, *schema))], return_errors=True
+            )
+            if isinstance(created, Exception) and not is_index_exists_error(created):
+                if is_unknown_command_error(created):
+                    self._search_ok = False
+                    return
+                raise created
+        self._search_ok = True
