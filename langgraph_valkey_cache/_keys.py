@@ -250,9 +250,9 @@ class LLMCacheKeys:
     - ``P:x:<M>:<E>``  STRING, exact entry; ``M = digest(llm_string)``,
       ``E = digest(llm_string, prompt)`` (length-prefixed, so no ``prompt + llm_string``
       collision). ``P:x:<M>:*`` is one model's entries (invalidate by model).
-    - ``P:s:<F>:<E>``  HASH, semantic entry; ``F`` is the filter tag (llm string plus
-      conversation context), ``E = digest(F, embedded text)``. ``P:idx`` is the FT index
-      over the ``P:s:`` key prefix.
+    - ``P:s:<M>:<E>``  HASH, semantic entry; ``E = digest(F, embedded text)`` where ``F``
+      is the filter tag (llm string plus conversation context, a TAG field of the hash).
+      ``P:s:<M>:*`` is one model's entries. ``P:idx`` is the FT index over ``P:s:``.
     - ``P:b:<encoded key>``  ByteStore value (key percent-encoded, so the caller's key
       never widens a SCAN pattern).
     """
@@ -273,15 +273,17 @@ class LLMCacheKeys:
             return f"{self._glob_prefix}:x:*"
         return f"{self._glob_prefix}:x:{self.model_digest(llm_string)}:*"
 
-    def semantic(self, tag: str, text: str) -> str:
-        return f"{self.prefix}:s:{tag}:{digest(tag, text)}"
+    def semantic(self, llm_string: str, tag: str, text: str) -> str:
+        return f"{self.prefix}:s:{self.model_digest(llm_string)}:{digest(tag, text)}"
 
     def semantic_key_prefix(self) -> str:
         """The FT.CREATE ``PREFIX`` (a literal string, not a glob)."""
         return f"{self.prefix}:s:"
 
-    def semantic_pattern(self) -> str:
-        return f"{self._glob_prefix}:s:*"
+    def semantic_pattern(self, llm_string: str | None = None) -> str:
+        if llm_string is None:
+            return f"{self._glob_prefix}:s:*"
+        return f"{self._glob_prefix}:s:{self.model_digest(llm_string)}:*"
 
     def index(self) -> str:
         return f"{self.prefix}:idx"
