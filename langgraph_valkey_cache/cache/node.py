@@ -1,0 +1,245 @@
+"""``ValkeyNodeCache``: LangGraph's node cache (``BaseCache``) on Valkey.
+
+Budget: ``get``/``aget`` is one ``MGET`` (one round trip per cluster node holding a key),
+``set``/``aset`` one ``SET key value PX ttl`` per entry (several entries go in one
+pipeline), ``clear`` SCANs this cache's prefix (per primary on a cluster) with an escaped
+pattern and ``UNLINK``s in batches. Values are the injected serde's ``(type, bytes)``
+packed raw (no base64, no JSON wrapper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from langgraph.cache.base import BaseCache, FullKey, Namespace, ValueT
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from prometheus_client import CollectorRegistry
+
+from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_cluster, scan_keys
+from langgraph_valkey_cache._keys import NodeCacheKeys
+from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
+from langgraph_valkey_cache._telemetry import Telemetry
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+
+__all__ = ["ValkeyNodeCache"]
+
+logger = logging.getLogger("langgraph_valkey_cache.cache")
+
+_DELETE_BATCH = 500
+
+
+def _batches(keys: Iterable[Any], size: int = _DELETE_BATCH) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class ValkeyNodeCache(BaseCache[ValueT]):
+    """LangGraph node cache on Valkey (standalone or cluster, sync or async client).
+
+    Pass it to ``compile(cache=...)`` and give nodes a ``CachePolicy``; behaves like
+    LangGraph's ``InMemoryCache`` (per-entry TTL in seconds, ``graph.clear_cache()``
+    by node namespace) but is shared by every process using the server.
+
+    Args:
+        client: a sync (``valkey.Valkey``/``ValkeyCluster``) or async (``valkey.asyncio``)
+            client. Never reconfigured.
+        aclient: an async client to use for the ``a*`` methods next to a sync ``client``.
+            With no async client the ``a*`` methods run the sync ones in a worker
+            thread (the event loop never blocks); with only an async client, the sync
+            methods raise ``TypeError``.
+        prefix: key prefix of this cache (ACL users can be confined to ``prefix*``).
+        serde: serializer; default strict ``JsonPlusSerializer`` (no pickle, no
+            arbitrary module revival).
+        metrics: ``False`` to disable Prometheus metrics, or a registry.
+
+    Server errors in ``get``/``set`` are misses (warning + error metric: the node runs);
+    ``clear`` raises, since a failed invalidation must not go unnoticed.
+
+    Example:
+        ```python
+        from langgraph.graph import StateGraph
+        from langgraph.types import CachePolicy
+        from langgraph_valkey_cache import ValkeyNodeCache, client_from_url
+
+        builder = StateGraph(State)
+        builder.add_node("expensive", expensive, cache_policy=CachePolicy(ttl=120))
+        ...
+        graph = builder.compile(cache=ValkeyNodeCache(client_from_url("valkey://localhost:6379")))
+        graph.invoke({"x": 1})  # runs `expensive`
+        graph.invoke({"x": 1})  # served from Valkey
+        graph.clear_cache()
+        ```
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        aclient: Any | None = None,
+        prefix: str = "lgvc:node",
+        serde: SerializerProtocol | None = None,
+        metrics: bool | CollectorRegistry = True,
+    ) -> None:
+        super().__init__(serde=serde or default_serde())
+        if is_async_client(client):
+            if aclient is not None:
+                raise TypeError("client is async already; pass a sync client with aclient=")
+            self.client, self.aclient = None, client
+        else:
+            if aclient is not None and not is_async_client(aclient):
+                raise TypeError("aclient must be a valkey.asyncio client")
+            self.client, self.aclient = client, aclient
+        self.keys = NodeCacheKeys(prefix)
+        self.telemetry = Telemetry("node_cache", metrics=metrics)
+
+    # --- pure helpers (shared by sync and async) ---------------------------------------
+
+    def _redis_keys(self, keys: Sequence[FullKey]) -> list[str]:
+        return [self.keys.entry(tuple(ns), key) for ns, key in keys]
+
+    def _decode(self, keys: Sequence[FullKey], raws: Sequence[Any]) -> dict[FullKey, ValueT]:
+        out: dict[FullKey, ValueT] = {}
+        for (ns, key), raw in zip(keys, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                out[(tuple(ns), key)] = self.serde.loads_typed(unpack_typed(raw))
+            except Exception as exc:  # a foreign or stale entry is a miss, not a crash
+                logger.warning("node cache: undecodable entry treated as a miss: %s", exc)
+        self.telemetry.result("hit", len(out))
+        self.telemetry.result("miss", len(keys) - len(out))
+        return out
+
+    def _encode(
+        self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]
+    ) -> list[tuple[str, bytes, int | None]]:
+        entries = []
+        for (ns, key), (value, ttl) in pairs.items():
+            data = pack_typed(dumps_checked(self.serde, value, "node cache value"))
+            px = None if ttl is None else max(1, int(ttl * 1000))
+            entries.append((self.keys.entry(tuple(ns), key), data, px))
+        self.telemetry.stored(sum(len(d) for _, d, _ in entries))
+        return entries
+
+    def _patterns(self, namespaces: Sequence[Namespace] | None) -> list[str]:
+        if namespaces is None:
+            return [self.keys.all_pattern()]
+        return [self.keys.namespace_pattern(tuple(ns)) for ns in namespaces]
+
+    def _sync_client(self) -> Any:
+        if self.client is None:
+            raise TypeError(
+                "this ValkeyNodeCache has only an async client: use graph.ainvoke()/astream(), "
+                "or pass a sync client (ValkeyNodeCache(sync_client, aclient=async_client))"
+            )
+        return self.client
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def get(self, keys: Sequence[FullKey]) -> dict[FullKey, ValueT]:
+        """Cached values of ``keys`` (missing, expired or unreadable ones left out)."""
+        if not keys:
+            return {}
+        client = self._sync_client()
+        with self.telemetry.operation("get"):
+            rkeys = self._redis_keys(keys)
+            try:
+                raws = client.mget_nonatomic(rkeys) if is_cluster(client) else client.mget(rkeys)
+            except CACHE_ERRORS as exc:
+                report_failure(self.telemetry, "get", exc)
+                return {}
+            return self._decode(keys, raws)
+
+    def set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
+        """Store values, each with its TTL in seconds (None: no expiry)."""
+        if not pairs:
+            return
+        client = self._sync_client()
+        with self.telemetry.operation("set"):
+            entries = self._encode(pairs)
+            try:
+                if len(entries) == 1:
+                    key, data, px = entries[0]
+                    client.set(key, data, px=px)
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for key, data, px in entries:
+                        pipe.set(key, data, px=px)
+                    pipe.execute()
+            except CACHE_ERRORS as exc:
+                report_failure(self.telemetry, "set", exc)
+
+    def clear(self, namespaces: Sequence[Namespace] | None = None) -> None:
+        """Delete the entries of ``namespaces`` (exact namespaces), or all of this cache's."""
+        client = self._sync_client()
+        with self.telemetry.operation("clear"):
+            for pattern in self._patterns(namespaces):
+                for batch in _batches(scan_keys(client, pattern)):
+                    client.unlink(*batch)
+
+    # --- async --------------------------------------------------------------------------
+
+    async def aget(self, keys: Sequence[FullKey]) -> dict[FullKey, ValueT]:
+        """Async :meth:`get`."""
+        if not keys:
+            return {}
+        if self.aclient is None:
+            return await asyncio.to_thread(self.get, keys)
+        client = self.aclient
+        with self.telemetry.operation("get"):
+            rkeys = self._redis_keys(keys)
+            try:
+                if is_cluster(client):
+                    raws = await client.mget_nonatomic(rkeys)
+                else:
+                    raws = await client.mget(rkeys)
+            except CACHE_ERRORS as exc:
+                report_failure(self.telemetry, "get", exc)
+                return {}
+            return self._decode(keys, raws)
+
+    async def aset(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
+        """Async :meth:`set`."""
+        if not pairs:
+            return
+        if self.aclient is None:
+            return await asyncio.to_thread(self.set, pairs)
+        client = self.aclient
+        with self.telemetry.operation("set"):
+            entries = self._encode(pairs)
+            try:
+                if len(entries) == 1:
+                    key, data, px = entries[0]
+                    await client.set(key, data, px=px)
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for key, data, px in entries:
+                        pipe.set(key, data, px=px)
+                    await pipe.execute()
+            except CACHE_ERRORS as exc:
+                report_failure(self.telemetry, "set", exc)
+
+    async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
+        """Async :meth:`clear`."""
+        if self.aclient is None:
+            return await asyncio.to_thread(self.clear, namespaces)
+        client = self.aclient
+        with self.telemetry.operation("clear"):
+            for pattern in self._patterns(namespaces):
+                batch: list[Any] = []
+                async for key in ascan_keys(client, pattern):
+                    batch.append(key)
+                    if len(batch) >= _DELETE_BATCH:
+                        await client.unlink(*batch)
+                        batch = []
+                if batch:
+                    await client.unlink(*batch)
