@@ -33,6 +33,9 @@ class ValkeyStore(ValkeyStoreBase):
             them is pushed into the FT query (others are applied afterwards).
         vector_algorithm: ``"HNSW"`` (default) or ``"FLAT"``.
         vector_params: e.g. ``{"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 10}``.
+        embedding_cache: ``True`` (a ``ValkeyByteStore`` under ``<prefix>:emb`` on the
+            same client) or any LangChain ``ByteStore``: texts and queries are embedded
+            through ``CachedEmbeddings``, each distinct text once across processes.
         metrics: ``False`` to turn Prometheus metrics off, or a registry.
 
     Example:
@@ -93,7 +96,7 @@ class ValkeyStore(ValkeyStoreBase):
         for call in op.calls:
             if call.script:
                 sha = self._scripts[call.script].sha
-                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
             else:
                 pipe.execute_command(*call.args)
         replies = list(pipe.execute(raise_on_error=False))
@@ -111,6 +114,8 @@ class ValkeyStore(ValkeyStoreBase):
             return self._pipe(op)
         if isinstance(op, Embed):
             if op.query:
+                if hasattr(self.embeddings, "embed_queries"):  # CachedEmbeddings: one read
+                    return self.embeddings.embed_queries(op.texts)
                 return [self.embeddings.embed_query(t) for t in op.texts]
             return self.embeddings.embed_documents(op.texts)
         raise TypeError(f"unexpected plan step {op!r}")

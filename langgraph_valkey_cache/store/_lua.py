@@ -87,16 +87,17 @@ return r
 """
 
 # KEYS: ukey. ARGV: ibase, vbase, xkey, count (0 = all), with_vectors (1/0).
-# Returns {rows, seen}: rows {K, v, c, u, t, nv, vec...} most recently updated first;
-# seen = index entries read (seen == count means more may follow).
+# Returns {rows, seen, last}: rows {K, v, c, u, t, nv, vec...} most recently updated
+# first; seen = index entries read (seen == count: more may follow, none newer than last).
 _LIST = r"""
 local ukey, ib, vb, xkey = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local count, with_vec = tonumber(ARGV[4]), ARGV[5] == '1'
 local _, now_ms = now()
 prune(ukey, xkey, now_ms)
-local ks = redis.call('ZREVRANGE', ukey, 0, count - 1)
+local ks = redis.call('ZREVRANGE', ukey, 0, count - 1, 'WITHSCORES')
 local out = {}
-for _, k in ipairs(ks) do
+for i = 1, #ks, 2 do
+  local k = ks[i]
   local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv')
   if r[1] then
     local row = {k, r[1], r[2], r[3], r[4], r[5]}
@@ -108,7 +109,7 @@ for _, k in ipairs(ks) do
     out[#out + 1] = row
   end
 end
-return {out, #ks}
+return {out, #ks / 2, ks[#ks] or '0'}
 """
 
 # KEYS: xkey. ARGV: ukey. Returns the number of live items of the namespace.

@@ -95,7 +95,7 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
         for call in op.calls:
             if call.script:
                 sha = self._scripts[call.script].sha
-                pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
             else:
                 pipe.execute_command(*call.args)
         replies = list(await pipe.execute(raise_on_error=False))
@@ -113,6 +113,8 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
             return await self._pipe(op)
         if isinstance(op, Embed):
             if op.query:
+                if hasattr(self.embeddings, "aembed_queries"):  # CachedEmbeddings: one read
+                    return await self.embeddings.aembed_queries(op.texts)
                 return [await self.embeddings.aembed_query(t) for t in op.texts]
             return await self.embeddings.aembed_documents(op.texts)
         raise TypeError(f"unexpected plan step {op!r}")

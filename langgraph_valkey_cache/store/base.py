@@ -178,6 +178,7 @@ class ValkeyStoreBase(BaseStore):
         filter_fields: Sequence[str] = (),
         vector_algorithm: str = "HNSW",
         vector_params: dict[str, Any] | None = None,
+        embedding_cache: Any = None,
         metrics: Any = True,
     ) -> None:
         self.client = client
@@ -202,6 +203,8 @@ class ValkeyStoreBase(BaseStore):
                 raise ValueError(f"index['dims'] must be a positive int, got {dims!r}")
             self.index_config = dict(index)  # type: ignore[assignment]
             self.embeddings = ensure_embeddings(index.get("embed"))
+            if embedding_cache:
+                self.embeddings = self._cached(self.embeddings, embedding_cache, prefix)
             self._fields = [
                 (p, tokenize_path(p) if p != "$" else p) for p in (index.get("fields") or ["$"])
             ]
@@ -216,6 +219,16 @@ class ValkeyStoreBase(BaseStore):
         self._warned = False
         self._scripts = _REGISTRY.bind(client)
         self._telemetry = Telemetry("store", metrics=metrics)
+
+    def _cached(self, embeddings: Any, cache: Any, prefix: str) -> Any:
+        """Route embeddings through the shared embedding cache (``CachedEmbeddings``)."""
+        from langgraph_valkey_cache._client import is_async_client
+        from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
+
+        if cache is True:
+            side = "async_client" if is_async_client(self.client) else "client"
+            cache = ValkeyByteStore(**{side: self.client}, prefix=f"{prefix}:emb")
+        return CachedEmbeddings(embeddings, cache)
 
     # -- calls ----------------------------------------------------------------------
 
@@ -460,9 +473,11 @@ class ValkeyStoreBase(BaseStore):
                 calls.append(self._script("list", ukey, ib, vb, xkey, count, int(vectors)))
             replies = yield Pipe(calls)
             rows: list[_Row] = []
-            more = False
-            for ns, (out, seen) in zip(namespaces, replies):
-                more = more or (count > 0 and int(seen) >= count)
+            bound: int | None = None  # entries not read are no newer than this
+            for ns, (out, seen, last) in zip(namespaces, replies):
+                if count > 0 and int(seen) >= count:
+                    last_us = int(float(_s(last)))
+                    bound = last_us if bound is None else max(bound, last_us)
                 for r in out:
                     row = _Row(
                         ns, _s(r[0]), json.loads(r[1]), int(r[2]), int(r[3]), int(r[4]),
@@ -472,8 +487,11 @@ class ValkeyStoreBase(BaseStore):
                         continue
                     if q.matches(row.value, filter):
                         rows.append(row)
-            if want is None or len(rows) >= want or not more:
-                rows.sort(key=lambda r: (-r.updated, r.ns, r.key))
+            rows.sort(key=lambda r: (-r.updated, r.ns, r.key))
+            if bound is not None:
+                # only rows newer than every truncated namespace's last entry are final
+                rows = [r for r in rows if r.updated > bound]
+            if want is None or bound is None or len(rows) >= want:
                 return rows
             count *= 4
 
