@@ -1,0 +1,375 @@
+"""ValkeySemanticCache on a server answering FT.*: langchain-tests suites, paraphrase hits,
+the llm_string/context TAG prefilter, threshold semantics (sync == async), round trips,
+judge/rerank band, threshold_effectiveness, check_batch, fail-open, module missing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.load import dumps
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import Generation
+from langchain_tests.integration_tests.cache import AsyncCacheTestSuite, SyncCacheTestSuite
+
+from langgraph_valkey_cache import ValkeySemanticCache
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache._search import SearchModuleMissing
+from langgraph_valkey_cache.cache.semantic import split_prompt
+from langgraph_valkey_cache.testing import HashingEmbeddings, count_commands
+
+pytestmark = pytest.mark.search
+
+Q = "What is the capital of France?"
+PARAPHRASE = "what is the capital city of France?"  # distance ~0.04 with 256 hashing dims
+OTHER = "What is the capital of Germany?"  # ~0.12
+THRESHOLD = 0.08
+
+
+@pytest.fixture
+def sclient(search_url: str) -> Iterator[Any]:
+    client = client_from_url(search_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def aclient(search_url: str) -> AsyncIterator[Any]:
+    client = client_from_url(search_url, asyncio=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def emb() -> HashingEmbeddings:
+    return HashingEmbeddings(256)
+
+
+def _cache(client: Any, emb: Any, prefix: str, **kw: Any) -> ValkeySemanticCache:
+    kw.setdefault("distance_threshold", THRESHOLD)
+    return ValkeySemanticCache(client, emb, prefix=prefix, metrics=False, **kw)
+
+
+@pytest.fixture
+def cache(sclient: Any, emb: HashingEmbeddings, prefix: str) -> Iterator[ValkeySemanticCache]:
+    c = _cache(sclient, emb, prefix)
+    c.setup()
+    yield c
+    c.clear()
+    c.drop_index()
+
+
+class TestSemanticSync(SyncCacheTestSuite):
+    @pytest.fixture
+    def cache(self, sclient: Any, prefix: str) -> Iterator[ValkeySemanticCache]:
+        c = _cache(sclient, HashingEmbeddings(64), prefix)
+        c.setup()
+        yield c
+        c.drop_index()
+
+
+class TestSemanticAsync(AsyncCacheTestSuite):
+    @pytest.fixture
+    async def cache(
+        self, sclient: Any, aclient: Any, prefix: str
+    ) -> AsyncIterator[ValkeySemanticCache]:
+        c = _cache(aclient, HashingEmbeddings(64), prefix)
+        await c.asetup()
+        yield c
+        await c.aclear()
+        sclient.execute_command("FT.DROPINDEX", c.keys.index())
+
+
+def test_setup_is_idempotent_and_paraphrase_hits(cache: ValkeySemanticCache) -> None:
+    cache.setup()
+    cache.update(Q, "llm", [Generation(text="Paris")])
+    assert cache.lookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    assert cache.lookup(OTHER, "llm") is None
+    assert cache.lookup("How do I bake bread?", "llm") is None
+
+
+def test_setup_without_module_names_valkey_search(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    c = _cache(client, HashingEmbeddings(8), prefix)
+    with pytest.raises(SearchModuleMissing, match="valkey-search"):
+        c.setup()
+    client.close()
+
+
+class _ModelA(FakeMessagesListChatModel):
+    @property
+    def _llm_type(self) -> str:
+        return "model-a"
+
+
+class _ModelB(FakeMessagesListChatModel):
+    @property
+    def _llm_type(self) -> str:
+        return "model-b"
+
+
+def test_prefilter_models_params_tools_system_prompt(cache: ValkeySemanticCache) -> None:
+    usage = {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}
+    fresh = [AIMessage(f"fresh{i}") for i in range(5)]
+    a = _ModelA(responses=[AIMessage("Paris", usage_metadata=usage), *fresh], cache=cache)
+    assert a.invoke([HumanMessage(Q)]).content == "Paris"
+    # a paraphrase to the same model and parameters: served from the cache
+    hit = a.invoke([HumanMessage(PARAPHRASE)])
+    assert hit.content == "Paris" and a.i == 1
+    assert hit.usage_metadata is not None and hit.usage_metadata["total_tokens"] == 6
+    # the same question to another model: a miss
+    b = _ModelB(responses=[AIMessage("from b")], cache=cache)
+    assert b.invoke([HumanMessage(Q)]).content == "from b"
+    # another temperature, other bound tools, a system prompt: each calls the model
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    assert a.bind(temperature=0.9).invoke([HumanMessage(Q)]).content == "fresh0"
+    assert a.bind(tools=[tool]).invoke([HumanMessage(Q)]).content == "fresh1"
+    with_system = [SystemMessage("Answer in French."), HumanMessage(Q)]
+    assert a.invoke(with_system).content == "fresh2"
+    assert a.i == 4
+    # and each of those is now cached in its own partition
+    assert a.bind(temperature=0.9).invoke([HumanMessage(PARAPHRASE)]).content == "fresh0"
+    assert a.invoke(with_system).content == "fresh2"
+    assert a.i == 4
+
+
+def test_context_before_and_after_the_user_turn(cache: ValkeySemanticCache) -> None:
+    llm = "llm"
+    first = [HumanMessage("hi"), AIMessage("hello"), HumanMessage(Q)]
+    cache.update(dumps(first), llm, [Generation(text="Paris")])
+    # same last turn, same history: hit (paraphrased)
+    same = [HumanMessage("hi"), AIMessage("hello"), HumanMessage(PARAPHRASE)]
+    assert cache.lookup(dumps(same), llm) == [Generation(text="Paris")]
+    # a different earlier turn: miss
+    other = [HumanMessage("hey"), AIMessage("hello"), HumanMessage(Q)]
+    assert cache.lookup(dumps(other), llm) is None
+    # an agent's follow-up after a tool result must not get the first call's answer
+    follow = [
+        *first,
+        AIMessage("", tool_calls=[{"name": "geo", "args": {}, "id": "c1"}]),
+        ToolMessage("Paris", tool_call_id="c1"),
+    ]
+    assert cache.lookup(dumps(follow), llm) is None
+
+
+def test_split_prompt() -> None:
+    text, ctx = split_prompt(dumps([SystemMessage("s"), HumanMessage("q1")]))
+    assert text == "q1" and '"s"' in ctx
+    blocks = HumanMessage(content=[{"type": "text", "text": "look"}, {"type": "image", "url": "u"}])
+    text, ctx = split_prompt(dumps([blocks]))
+    assert text == "look" and '"u"' in ctx
+    assert split_prompt("plain text") == ("plain text", "")
+    assert split_prompt(dumps([HumanMessage("a")]), "prompt")[1] == ""
+
+
+async def test_sync_and_async_agree(
+    sclient: Any, aclient: Any, emb: HashingEmbeddings, prefix: str
+) -> None:
+    s = _cache(sclient, emb, prefix)
+    a = _cache(aclient, emb, prefix)
+    s.setup()
+    s.update(Q, "llm", [Generation(text="Paris")])
+    for q in (Q, PARAPHRASE, OTHER, "What is the population of France?"):
+        ds = s.nearest(q, "llm")
+        da = await a.anearest(q, "llm")
+        assert ds == da
+        assert (s.lookup(q, "llm") is None) == (await a.alookup(q, "llm") is None)
+        for t in (0.0, 0.05, 0.1, 0.2):
+            assert (s.lookup(q, "llm", distance_threshold=t) is None) == (
+                await a.alookup(q, "llm", distance_threshold=t) is None
+            )
+            assert ds is not None
+            assert (s.lookup(q, "llm", distance_threshold=t) is not None) == (ds <= t)
+    s.drop_index()
+
+
+def test_hit_costs_one_round_trip_plus_cached_embedding(
+    search_url: str, emb: HashingEmbeddings, prefix: str
+) -> None:
+    client = client_from_url(search_url)
+    c = _cache(client, emb, prefix)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    assert c.lookup(PARAPHRASE, "llm") is not None  # embeds PARAPHRASE once, caches it
+    embedded = emb.texts_embedded
+    with count_commands() as log:
+        assert c.lookup(PARAPHRASE, "llm") is not None
+    assert emb.texts_embedded == embedded, "the repeated text was not re-embedded"
+    assert log.round_trips == 2  # MGET of the cached vector + one FT.SEARCH
+    # without the embedding cache: exactly one round trip (FT.SEARCH)
+    plain = _cache(client, emb, prefix, cache_embeddings=False)
+    plain.setup()
+    plain.lookup(Q, "llm")
+    with count_commands() as log:
+        assert plain.lookup(Q, "llm") is not None
+    assert log.round_trips == 1
+    c.drop_index()
+    client.close()
+
+
+def test_thresholds_per_call_context_and_category(sclient: Any, prefix: str) -> None:
+    emb = HashingEmbeddings(256)
+    c = _cache(
+        sclient,
+        emb,
+        prefix,
+        category_thresholds={"geo": 0.2},
+        categorize=lambda text: "geo" if "capital" in text.lower() else None,
+    )
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    assert c.lookup(OTHER, "llm") is not None  # category threshold 0.2 > 0.12
+    assert c.lookup(OTHER, "llm", distance_threshold=0.05) is None
+    with c.threshold(0.01):
+        assert c.lookup(PARAPHRASE, "llm") is None
+    assert c.lookup(PARAPHRASE, "llm") is not None
+    c.drop_index()
+
+
+def test_judge_band(sclient: Any, emb: HashingEmbeddings, prefix: str) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def judge(prompt: str, candidate: str) -> bool:
+        seen.append((prompt, candidate))
+        return "Germany" not in prompt
+
+    c = _cache(sclient, emb, prefix, distance_threshold=0.01, judge=judge, band=0.2)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    assert c.lookup(Q, "llm") is not None and not seen  # direct hit: no judge call
+    assert c.lookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    assert seen[-1] == (PARAPHRASE, Q)
+    assert c.lookup(OTHER, "llm") is None
+    assert c.lookup("How do I bake bread?", "llm") is None  # outside the band: no call
+    assert len(seen) == 2
+    c.drop_index()
+
+
+async def test_judge_async_timeout_and_error_policy(
+    sclient: Any, aclient: Any, emb: HashingEmbeddings, prefix: str
+) -> None:
+    async def slow(prompt: str, candidate: str) -> bool:
+        await asyncio.sleep(1)
+        return True
+
+    async def yes(prompt: str, candidate: str) -> bool:
+        return True
+
+    def boom(prompt: str, candidate: str) -> bool:
+        raise RuntimeError("judge down")
+
+    base = _cache(sclient, emb, prefix)
+    base.setup()
+    base.update(Q, "llm", [Generation(text="Paris")])
+    kw = {"distance_threshold": 0.01, "band": 0.2, "judge_timeout": 0.2}
+    assert await _cache(aclient, emb, prefix, judge=yes, **kw).alookup(PARAPHRASE, "llm")
+    # an async judge from the sync API
+    assert _cache(sclient, emb, prefix, judge=yes, **kw).lookup(PARAPHRASE, "llm")
+    start = time.perf_counter()
+    assert await _cache(aclient, emb, prefix, judge=slow, **kw).alookup(PARAPHRASE, "llm") is None
+    assert time.perf_counter() - start < 0.9
+    assert _cache(sclient, emb, prefix, judge=slow, **kw).lookup(PARAPHRASE, "llm") is None
+    assert _cache(sclient, emb, prefix, judge=boom, **kw).lookup(PARAPHRASE, "llm") is None
+    lenient = _cache(aclient, emb, prefix, judge=boom, on_judge_error="hit", **kw)
+    assert await lenient.alookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    base.drop_index()
+
+
+def test_rerank_picks_among_candidates(sclient: Any, emb: HashingEmbeddings, prefix: str) -> None:
+    c = _cache(
+        sclient,
+        emb,
+        prefix,
+        distance_threshold=0.0,
+        band=0.3,
+        rerank=lambda prompt, cands: next((i for i, t in enumerate(cands) if "Germany" in t), None),
+        rerank_k=3,
+    )
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    c.update(OTHER, "llm", [Generation(text="Berlin")])
+    assert c.lookup("What is the capital of Germany, please?", "llm") == [Generation(text="Berlin")]
+    c.drop_index()
+
+
+def test_threshold_effectiveness(sclient: Any, emb: HashingEmbeddings, prefix: str) -> None:
+    c = _cache(sclient, emb, prefix, distance_threshold=0.03)
+    c.setup()
+    assert c.threshold_effectiveness()["recommendation"] == "keep"  # too few lookups
+    c.update(Q, "llm", [Generation(text="Paris")])
+    for _ in range(12):
+        c.lookup(PARAPHRASE, "llm")  # ~0.04: just above 0.03, near misses
+        c.lookup("What is the capital of France, please?", "llm")  # ~0.05
+    report = c.threshold_effectiveness()
+    assert report["lookups"] == 24
+    assert report["recommendation"] == "loosen"
+    assert report["suggested_threshold"] > 0.03
+    assert report["reasons"]
+    # with a judge that accepts the band, the recommendation cites the judge
+    judged = _cache(
+        sclient, emb, prefix, distance_threshold=0.03, judge=lambda p, c: True, band=0.1
+    )
+    judged.setup()
+    for _ in range(20):
+        judged.lookup(PARAPHRASE, "llm")
+    report = judged.threshold_effectiveness()
+    assert report["judge_accept_rate"] == 1.0 and report["recommendation"] == "loosen"
+    assert "judge" in report["reasons"][0]
+    c.drop_index()
+
+
+async def test_check_batch_pipelined(
+    sclient: Any, aclient: Any, emb: HashingEmbeddings, prefix: str
+) -> None:
+    c = _cache(sclient, emb, prefix)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    c.update("How do I bake bread?", "llm", [Generation(text="Knead")])
+    prompts = [PARAPHRASE, "how do I bake bread", "unrelated question entirely"]
+    c.check_batch(prompts, "llm")  # warm the embedding cache
+    with count_commands() as log:
+        got = c.check_batch(prompts, "llm")
+    assert got == [[Generation(text="Paris")], [Generation(text="Knead")], None]
+    assert log.round_trips == 2  # one MGET of the vectors, one pipeline of FT.SEARCH
+    a = _cache(aclient, emb, prefix)
+    assert await a.acheck_batch(prompts, "llm") == got
+    c.drop_index()
+
+
+def test_clear_and_invalidate_model(cache: ValkeySemanticCache) -> None:
+    cache.update(Q, "m1", [Generation(text="a")])
+    cache.update(Q, "m2", [Generation(text="b")])
+    cache.clear(llm_string="m1")
+    assert cache.lookup(Q, "m1") is None
+    assert cache.lookup(Q, "m2") == [Generation(text="b")]
+    cache.clear()
+    assert cache.lookup(Q, "m2") is None
+
+
+def test_ttl(cache: ValkeySemanticCache, sclient: Any, emb: Any, prefix: str) -> None:
+    c = _cache(sclient, emb, prefix + "t", ttl=0.3)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    assert c.lookup(Q, "llm") is not None
+    time.sleep(0.5)
+    assert c.lookup(Q, "llm") is None
+    c.drop_index()
+
+
+def test_fail_open(emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
+    c = _cache(client, emb, prefix, dims=256)
+    model = FakeMessagesListChatModel(responses=[AIMessage("fresh")], cache=c)
+    assert model.invoke(Q).content == "fresh"
+    assert "failed" in caplog.text
+    client.close()
