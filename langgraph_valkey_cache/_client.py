@@ -61,7 +61,10 @@ def _split_cluster_flag(url: str) -> tuple[str, bool | None]:
         raise ValueError(
             f"unsupported URL scheme {parts.scheme!r}: use valkey://, valkeys:// or unix://"
         )
-    return urlunsplit(parts._replace(scheme=new_scheme, query=urlencode(kept))), flag
+    rebuilt = urlunsplit(parts._replace(scheme=new_scheme, query=urlencode(kept)))
+    if not parts.netloc:  # urlunsplit turns unix:///path into unix:/path
+        rebuilt = rebuilt.replace(f"{new_scheme}:", f"{new_scheme}://", 1)
+    return rebuilt, flag
 
 
 def client_from_url(
