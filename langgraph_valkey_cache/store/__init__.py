@@ -10,7 +10,16 @@ from langgraph.store.base import Op, Result
 from valkey.exceptions import NoScriptError, ResponseError
 
 from langgraph_valkey_cache._client import client_from_url, is_async_client
-from langgraph_valkey_cache.store.base import Call, Embed, Pipe, Plan, PlanOp, ValkeyStoreBase, op_name
+from langgraph_valkey_cache.store.base import (
+    Call,
+    Embed,
+    Pipe,
+    Plan,
+    PlanOp,
+    Sleep,
+    ValkeyStoreBase,
+    op_name,
+)
 
 __all__ = ["AsyncValkeyStore", "ValkeyStore"]
 
@@ -118,6 +127,10 @@ class ValkeyStore(ValkeyStoreBase):
                     return self.embeddings.embed_queries(op.texts)
                 return [self.embeddings.embed_query(t) for t in op.texts]
             return self.embeddings.embed_documents(op.texts)
+        if isinstance(op, Sleep):
+            import time
+
+            return time.sleep(op.seconds)
         raise TypeError(f"unexpected plan step {op!r}")
 
     def _run(self, plan: Plan, name: str) -> Any:

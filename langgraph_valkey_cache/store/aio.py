@@ -11,7 +11,16 @@ from langgraph.store.base.batch import AsyncBatchedBaseStore
 from valkey.exceptions import NoScriptError, ResponseError
 
 from langgraph_valkey_cache._client import aclose_client, client_from_url, is_async_client
-from langgraph_valkey_cache.store.base import Call, Embed, Pipe, Plan, PlanOp, ValkeyStoreBase, op_name
+from langgraph_valkey_cache.store.base import (
+    Call,
+    Embed,
+    Pipe,
+    Plan,
+    PlanOp,
+    Sleep,
+    ValkeyStoreBase,
+    op_name,
+)
 
 __all__ = ["AsyncValkeyStore"]
 
@@ -117,6 +126,10 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
                     return await self.embeddings.aembed_queries(op.texts)
                 return [await self.embeddings.aembed_query(t) for t in op.texts]
             return await self.embeddings.aembed_documents(op.texts)
+        if isinstance(op, Sleep):
+            import asyncio
+
+            return await asyncio.sleep(op.seconds)
         raise TypeError(f"unexpected plan step {op!r}")
 
     async def _run(self, plan: Plan, name: str) -> Any:

@@ -48,13 +48,14 @@ from langgraph_valkey_cache._search import (
     is_missing_index_error,
     is_unknown_command_error,
     pack_vector,
+    parse_info,
     parse_search,
 )
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.store import search as q
 from langgraph_valkey_cache.store._lua import STORE_SCRIPTS
 
-__all__ = ["Call", "Embed", "Pipe", "ValkeyStoreBase", "op_name"]
+__all__ = ["Call", "Embed", "Pipe", "Sleep", "ValkeyStoreBase", "op_name"]
 
 logger = logging.getLogger("langgraph_valkey_cache.store")
 _REGISTRY = ScriptRegistry(STORE_SCRIPTS)
@@ -87,7 +88,14 @@ class Embed:
     query: bool = False
 
 
-PlanOp = Union[Pipe, Embed]
+@dataclass(frozen=True)
+class Sleep:
+    """Wait ``seconds`` (polling an index backfill)."""
+
+    seconds: float
+
+
+PlanOp = Union[Pipe, Embed, Sleep]
 Plan = Generator[PlanOp, Any, Any]
 
 
@@ -590,4 +598,18 @@ class ValkeyStoreBase(BaseStore):
                     self._search_ok = False
                     return
                 raise created
+            # a new index over existing docs backfills in the background: wait for it
+            for _ in range(200):
+                (info,) = yield Pipe([Call(("FT.INFO", self.index_name))])
+                if not _backfilling(parse_info(info)):
+                    break
+                yield Sleep(0.05)
         self._search_ok = True
+
+
+def _backfilling(info: dict[str, Any]) -> bool:
+    """FT.INFO says the index is still indexing existing keys (RediSearch or valkey-search)."""
+    for name in ("indexing", "backfill_in_progress"):
+        if name in info and _s(info[name]) not in ("0", "0.0", "False"):
+            return True
+    return False

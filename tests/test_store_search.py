@@ -1,0 +1,327 @@
+"""Semantic search of ValkeyStore / AsyncValkeyStore on the FT.* server (and the exact
+fallback on a plain server), compared with InMemoryStore: scores, JSON-path fields,
+per-item ``index=``, filters pushed down or post-filtered, TTL, setup, and a graph
+that writes memories in one thread and recalls them by query in another."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_store
+from langgraph.graph import START, StateGraph
+from langgraph.store.base import PutOp
+from langgraph.store.memory import InMemoryStore
+from typing_extensions import TypedDict
+
+from langgraph_valkey_cache import AsyncValkeyStore, ValkeyStore
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache.testing import HashingEmbeddings, count_commands
+from tests.test_store import FLAVOURS, call, open_store
+
+DIMS = 48
+FIELDS = ["text", "arr[*].c", "meta.title"]
+
+WORDS = "alice bob lisbon porto cats dogs coffee tea music chess rain sun ocean bike".split()
+
+
+def _docs(n: int, seed: int = 1) -> list[tuple[tuple[str, ...], str, dict[str, Any], Any]]:
+    import random
+
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        ns = ("mem", rnd.choice(["alice", "bob"]), *rnd.choice([(), ("x",)]))
+        value: dict[str, Any] = {
+            "text": " ".join(rnd.sample(WORDS, 3)),
+            "kind": rnd.choice(["fact", "pref"]),
+            "n": rnd.randint(0, 9),
+            "meta": {"lang": rnd.choice(["en", "pt"]), "title": " ".join(rnd.sample(WORDS, 2))},
+        }
+        if i % 5 == 0:
+            value["arr"] = [{"c": " ".join([*rnd.sample(WORDS, 2), f"w{j}"])} for j in range(3)]
+        index: Any = None
+        if i % 7 == 0:
+            index = False
+        elif i % 11 == 0:
+            index = ["meta.title"]
+        out.append((ns, f"k{i}", value, index))
+    return out
+
+
+def _index(emb: HashingEmbeddings) -> dict[str, Any]:
+    return {"dims": DIMS, "embed": emb, "fields": FIELDS}
+
+
+def _scored(items: list[Any]) -> list[tuple[str, float | None]]:
+    return [(i.key, None if i.score is None else round(i.score, 4)) for i in items]
+
+
+def _same_ranking(ours: list[Any], theirs: list[Any]) -> None:
+    """Same scores (float32 vs float64) in the same order; the same items except among
+    ties at the page edges (either store may keep either one); unscored fill-ins counted."""
+    a, b = _scored(ours), _scored(theirs)
+    assert [s for _, s in a] == [s for _, s in b], (a, b)
+    scores = [s for _, s in a if s is not None]
+    assert scores == sorted(scores, reverse=True)
+    if scores:  # ties may straddle the offset and the limit: compare strictly inside
+        lo, hi = scores[-1], scores[0]
+        assert {k for k, s in a if s is not None and lo < s < hi} == {
+            k for k, s in b if s is not None and lo < s < hi
+        }
+    for x, y in zip(ours, theirs):
+        if x.score is not None and y.score is not None:
+            assert x.score == pytest.approx(y.score, abs=1e-5)
+
+
+QUERIES = ["alice lisbon", "cats and dogs", "coffee in porto", "ocean bike rain"]
+
+
+async def _fill(store: Any, mem: InMemoryStore, docs: list[Any]) -> None:
+    await call(store, "batch", [PutOp(ns, k, v, index=ix) for ns, k, v, ix in docs])
+    # one at a time: InMemoryStore.batch fails when two puts of a batch embed the same
+    # text ("Number of embeddings ... does not match number of indices")
+    for ns, k, v, ix in docs:
+        mem.batch([PutOp(ns, k, v, index=ix)])
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("algorithm", ["HNSW", "FLAT"])
+async def test_vector_search_matches_inmemory(
+    flavour: str, algorithm: str, search_url: str, prefix: str
+) -> None:
+    emb = HashingEmbeddings(DIMS)
+    params = {"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 50} if algorithm == "HNSW" else {}
+    async with open_store(
+        flavour, search_url, prefix=prefix, index=_index(emb),
+        vector_algorithm=algorithm, vector_params=params,
+    ) as store:  # fmt: skip
+        await call(store, "setup")
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, _docs(80))
+        for query in QUERIES:
+            for pre in [("mem",), ("mem", "alice"), ("mem", "bob", "x"), ()]:
+                for limit, offset in [(5, 0), (10, 3), (100, 0)]:
+                    ours = await call(store, "search", pre, query=query, limit=limit, offset=offset)
+                    theirs = mem.search(pre, query=query, limit=limit, offset=offset)
+                    _same_ranking(ours, theirs)
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_filters_pushed_down_and_post_filtered(
+    flavour: str, search_url: str, prefix: str
+) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(
+        flavour, search_url, prefix=prefix, index=_index(emb), filter_fields=["kind", "n", "meta.lang"]
+    ) as store:
+        await call(store, "setup")
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, _docs(120, seed=2))
+        filters: list[dict[str, Any]] = [
+            {"kind": "fact"},
+            {"kind": {"$ne": "fact"}, "n": {"$gte": 3}},
+            {"n": {"$gt": 2, "$lte": 7}},
+            {"meta": {"lang": "pt"}},
+            {"meta": {"lang": {"$ne": "pt"}}, "n": 4},
+            {"text": {"$ne": "nothing"}, "kind": "pref"},  # text is not pushed down
+        ]
+        for flt in filters:
+            for query in QUERIES[:2]:
+                ours = await call(store, "search", ("mem",), query=query, filter=flt, limit=7)
+                theirs = mem.search(("mem",), query=query, filter=flt, limit=7)
+                _same_ranking(ours, theirs)
+        # pushed down: one KNN query is enough even for a rare value
+        with count_commands() as log:
+            got = await call(store, "search", ("mem",), query="alice", filter={"n": 9}, limit=3)
+        assert got and all(i.value["n"] == 9 for i in got)
+        assert log.round_trips == 2  # one FT.SEARCH, one pipeline fetching the items
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_post_filter_never_returns_fewer_than_limit(
+    flavour: str, search_url: str, prefix: str
+) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(flavour, search_url, prefix=prefix, index=_index(emb)) as store:
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        docs = [
+            (("sparse",), f"k{i}", {"text": f"alice note {i}", "rare": i % 31 == 0}, None)
+            for i in range(250)
+        ]
+        await _fill(store, mem, docs)
+        ours = await call(store, "search", ("sparse",), query="alice", filter={"rare": True}, limit=6)
+        theirs = mem.search(("sparse",), query="alice", filter={"rare": True}, limit=6)
+        assert len(ours) == 6
+        _same_ranking(ours, theirs)
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_vectors_follow_item_lifecycle(flavour: str, search_url: str, prefix: str) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(flavour, search_url, prefix=prefix, index=_index(emb)) as store:
+        raw = client_from_url(search_url)
+        ns = ("life", "{odd:label}")
+        await call(store, "put", ns, "a", {"arr": [{"c": "x"}, {"c": "y"}, {"c": "lisbon"}]})
+        assert len(list(raw.scan_iter(match=f"{prefix}:v:*"))) == 3
+        await call(store, "put", ns, "a", {"text": "lisbon"})  # one vector now
+        assert len(list(raw.scan_iter(match=f"{prefix}:v:*"))) == 1
+        hits = await call(store, "search", ns, query="lisbon")
+        assert [h.key for h in hits] == ["a"] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        await call(store, "put", ns, "a", {"text": "lisbon"}, index=False)
+        assert list(raw.scan_iter(match=f"{prefix}:v:*")) == []
+        assert [h.score for h in await call(store, "search", ns, query="lisbon")] == [None]
+        await call(store, "delete", ns, "a")
+        assert await call(store, "search", ns, query="lisbon") == []
+        await call(store, "put", ns, "t", {"text": "lisbon"}, ttl=0.4 / 60)
+        assert len(await call(store, "search", ns, query="lisbon")) == 1
+        import asyncio
+
+        await asyncio.sleep(0.6)
+        assert await call(store, "search", ns, query="lisbon") == []
+        assert await call(store, "list_namespaces") == []
+        raw.close()
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_bad_input_writes_nothing(flavour: str, search_url: str, prefix: str) -> None:
+    def wrong_dims(texts: list[str]) -> list[list[float]]:
+        return [[0.1] * (DIMS - 1) for _ in texts]
+
+    async def awrong_dims(texts: list[str]) -> list[list[float]]:
+        return wrong_dims(texts)
+
+    embed = wrong_dims if flavour == "sync" else awrong_dims
+    async with open_store(
+        flavour, search_url, prefix=prefix, index={"dims": DIMS, "embed": embed}
+    ) as store:
+        with pytest.raises(ValueError, match="dimensions"):
+            await call(store, "put", ("a",), "k", {"text": "hello"})
+        assert await call(store, "get", ("a",), "k") is None
+        assert await call(store, "list_namespaces") == []
+
+
+@pytest.mark.search
+def test_setup_idempotent_and_new_index_on_config_change(search_url: str, prefix: str) -> None:
+    client = client_from_url(search_url)
+    emb = HashingEmbeddings(DIMS)
+    a = ValkeyStore(client, prefix=prefix, index=_index(emb))  # type: ignore[arg-type]
+    a.setup()
+    a.setup()
+    b = ValkeyStore(client, prefix=prefix, index={"dims": DIMS, "embed": emb}, filter_fields=["k"])
+    b.setup()
+    c = ValkeyStore(client, prefix=prefix, index={"dims": 24, "embed": HashingEmbeddings(24)})
+    c.setup()
+    names = {n.decode() if isinstance(n, bytes) else n for n in client.execute_command("FT._LIST")}
+    assert {a.index_name, b.index_name, c.index_name} <= names
+    assert len({a.index_name, b.index_name, c.index_name}) == 3
+    assert b.index_name == ValkeyStore(client, prefix=prefix, index={"dims": DIMS, "embed": emb},
+                                       filter_fields=["k"]).index_name  # fmt: skip
+    a.put(("s",), "k", {"text": "lisbon"})
+    assert a.search(("s",), query="lisbon")[0].key == "k"
+    client.close()
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_fallback_without_search_module(
+    flavour: str, valkey_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(flavour, valkey_url, prefix=prefix, index=_index(emb)) as store:
+        await call(store, "setup")
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, _docs(60, seed=3))
+        with caplog.at_level(logging.WARNING, logger="langgraph_valkey_cache.store"):
+            for query in QUERIES:
+                for flt in [None, {"kind": "fact"}]:
+                    ours = await call(store, "search", ("mem",), query=query, filter=flt, limit=8)
+                    _same_ranking(ours, mem.search(("mem",), query=query, filter=flt, limit=8))
+        warnings = [r for r in caplog.records if "no search module" in r.getMessage()]
+        assert len(warnings) == 1
+
+
+@pytest.mark.search
+async def test_embedding_cache_embeds_each_text_once(search_url: str, prefix: str) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with open_store("async", search_url, prefix=prefix, index=_index(emb),
+                          embedding_cache=True) as store:  # fmt: skip
+        await store.aput(("e",), "k", {"text": "alice lisbon"})
+        await store.asearch(("e",), query="where is alice")
+        calls = emb.calls
+        await store.asearch(("e",), query="where is alice")
+        await store.aput(("e",), "k2", {"text": "alice lisbon"})
+        assert emb.calls == calls
+
+
+# -- graphs: write memories in one thread, recall them by query in another -----------------
+
+
+class State(TypedDict, total=False):
+    user: str
+    text: str
+    recalled: list[str]
+
+
+def _graph(is_async: bool) -> Any:
+    def remember(state: State) -> State:
+        if state.get("text"):
+            get_store().put(("memories", state["user"]), uuid.uuid4().hex, {"text": state["text"]})
+        return {}
+
+    def recall(state: State) -> State:
+        hits = get_store().search(("memories", state["user"]), query="where does the user live")
+        return {"recalled": [h.value["text"] for h in hits[:1]]}
+
+    async def aremember(state: State) -> State:
+        if state.get("text"):
+            await get_store().aput(
+                ("memories", state["user"]), uuid.uuid4().hex, {"text": state["text"]}
+            )
+        return {}
+
+    async def arecall(state: State) -> State:
+        hits = await get_store().asearch(("memories", state["user"]), query="where does the user live")
+        return {"recalled": [h.value["text"] for h in hits[:1]]}
+
+    builder = StateGraph(State)
+    builder.add_node("remember", aremember if is_async else remember)
+    builder.add_node("recall", arecall if is_async else recall)
+    builder.add_edge(START, "remember")
+    builder.add_edge("remember", "recall")
+    return builder
+
+
+@pytest.mark.search
+def test_graph_memory_across_threads_sync(search_url: str, prefix: str) -> None:
+    emb = HashingEmbeddings(DIMS)
+    with ValkeyStore.from_conn_string(search_url, prefix=prefix, index={"dims": DIMS, "embed": emb}) as store:
+        store.setup()
+        graph = _graph(False).compile(checkpointer=InMemorySaver(), store=store)
+        for text in ["the user lives in Lisbon", "the user likes chess", "bob lives in Porto"]:
+            user = "bob" if text.startswith("bob") else "alice"
+            graph.invoke({"user": user, "text": text}, {"configurable": {"thread_id": "t1"}})
+        out = graph.invoke({"user": "alice"}, {"configurable": {"thread_id": "t2"}})
+        assert out["recalled"] == ["the user lives in Lisbon"]
+
+
+@pytest.mark.search
+async def test_graph_memory_across_threads_async(search_url: str, prefix: str) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with AsyncValkeyStore.from_conn_string(
+        search_url, prefix=prefix, index={"dims": DIMS, "embed": emb}
+    ) as store:
+        await store.asetup()
+        graph = _graph(True).compile(checkpointer=InMemorySaver(), store=store)
+        for text in ["the user lives in Lisbon", "the user likes chess", "bob lives in Porto"]:
+            user = "bob" if text.startswith("bob") else "alice"
+            await graph.ainvoke({"user": user, "text": text}, {"configurable": {"thread_id": "t1"}})
+        out = await graph.ainvoke({"user": "alice"}, {"configurable": {"thread_id": "t2"}})
+        assert out["recalled"] == ["the user lives in Lisbon"]
