@@ -69,6 +69,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from langgraph_valkey_cache._client import is_async_client
 from langgraph_valkey_cache._keys import lease_key as _lease_key
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._telemetry import Telemetry
@@ -391,11 +392,19 @@ class SingleFlight(_SingleFlightBase):
         return self._drive(self._call_flow(lease), compute, lookup, store)
 
 
+def _threaded(script: Any) -> Callable[..., Awaitable[Any]]:
+    async def call(**kwargs: Any) -> Any:
+        return await asyncio.to_thread(script, **kwargs)
+
+    return call
+
+
 class AsyncSingleFlight(_SingleFlightBase):
     """Single-flight on a ``valkey.asyncio`` client; same arguments as :class:`SingleFlight`.
 
     ``compute``, ``lookup`` and ``store`` are async callables. Waiting uses
-    ``asyncio.sleep``: nothing blocks the event loop.
+    ``asyncio.sleep``: nothing blocks the event loop. Given a sync client instead (a
+    cache that only has one), each script call runs in a worker thread.
 
     Example:
         ```python
@@ -407,6 +416,11 @@ class AsyncSingleFlight(_SingleFlightBase):
         flight = await sf.run("app:k", compute, ttl=60, decode=bytes.decode)
         ```
     """
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        if not is_async_client(client):
+            self._scripts = {name: _threaded(script) for name, script in self._scripts.items()}
 
     async def _drive(
         self,

@@ -1,0 +1,820 @@
+"""``ToolCache``: cache tool results in Valkey through LangGraph's and LangChain's hooks.
+
+One object plugs into both ``ToolNode(tools, wrap_tool_call=cache.wrap,
+awrap_tool_call=cache.awrap)`` and ``create_agent(..., middleware=[cache.middleware()])``.
+
+Key: tool name + canonical JSON of the arguments the model chose (keys sorted
+recursively, injected arguments such as state, store, runtime and tool_call_id left
+out), hashed with :func:`~langgraph_valkey_cache._keys.digest`. A hit is one round trip
+(a Lua ``GET``-or-lease), a leader's miss one more (store + release); concurrent misses
+on one key run the tool once across processes (:mod:`.singleflight`).
+
+Per-tool statistics (hits, misses, time saved) are counted locally and flushed to a
+Valkey hash with ``HINCRBY`` at most every ``stats_flush_interval`` seconds (and before
+every report), so the hit path stays at one round trip while every process adds to the
+same totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Literal
+from uuid import UUID
+
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool
+from langchain_core.tools.base import _is_injected_arg_type, get_all_basemodel_annotations
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.types import Command
+from prometheus_client import CollectorRegistry
+
+from langgraph_valkey_cache._client import ascan_keys, is_async_client, scan_keys
+from langgraph_valkey_cache._keys import ToolCacheKeys, digest, lease_key
+from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
+from langgraph_valkey_cache._telemetry import Telemetry
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, Flight, SingleFlight
+
+__all__ = [
+    "ToolCache",
+    "ToolCacheMiddleware",
+    "ToolEffectiveness",
+    "ToolPolicy",
+    "ToolStats",
+    "canonical_args",
+]
+
+logger = logging.getLogger("langgraph_valkey_cache.cache")
+
+_DELETE_BATCH = 500
+_STAT_FIELDS = ("hits", "misses", "saved_ms", "run_ms", "uncacheable")
+# Names LangGraph injects without an annotation (ToolNode treats "runtime" as injected).
+_ALWAYS_INJECTED = frozenset({"runtime"})
+_NO_CACHE: Literal["no-cache"] = "no-cache"
+
+
+# --- canonical arguments ------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (UUID, Decimal)):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"argument of type {type(value).__name__} has no canonical JSON form")
+
+
+def canonical_args(args: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
+    """Canonical JSON of call arguments: keys sorted at every depth, no whitespace.
+
+    ``{"city": "Sofia", "units": "metric"}`` and the reverse order give the same text.
+    Raises ``TypeError`` for values without a stable JSON form (those calls are not
+    cached).
+    """
+    skip = set(exclude)
+    kept = {k: v for k, v in args.items() if k not in skip}
+    return json.dumps(
+        kept,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
+    )
+
+
+def injected_arg_names(tool: BaseTool | None) -> frozenset[str]:
+    """Arguments of ``tool`` that LangGraph injects (state, store, runtime, tool_call_id)."""
+    if tool is None:
+        return _ALWAYS_INJECTED
+    names = set(_ALWAYS_INJECTED)
+    try:
+        schema = tool.get_input_schema()
+        for name, type_ in get_all_basemodel_annotations(schema).items():
+            if _is_injected_arg_type(type_):
+                names.add(name)
+    except Exception:  # a tool with an exotic schema: fall back to the signature scan
+        logger.debug("could not read the input schema of tool %r", tool.name, exc_info=True)
+    names.update(getattr(tool, "_injected_args_keys", ()) or ())
+    return frozenset(names)
+
+
+# --- policies and reports -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    """Caching policy of one tool.
+
+    Args:
+        ttl: seconds an entry lives (``None``: no expiry).
+        enabled: ``False`` never caches the tool (side effects, fresh data).
+    """
+
+    ttl: float | None = None
+    enabled: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps({"ttl": self.ttl, "enabled": self.enabled})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ToolPolicy:
+        data = json.loads(text)
+        ttl = data.get("ttl")
+        return cls(ttl=None if ttl is None else float(ttl), enabled=bool(data.get("enabled", True)))
+
+
+@dataclass(frozen=True)
+class ToolStats:
+    """Counters of one tool, summed over every process using the cache."""
+
+    tool: str
+    hits: int = 0
+    misses: int = 0
+    saved_ms: int = 0
+    run_ms: int = 0
+    uncacheable: int = 0
+
+    @property
+    def calls(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.calls if self.calls else 0.0
+
+    @property
+    def avg_run_ms(self) -> float:
+        return self.run_ms / self.misses if self.misses else 0.0
+
+
+Recommendation = Literal["longer_ttl", "keep", "disable", "not_enough_data"]
+
+
+@dataclass(frozen=True)
+class ToolEffectiveness:
+    """One line of :meth:`ToolCache.tool_effectiveness`."""
+
+    tool: str
+    stats: ToolStats
+    ttl: float | None
+    cached: bool
+    recommendation: Recommendation
+    suggested_ttl: float | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Decision:
+    name: str
+    key: str
+    ttl: float | None
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+
+class ToolCache:
+    """Cache tool results in Valkey, for ``ToolNode`` and ``create_agent``.
+
+    A cached result comes back as a ``ToolMessage`` with the *current* call's
+    ``tool_call_id`` and the original content, name and artifact. Error results
+    (``status="error"``) and ``Command`` results are never cached.
+
+    TTL resolution for a call: per-call override > tool policy > ``ttl``. A per-call
+    override comes from the run config, ``{"configurable": {"tool_cache_ttl": 60}}`` (all
+    tools) or ``{"tool_cache_ttl": {"get_weather": 60}}``; ``0`` skips the cache for that
+    call. Tool policies come from ``policies`` and, when ``remote_policies`` is on, from
+    a Valkey hash set with :meth:`set_policy` (refreshed every ``policy_refresh``
+    seconds; remote wins) so operators change TTLs without a deploy. ``never_cache``
+    tools are never cached (not even by an override); with ``only`` set, only those tools
+    (and tools with a policy) are cached.
+
+    Fail open: on a server error the tool just runs, a warning is logged and an error
+    metric counted.
+
+    Args:
+        client: sync or async (``valkey.asyncio``) client, standalone or cluster.
+        aclient: async client next to a sync ``client`` (for ``awrap``). Without one,
+            ``awrap`` runs each Valkey command in a worker thread; with only an async
+            client, ``wrap`` raises ``TypeError``.
+        prefix: key prefix of this cache.
+        ttl: default TTL in seconds (``None``: no expiry).
+        policies: tool name -> ``ToolPolicy`` or TTL seconds (``None`` = no expiry).
+        never_cache: tools never cached.
+        only: if given, cache only these tools (plus those with a policy).
+        serde: serializer for results; default strict ``JsonPlusSerializer``.
+        single_flight: coordinate concurrent misses (one run per key across processes).
+        lease_ttl: single-flight lease, should exceed the slowest tool's run time.
+        wait_timeout: how long a concurrent caller waits before running the tool itself.
+        remote_policies: read policies from Valkey as well.
+        policy_refresh: seconds between remote policy reads.
+        stats_flush_interval: seconds between stats flushes (0: flush on every call).
+        metrics: ``False`` to disable Prometheus metrics, or a registry.
+
+    Example:
+        ```python
+        from langchain.agents import create_agent
+        from langgraph.prebuilt import ToolNode
+        from langgraph_valkey_cache import ToolCache, client_from_url
+
+        cache = ToolCache(client_from_url("valkey://localhost:6379"), ttl=600,
+                          policies={"get_weather": 300}, never_cache=["send_email"])
+        node = ToolNode(tools, wrap_tool_call=cache.wrap, awrap_tool_call=cache.awrap)
+        agent = create_agent(model, tools, middleware=[cache.middleware()])
+        cache.tool_effectiveness()  # hit rates, time saved, TTL recommendations
+        ```
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        aclient: Any | None = None,
+        prefix: str = "lgvc:tools",
+        ttl: float | None = 3600.0,
+        policies: Mapping[str, ToolPolicy | float | None] | None = None,
+        never_cache: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+        serde: SerializerProtocol | None = None,
+        single_flight: bool = True,
+        lease_ttl: float = 30.0,
+        wait_timeout: float = 10.0,
+        remote_policies: bool = True,
+        policy_refresh: float = 5.0,
+        stats_flush_interval: float = 1.0,
+        metrics: bool | CollectorRegistry = True,
+    ) -> None:
+        if is_async_client(client):
+            if aclient is not None:
+                raise TypeError("client is async already; pass a sync client with aclient=")
+            self.client, self.aclient = None, client
+        else:
+            if aclient is not None and not is_async_client(aclient):
+                raise TypeError("aclient must be a valkey.asyncio client")
+            self.client, self.aclient = client, aclient
+        self.keys = ToolCacheKeys(prefix)
+        self.ttl = ttl
+        self.policies: dict[str, ToolPolicy] = {
+            name: p if isinstance(p, ToolPolicy) else ToolPolicy(ttl=p)
+            for name, p in (policies or {}).items()
+        }
+        self.never_cache = frozenset(never_cache)
+        self.only = None if only is None else frozenset(only)
+        self.serde = serde or default_serde()
+        self.single_flight = single_flight
+        self.remote_policies = remote_policies
+        self.policy_refresh = policy_refresh
+        self.stats_flush_interval = stats_flush_interval
+        self.telemetry = Telemetry("tool_cache", metrics=metrics)
+        flight_opts: dict[str, Any] = {
+            "lease_ttl": lease_ttl,
+            "wait_timeout": wait_timeout,
+            "telemetry": self.telemetry,
+        }
+        self._flight = SingleFlight(self.client, **flight_opts) if self.client else None
+        self._aflight = AsyncSingleFlight(self.aclient or self.client, **flight_opts)
+        self._remote: dict[str, ToolPolicy] = {}
+        self._remote_read_at = -math.inf
+        self._injected: dict[int, frozenset[str]] = {}
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, int]] = {}
+        self._flushed_at = time.monotonic()
+
+    # --- decisions (pure) -----------------------------------------------------------------
+
+    def _policy(self, name: str) -> ToolPolicy | None:
+        return self._remote.get(name) or self.policies.get(name)
+
+    def effective_ttl(self, name: str, override: Any = None) -> float | None | Literal["no-cache"]:
+        """The TTL a call of ``name`` gets, or ``"no-cache"``."""
+        if name in self.never_cache:
+            return _NO_CACHE
+        if isinstance(override, Mapping):
+            override = override.get(name)
+        if override is not None:
+            if override is False or override == 0:
+                return _NO_CACHE
+            return None if override is True else float(override)
+        policy = self._policy(name)
+        if policy is not None:
+            return policy.ttl if policy.enabled else _NO_CACHE
+        if self.only is not None and name not in self.only:
+            return _NO_CACHE
+        default = self._remote.get("*")
+        if default is not None:
+            return default.ttl if default.enabled else _NO_CACHE
+        return self.ttl
+
+    def key_for(self, name: str, args: Mapping[str, Any], tool: BaseTool | None = None) -> str:
+        """The cache key of a call (injected arguments of ``tool`` left out)."""
+        return self.keys.entry(name, digest(name, canonical_args(args, self._injected_of(tool))))
+
+    def _injected_of(self, tool: BaseTool | None) -> frozenset[str]:
+        if tool is None:
+            return _ALWAYS_INJECTED
+        found = self._injected.get(id(tool))
+        if found is None:
+            found = self._injected[id(tool)] = injected_arg_names(tool)
+        return found
+
+    def _decide(self, request: ToolCallRequest) -> _Decision | None:
+        call = request.tool_call
+        name = call["name"]
+        config = getattr(request.runtime, "config", None) or {}
+        override = (config.get("configurable") or {}).get("tool_cache_ttl")
+        ttl = self.effective_ttl(name, override)
+        if ttl == _NO_CACHE:
+            return None
+        try:
+            key = self.key_for(name, call.get("args") or {}, request.tool)
+        except (TypeError, ValueError) as exc:
+            logger.info("tool %r: arguments not cacheable (%s); running uncached", name, exc)
+            return None
+        return _Decision(name, key, ttl)  # type: ignore[arg-type]
+
+    def _payload(self, result: Any, run_ms: int) -> bytes | None:
+        if not isinstance(result, ToolMessage) or result.status == "error":
+            return None  # Command results update state; errors should be retried
+        body = {
+            "content": result.content,
+            "artifact": result.artifact,
+            "name": result.name,
+            "run_ms": run_ms,
+        }
+        try:
+            return pack_typed(self.serde.dumps_typed(body))
+        except Exception as exc:
+            logger.info("tool %r: result not serialisable (%s); not cached", result.name, exc)
+            return None
+
+    def _load(self, raw: bytes) -> dict[str, Any]:
+        body = self.serde.loads_typed(unpack_typed(raw))
+        if not isinstance(body, dict) or "content" not in body:
+            raise ValueError("not a tool cache entry")
+        return body
+
+    @staticmethod
+    def _message(body: dict[str, Any], request: ToolCallRequest) -> ToolMessage:
+        return ToolMessage(
+            content=body["content"],
+            artifact=body.get("artifact"),
+            name=body.get("name") or request.tool_call["name"],
+            tool_call_id=request.tool_call["id"],
+        )
+
+    def _account(self, name: str, flight: Flight[Any], run_ms: int, cacheable: bool) -> None:
+        if flight.computed:
+            self.telemetry.result("miss")
+            self._count(name, misses=1, run_ms=run_ms, uncacheable=0 if cacheable else 1)
+        else:
+            self.telemetry.result("hit")
+            self._count(name, hits=1, saved_ms=int(flight.value.get("run_ms", 0)))
+
+    def _count(self, name: str, **fields: int) -> None:
+        with self._lock:
+            bucket = self._pending.setdefault(name, dict.fromkeys(_STAT_FIELDS, 0))
+            for field, n in fields.items():
+                bucket[field] += n
+
+    def _take_pending(self, force: bool) -> dict[str, dict[str, int]] | None:
+        with self._lock:
+            now = time.monotonic()
+            if not self._pending or (
+                not force and now - self._flushed_at < self.stats_flush_interval
+            ):
+                return None
+            pending, self._pending = self._pending, {}
+            self._flushed_at = now
+            return pending
+
+    def _restore_pending(self, pending: dict[str, dict[str, int]]) -> None:
+        for name, fields in pending.items():
+            self._count(name, **fields)
+
+    def _policies_due(self) -> bool:
+        return self.remote_policies and time.monotonic() - self._remote_read_at >= (
+            self.policy_refresh
+        )
+
+    def _parse_policies(self, raw: Mapping[Any, Any]) -> None:
+        remote: dict[str, ToolPolicy] = {}
+        for field, value in raw.items():
+            name = field.decode() if isinstance(field, bytes) else str(field)
+            try:
+                remote[name] = ToolPolicy.from_json(value)
+            except (ValueError, TypeError, AttributeError):
+                logger.warning("ignoring malformed tool cache policy for %r", name)
+        self._remote = remote
+
+    # --- sync -----------------------------------------------------------------------------
+
+    def _sync(self) -> Any:
+        if self.client is None:
+            raise TypeError(
+                "this ToolCache has only an async client: use awrap / ainvoke, or pass a "
+                "sync client too (ToolCache(sync_client, aclient=async_client))"
+            )
+        return self.client
+
+    def _refresh_policies(self) -> None:
+        if not self._policies_due():
+            return
+        self._remote_read_at = time.monotonic()  # also on failure: retry after the interval
+        try:
+            self._parse_policies(self._sync().hgetall(self.keys.policies()))
+        except CACHE_ERRORS as exc:
+            report_failure(self.telemetry, "policies", exc)
+
+    def _flush(self, force: bool = False) -> None:
+        pending = self._take_pending(force)
+        if not pending:
+            return
+        try:
+            pipe = self._sync().pipeline(transaction=False)
+            for name, fields in pending.items():
+                for field, n in fields.items():
+                    if n:
+                        pipe.hincrby(self.keys.stats(name), field, n)
+            pipe.execute()
+        except CACHE_ERRORS as exc:
+            self._restore_pending(pending)
+            report_failure(self.telemetry, "stats", exc)
+
+    def wrap(
+        self,
+        request: ToolCallRequest,
+        execute: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """``ToolNode(wrap_tool_call=...)`` hook: serve from the cache or run and store."""
+        self._sync()
+        self._refresh_policies()
+        decision = self._decide(request)
+        if decision is None:
+            return execute(request)
+        box: dict[str, Any] = {}
+
+        def compute() -> tuple[dict[str, Any], bytes | None]:
+            start = time.perf_counter()
+            result = execute(request)
+            run_ms = int((time.perf_counter() - start) * 1000)
+            box["result"], box["run_ms"] = result, run_ms
+            payload = self._payload(result, run_ms)
+            box["cacheable"] = payload is not None
+            return {"run_ms": run_ms}, payload
+
+        with self.telemetry.operation("tool_call"):
+            assert self._flight is not None
+            if self.single_flight:
+                flight = self._flight.run(
+                    decision.key, compute, ttl=decision.ttl, decode=self._load
+                )
+            else:
+                flight = self._no_flight(decision, compute)
+            self._account(decision.name, flight, box.get("run_ms", 0), box.get("cacheable", False))
+            self._flush()
+        if flight.computed:
+            return box["result"]  # type: ignore[no-any-return]
+        return self._message(flight.value, request)
+
+    def _no_flight(self, decision: _Decision, compute: Callable[[], Any]) -> Flight[Any]:
+        client = self._sync()
+        try:
+            raw = client.get(decision.key)
+            if raw is not None:
+                return Flight(self._load(raw), "hit")
+        except CACHE_ERRORS as exc:
+            report_failure(self.telemetry, "lookup", exc)
+        except (ValueError, TypeError) as exc:
+            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
+        value, payload = compute()
+        if payload is not None:
+            px = None if decision.ttl is None else max(1, int(decision.ttl * 1000))
+            try:
+                client.set(decision.key, payload, px=px)
+            except CACHE_ERRORS as exc:
+                report_failure(self.telemetry, "store", exc)
+        return Flight(value, "leader")
+
+    def invalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
+        """Drop one call's entry (``args`` given) or every entry of ``tool``; returns count."""
+        client = self._sync()
+        with self.telemetry.operation("invalidate"):
+            if args is not None:
+                key = self.key_for(tool, args)
+                return int(client.delete(key, lease_key(key)))
+            deleted = 0
+            batch: list[Any] = []
+            for key in scan_keys(client, self.keys.tool_pattern(tool)):
+                batch.append(key)
+                if len(batch) >= _DELETE_BATCH:
+                    deleted += int(client.unlink(*batch))
+                    batch = []
+            if batch:
+                deleted += int(client.unlink(*batch))
+            return deleted
+
+    def set_policy(self, tool: str, ttl: float | None = None, *, enabled: bool = True) -> None:
+        """Store a policy in Valkey for every process (``tool="*"`` sets the default)."""
+        self._sync().hset(self.keys.policies(), tool, ToolPolicy(ttl, enabled).to_json())
+        self._remote_read_at = -math.inf
+
+    def delete_policy(self, tool: str) -> None:
+        """Remove a tool's policy from Valkey."""
+        self._sync().hdel(self.keys.policies(), tool)
+        self._remote_read_at = -math.inf
+
+    def stats(self) -> dict[str, ToolStats]:
+        """Per-tool counters from Valkey (after flushing this process's)."""
+        self._flush(force=True)
+        client = self._sync()
+        names = sorted(
+            {self.keys.stats_name(k) for k in scan_keys(client, self.keys.stats_pattern())}
+        )
+        if not names:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.stats(name))
+        return {n: _stats(n, raw) for n, raw in zip(names, pipe.execute(), strict=True)}
+
+    def tool_effectiveness(
+        self, *, min_calls: int = 10, low_hit_rate: float = 0.05, high_hit_rate: float = 0.3
+    ) -> list[ToolEffectiveness]:
+        """Per-tool report: hit rate, time saved, and a TTL recommendation.
+
+        Heuristic: fewer than ``min_calls`` calls -> ``not_enough_data``; hit rate below
+        ``low_hit_rate`` -> ``disable`` (the lookup costs more than it saves); at or above
+        ``high_hit_rate`` -> ``longer_ttl`` (double the TTL: repeats are common, and
+        entries expiring sooner than they are reused turn into misses); else ``keep``.
+        """
+        self._refresh_policies()
+        return self._report(self.stats(), min_calls, low_hit_rate, high_hit_rate)
+
+    def middleware(self) -> ToolCacheMiddleware:
+        """An ``AgentMiddleware`` for ``create_agent(..., middleware=[...])``."""
+        return ToolCacheMiddleware(self)
+
+    def flush_stats(self) -> None:
+        """Write this process's pending counters to Valkey now."""
+        self._flush(force=True)
+
+    # --- async ----------------------------------------------------------------------------
+
+    async def _a(self, op: Callable[[Any], Any]) -> Any:
+        """Run ``op(client)`` on the async client, or the sync one in a worker thread."""
+        if self.aclient is not None:
+            return await op(self.aclient)
+        return await asyncio.to_thread(op, self.client)
+
+    async def _arefresh_policies(self) -> None:
+        if not self._policies_due():
+            return
+        self._remote_read_at = time.monotonic()
+        try:
+            self._parse_policies(await self._a(lambda c: c.hgetall(self.keys.policies())))
+        except CACHE_ERRORS as exc:
+            report_failure(self.telemetry, "policies", exc)
+
+    async def _aflush(self, force: bool = False) -> None:
+        pending = self._take_pending(force)
+        if not pending:
+            return
+
+        def op(client: Any) -> Any:
+            pipe = client.pipeline(transaction=False)
+            for name, fields in pending.items():
+                for field, n in fields.items():
+                    if n:
+                        pipe.hincrby(self.keys.stats(name), field, n)
+            return pipe.execute()
+
+        try:
+            await self._a(op)
+        except CACHE_ERRORS as exc:
+            self._restore_pending(pending)
+            report_failure(self.telemetry, "stats", exc)
+
+    async def awrap(
+        self,
+        request: ToolCallRequest,
+        execute: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """``ToolNode(awrap_tool_call=...)`` hook; async twin of :meth:`wrap`."""
+        await self._arefresh_policies()
+        decision = self._decide(request)
+        if decision is None:
+            return await execute(request)
+        box: dict[str, Any] = {}
+
+        async def compute() -> tuple[dict[str, Any], bytes | None]:
+            start = time.perf_counter()
+            result = await execute(request)
+            run_ms = int((time.perf_counter() - start) * 1000)
+            box["result"], box["run_ms"] = result, run_ms
+            payload = self._payload(result, run_ms)
+            box["cacheable"] = payload is not None
+            return {"run_ms": run_ms}, payload
+
+        with self.telemetry.operation("tool_call"):
+            if self.single_flight:
+                flight = await self._aflight.run(
+                    decision.key, compute, ttl=decision.ttl, decode=self._load
+                )
+            else:
+                flight = await self._ano_flight(decision, compute)
+            self._account(decision.name, flight, box.get("run_ms", 0), box.get("cacheable", False))
+            await self._aflush()
+        if flight.computed:
+            return box["result"]  # type: ignore[no-any-return]
+        return self._message(flight.value, request)
+
+    async def _ano_flight(
+        self, decision: _Decision, compute: Callable[[], Awaitable[Any]]
+    ) -> Flight[Any]:
+        try:
+            raw = await self._a(lambda c: c.get(decision.key))
+            if raw is not None:
+                return Flight(self._load(raw), "hit")
+        except CACHE_ERRORS as exc:
+            report_failure(self.telemetry, "lookup", exc)
+        except (ValueError, TypeError) as exc:
+            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
+        value, payload = await compute()
+        if payload is not None:
+            px = None if decision.ttl is None else max(1, int(decision.ttl * 1000))
+            try:
+                await self._a(lambda c: c.set(decision.key, payload, px=px))
+            except CACHE_ERRORS as exc:
+                report_failure(self.telemetry, "store", exc)
+        return Flight(value, "leader")
+
+    async def ainvalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
+        """Async :meth:`invalidate`."""
+        if self.aclient is None:
+            return await asyncio.to_thread(self.invalidate, tool, args)
+        client = self.aclient
+        with self.telemetry.operation("invalidate"):
+            if args is not None:
+                key = self.key_for(tool, args)
+                return int(await client.delete(key, lease_key(key)))
+            deleted = 0
+            batch: list[Any] = []
+            async for key in ascan_keys(client, self.keys.tool_pattern(tool)):
+                batch.append(key)
+                if len(batch) >= _DELETE_BATCH:
+                    deleted += int(await client.unlink(*batch))
+                    batch = []
+            if batch:
+                deleted += int(await client.unlink(*batch))
+            return deleted
+
+    async def aset_policy(
+        self, tool: str, ttl: float | None = None, *, enabled: bool = True
+    ) -> None:
+        """Async :meth:`set_policy`."""
+        text = ToolPolicy(ttl, enabled).to_json()
+        await self._a(lambda c: c.hset(self.keys.policies(), tool, text))
+        self._remote_read_at = -math.inf
+
+    async def astats(self) -> dict[str, ToolStats]:
+        """Async :meth:`stats`."""
+        if self.aclient is None:
+            return await asyncio.to_thread(self.stats)
+        await self._aflush(force=True)
+        client = self.aclient
+        names = sorted(
+            {self.keys.stats_name(k) async for k in ascan_keys(client, self.keys.stats_pattern())}
+        )
+        if not names:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.stats(name))
+        raws = await pipe.execute()
+        return {n: _stats(n, raw) for n, raw in zip(names, raws, strict=True)}
+
+    async def atool_effectiveness(
+        self, *, min_calls: int = 10, low_hit_rate: float = 0.05, high_hit_rate: float = 0.3
+    ) -> list[ToolEffectiveness]:
+        """Async :meth:`tool_effectiveness`."""
+        await self._arefresh_policies()
+        return self._report(await self.astats(), min_calls, low_hit_rate, high_hit_rate)
+
+    async def aflush_stats(self) -> None:
+        """Async :meth:`flush_stats`."""
+        await self._aflush(force=True)
+
+    # --- report (pure) ---------------------------------------------------------------------
+
+    def _report(
+        self,
+        stats: Mapping[str, ToolStats],
+        min_calls: int,
+        low_hit_rate: float,
+        high_hit_rate: float,
+    ) -> list[ToolEffectiveness]:
+        out = []
+        for name, st in sorted(stats.items()):
+            ttl = self.effective_ttl(name)
+            cached = ttl != _NO_CACHE
+            ttl_value = None if ttl == _NO_CACHE else ttl
+            suggested: float | None = ttl_value  # type: ignore[assignment]
+            if st.calls < min_calls:
+                rec: Recommendation = "not_enough_data"
+                reason = f"{st.calls} calls (< {min_calls})"
+            elif st.hit_rate < low_hit_rate:
+                rec, suggested = "disable", None
+                reason = f"hit rate {st.hit_rate:.0%} < {low_hit_rate:.0%}: lookups cost more"
+            elif st.hit_rate >= high_hit_rate and ttl_value is not None:
+                rec = "longer_ttl"
+                suggested = float(ttl_value) * 2  # type: ignore[arg-type]
+                reason = (
+                    f"hit rate {st.hit_rate:.0%}, {st.saved_ms / 1000:.1f}s saved: "
+                    "repeats are common, keep entries longer"
+                )
+            else:
+                rec = "keep"
+                reason = f"hit rate {st.hit_rate:.0%}, {st.saved_ms / 1000:.1f}s saved"
+            out.append(
+                ToolEffectiveness(
+                    tool=name,
+                    stats=st,
+                    ttl=ttl_value,  # type: ignore[arg-type]
+                    cached=cached,
+                    recommendation=rec,
+                    suggested_ttl=suggested,
+                    reason=reason,
+                )
+            )
+        return out
+
+
+def _stats(name: str, raw: Mapping[Any, Any]) -> ToolStats:
+    values = {
+        (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in (raw or {}).items()
+    }
+    return ToolStats(tool=name, **{f: values.get(f, 0) for f in _STAT_FIELDS})
+
+
+# --- middleware ----------------------------------------------------------------------------
+
+try:
+    from langchain.agents.middleware.types import AgentMiddleware
+except ImportError:  # langchain is optional: ToolNode users don't need it
+    AgentMiddleware = None  # type: ignore[assignment,misc]
+
+
+if AgentMiddleware is not None:
+
+    class ToolCacheMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+        """``create_agent`` middleware serving tool calls from a :class:`ToolCache`.
+
+        Example:
+            ```python
+            agent = create_agent(model, tools, middleware=[ToolCache(client).middleware()])
+            ```
+        """
+
+        def __init__(self, cache: ToolCache) -> None:
+            super().__init__()
+            self.cache = cache
+
+        def wrap_tool_call(
+            self,
+            request: ToolCallRequest,
+            handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+        ) -> ToolMessage | Command[Any]:
+            return self.cache.wrap(request, handler)
+
+        async def awrap_tool_call(
+            self,
+            request: ToolCallRequest,
+            handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+        ) -> ToolMessage | Command[Any]:
+            return await self.cache.awrap(request, handler)
+
+else:  # pragma: no cover
+
+    class ToolCacheMiddleware:  # type: ignore[no-redef]
+        def __init__(self, cache: ToolCache) -> None:
+            raise ImportError(
+                "ToolCache.middleware() needs langchain: pip install 'langchain>=1,<2'"
+            )
