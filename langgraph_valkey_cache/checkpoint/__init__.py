@@ -18,8 +18,8 @@ from langgraph.checkpoint.base import (
 )
 
 from langgraph_valkey_cache._client import client_from_url, is_async_client, scan_keys
+from langgraph_valkey_cache._plans import iter_plan, run_plan
 from langgraph_valkey_cache.checkpoint.base import (
-    Emit,
     Op,
     Plan,
     ScanThreads,
@@ -94,27 +94,15 @@ class ValkeySaver(ValkeySaverBase):
 
     def _run(self, plan: Plan, name: str) -> Any:
         with self._telemetry.operation(name):
-            reply = None
-            while True:
-                try:
-                    op = plan.send(reply)
-                except StopIteration as done:
-                    return done.value
-                reply = self._execute(op)
+            return run_plan(plan, self._execute)
 
     def _iter(self, plan: Plan, name: str) -> Iterator[CheckpointTuple]:
-        reply = None
-        while True:
-            try:
-                op = plan.send(reply)
-            except StopIteration:
-                return
-            if isinstance(op, Emit):
-                reply = None
-                yield op.item
-            else:
-                with self._telemetry.operation(name):
-                    reply = self._execute(op)
+        # one span per request: a span must not stay open across the consumer's yields
+        def execute(op: Op) -> Any:
+            with self._telemetry.operation(name):
+                return self._execute(op)
+
+        return iter_plan(plan, execute)
 
     # -- BaseCheckpointSaver --------------------------------------------------------
 

@@ -22,8 +22,8 @@ from langgraph_valkey_cache._client import (
     client_from_url,
     is_async_client,
 )
+from langgraph_valkey_cache._plans import aiter_plan, arun_plan
 from langgraph_valkey_cache.checkpoint.base import (
-    Emit,
     Op,
     Plan,
     ScanThreads,
@@ -91,29 +91,19 @@ class AsyncValkeySaver(ValkeySaverBase):
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         with self._telemetry.operation(name):
-            reply = None
-            while True:
-                try:
-                    op = plan.send(reply)
-                except StopIteration as done:
-                    return done.value
-                reply = await self._execute(op)
+            return await arun_plan(plan, self._execute)
 
     async def _iter(self, plan: Plan, name: str) -> AsyncIterator[CheckpointTuple]:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        reply = None
-        while True:
-            try:
-                op = plan.send(reply)
-            except StopIteration:
-                return
-            if isinstance(op, Emit):
-                reply = None
-                yield op.item
-            else:
-                with self._telemetry.operation(name):
-                    reply = await self._execute(op)
+
+        # one span per request: a span must not stay open across the consumer's yields
+        async def execute(op: Op) -> Any:
+            with self._telemetry.operation(name):
+                return await self._execute(op)
+
+        async for item in aiter_plan(plan, execute):
+            yield item
 
     # -- async API ------------------------------------------------------------------
 

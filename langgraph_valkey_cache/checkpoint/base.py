@@ -40,6 +40,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from langgraph_valkey_cache._keys import CheckpointKeys, decode, encode
+from langgraph_valkey_cache._plans import Emit
 from langgraph_valkey_cache._scripts import CHECKPOINT_SCRIPTS, ScriptRegistry
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache._telemetry import Telemetry
@@ -63,13 +64,6 @@ class Script:
 @dataclass(frozen=True)
 class ScanThreads:
     """Reply: every thread id with data under this saver's prefix (SCAN per primary)."""
-
-
-@dataclass(frozen=True)
-class Emit:
-    """Not an I/O request: hand ``item`` to the consumer of a listing."""
-
-    item: CheckpointTuple
 
 
 Op = Script | ScanThreads | Emit
