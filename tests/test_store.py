@@ -259,10 +259,18 @@ async def test_list_namespaces_matches_inmemory(flavour: str, any_url: str, pref
     async with open_store(flavour, any_url, prefix=prefix) as store:
         mem = InMemoryStore()
         spaces = [
-            ("a", "b", "c"), ("a", "b", "d", "e"), ("a", "b", "d", "i"), ("a", "b", "f"),
-            ("a", "c", "f"), ("b", "a", "f"), ("users", "123"), ("users", "456", "settings"),
-            ("users", "789", "settings"), ("a10",), ("a", "b"),
-        ]  # fmt: skip
+            ("a", "b", "c"),
+            ("a", "b", "d", "e"),
+            ("a", "b", "d", "i"),
+            ("a", "b", "f"),
+            ("a", "c", "f"),
+            ("b", "a", "f"),
+            ("users", "123"),
+            ("users", "456", "settings"),
+            ("users", "789", "settings"),
+            ("a10",),
+            ("a", "b"),
+        ]
         for ns in spaces:
             for st in (store, mem):
                 await call(st, "put", ns, "k", {"v": 1})

@@ -72,7 +72,7 @@ def _same_ranking(ours: list[Any], theirs: list[Any]) -> None:
         assert {k for k, s in a if s is not None and lo < s < hi} == {
             k for k, s in b if s is not None and lo < s < hi
         }
-    for x, y in zip(ours, theirs):
+    for x, y in zip(ours, theirs, strict=True):
         if x.score is not None and y.score is not None:
             assert x.score == pytest.approx(y.score, abs=1e-5)
 
@@ -97,9 +97,13 @@ async def test_vector_search_matches_inmemory(
     emb = HashingEmbeddings(DIMS)
     params = {"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 50} if algorithm == "HNSW" else {}
     async with open_store(
-        flavour, search_url, prefix=prefix, index=_index(emb),
-        vector_algorithm=algorithm, vector_params=params,
-    ) as store:  # fmt: skip
+        flavour,
+        search_url,
+        prefix=prefix,
+        index=_index(emb),
+        vector_algorithm=algorithm,
+        vector_params=params,
+    ) as store:
         await call(store, "setup")
         mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
         await _fill(store, mem, _docs(80))
@@ -118,7 +122,11 @@ async def test_filters_pushed_down_and_post_filtered(
 ) -> None:
     emb = HashingEmbeddings(DIMS)
     async with open_store(
-        flavour, search_url, prefix=prefix, index=_index(emb), filter_fields=["kind", "n", "meta.lang"]
+        flavour,
+        search_url,
+        prefix=prefix,
+        index=_index(emb),
+        filter_fields=["kind", "n", "meta.lang"],
     ) as store:
         await call(store, "setup")
         mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
@@ -156,7 +164,9 @@ async def test_post_filter_never_returns_fewer_than_limit(
             for i in range(250)
         ]
         await _fill(store, mem, docs)
-        ours = await call(store, "search", ("sparse",), query="alice", filter={"rare": True}, limit=6)
+        ours = await call(
+            store, "search", ("sparse",), query="alice", filter={"rare": True}, limit=6
+        )
         theirs = mem.search(("sparse",), query="alice", filter={"rare": True}, limit=6)
         assert len(ours) == 6
         _same_ranking(ours, theirs)
@@ -223,8 +233,12 @@ def test_setup_idempotent_and_new_index_on_config_change(search_url: str, prefix
     names = {n.decode() if isinstance(n, bytes) else n for n in client.execute_command("FT._LIST")}
     assert {a.index_name, b.index_name, c.index_name} <= names
     assert len({a.index_name, b.index_name, c.index_name}) == 3
-    assert b.index_name == ValkeyStore(client, prefix=prefix, index={"dims": DIMS, "embed": emb},
-                                       filter_fields=["k"]).index_name  # fmt: skip
+    assert (
+        b.index_name
+        == ValkeyStore(
+            client, prefix=prefix, index={"dims": DIMS, "embed": emb}, filter_fields=["k"]
+        ).index_name
+    )
     a.put(("s",), "k", {"text": "lisbon"})
     assert a.search(("s",), query="lisbon")[0].key == "k"
     client.close()
@@ -251,8 +265,9 @@ async def test_fallback_without_search_module(
 @pytest.mark.search
 async def test_embedding_cache_embeds_each_text_once(search_url: str, prefix: str) -> None:
     emb = HashingEmbeddings(DIMS)
-    async with open_store("async", search_url, prefix=prefix, index=_index(emb),
-                          embedding_cache=True) as store:  # fmt: skip
+    async with open_store(
+        "async", search_url, prefix=prefix, index=_index(emb), embedding_cache=True
+    ) as store:
         await store.aput(("e",), "k", {"text": "alice lisbon"})
         await store.asearch(("e",), query="where is alice")
         calls = emb.calls
@@ -288,7 +303,9 @@ def _graph(is_async: bool) -> Any:
         return {}
 
     async def arecall(state: State) -> State:
-        hits = await get_store().asearch(("memories", state["user"]), query="where does the user live")
+        hits = await get_store().asearch(
+            ("memories", state["user"]), query="where does the user live"
+        )
         return {"recalled": [h.value["text"] for h in hits[:1]]}
 
     builder = StateGraph(State)
@@ -302,7 +319,9 @@ def _graph(is_async: bool) -> Any:
 @pytest.mark.search
 def test_graph_memory_across_threads_sync(search_url: str, prefix: str) -> None:
     emb = HashingEmbeddings(DIMS)
-    with ValkeyStore.from_conn_string(search_url, prefix=prefix, index={"dims": DIMS, "embed": emb}) as store:
+    with ValkeyStore.from_conn_string(
+        search_url, prefix=prefix, index={"dims": DIMS, "embed": emb}
+    ) as store:
         store.setup()
         graph = _graph(False).compile(checkpointer=InMemorySaver(), store=store)
         for text in ["the user lives in Lisbon", "the user likes chess", "bob lives in Porto"]:

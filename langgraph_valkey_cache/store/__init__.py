@@ -63,7 +63,9 @@ class ValkeyStore(ValkeyStoreBase):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         if is_async_client(client):
-            raise TypeError("ValkeyStore needs a sync client; use AsyncValkeyStore for valkey.asyncio")
+            raise TypeError(
+                "ValkeyStore needs a sync client; use AsyncValkeyStore for valkey.asyncio"
+            )
         self._init_store(client, **kwargs)
 
     @classmethod

@@ -12,7 +12,8 @@ __all__ = ["STORE_SCRIPTS"]
 _PRELUDE = r"""
 local function now()
   local t = redis.call('TIME')
-  return t[1] .. string.format('%06d', tonumber(t[2])), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local us = t[1] .. string.format('%06d', tonumber(t[2]))
+  return us, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- forget index entries of items that expired (Valkey already deleted the items)
 local function prune(ukey, xkey, now_ms)

@@ -37,9 +37,8 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
         ```python
         from langgraph_valkey_cache import AsyncValkeyStore
 
-        async with AsyncValkeyStore.from_conn_string(
-            "valkey://localhost:6379", index={"dims": 1536, "embed": "openai:text-embedding-3-small"}
-        ) as store:
+        index = {"dims": 1536, "embed": "openai:text-embedding-3-small"}
+        async with AsyncValkeyStore.from_conn_string(url, index=index) as store:
             await store.asetup()
             graph = builder.compile(store=store)
         ```

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any
 
 from langgraph.store.base import (
     BaseStore,
@@ -95,7 +95,7 @@ class Sleep:
     seconds: float
 
 
-PlanOp = Union[Pipe, Embed, Sleep]
+PlanOp = Pipe | Embed | Sleep
 Plan = Generator[PlanOp, Any, Any]
 
 
@@ -133,7 +133,9 @@ def op_name(ops: Sequence[Op]) -> str:
     kind = kinds.pop()
     if kind is PutOp:
         return "delete" if all(op.value is None for op in ops) else "put"  # type: ignore[union-attr]
-    return {GetOp: "get", SearchOp: "search", ListNamespacesOp: "list_namespaces"}.get(kind, "batch")
+    return {GetOp: "get", SearchOp: "search", ListNamespacesOp: "list_namespaces"}.get(
+        kind, "batch"
+    )
 
 
 def _s(value: Any) -> str:
@@ -157,7 +159,7 @@ def _cosine(query: Sequence[float], blobs: Sequence[bytes]) -> list[float]:
         for blob in blobs:
             v = struct.unpack(f"<{len(blob) // 4}f", blob)
             vn = math.sqrt(sum(x * x for x in v))
-            dot = sum(a * b for a, b in zip(query, v))
+            dot = sum(a * b for a, b in zip(query, v, strict=True))
             out.append(dot / (qn * vn) if qn and vn else 0.0)
         return out
     if not blobs:
@@ -193,11 +195,15 @@ class ValkeyStoreBase(BaseStore):
         self.keys = StoreKeys(prefix)
         self.ttl_config = ttl
         if ttl and ttl.get("default_ttl") is not None and ttl["default_ttl"] <= 0:  # type: ignore[operator]
-            raise ValueError(f"ttl['default_ttl'] must be positive minutes, got {ttl['default_ttl']!r}")
+            raise ValueError(
+                f"ttl['default_ttl'] must be positive minutes, got {ttl['default_ttl']!r}"
+            )
         self.filter_fields = q.FilterFields(filter_fields)
         algorithm = vector_algorithm.upper()
         if algorithm not in _ALGORITHMS:
-            raise ValueError(f"vector_algorithm must be one of {_ALGORITHMS}, got {vector_algorithm!r}")
+            raise ValueError(
+                f"vector_algorithm must be one of {_ALGORITHMS}, got {vector_algorithm!r}"
+            )
         self.vector_algorithm = algorithm
         self.vector_params = {k.upper(): v for k, v in (vector_params or {}).items()}
         self._ef_runtime = self.vector_params.get("EF_RUNTIME") if algorithm == "HNSW" else None
@@ -291,7 +297,7 @@ class ValkeyStoreBase(BaseStore):
                 for _, op in gets
             ]
             replies = yield Pipe(calls)
-            for (i, op), reply in zip(gets, replies):
+            for (i, op), reply in zip(gets, replies, strict=True):
                 row = self._parse_get(reply, self.keys.ns(op.namespace), str(op.key))
                 results[i] = row.item(self.keys) if row else None
         for i, sop in searches:
@@ -354,15 +360,25 @@ class ValkeyStoreBase(BaseStore):
             ttl_ms = int(op.ttl * 60_000) if op.ttl else 0
             calls.append(
                 self._script(
-                    "put", item, vb, ukey, xkey, k, text, ttl_ms, len(mine),
-                    len(shared) // 2, *shared, *mine,
-                )  # fmt: skip
+                    "put",
+                    item,
+                    vb,
+                    ukey,
+                    xkey,
+                    k,
+                    text,
+                    ttl_ms,
+                    len(mine),
+                    len(shared) // 2,
+                    *shared,
+                    *mine,
+                )
             )
             self._telemetry.stored(len(text) + sum(len(b) for b in mine))
         replies = yield Pipe(calls)
         new: list[str] = []
         emptied: list[str] = []
-        for (op, ns, text, _), reply in zip(prepared, replies):
+        for (_, ns, text, _), reply in zip(prepared, replies, strict=True):
             if text is None:
                 if int(reply) == 0:
                     emptied.append(ns)
@@ -384,7 +400,7 @@ class ValkeyStoreBase(BaseStore):
             return
         yield Pipe([Call(("ZREM", self.keys.registry, *dead))])
         counts = yield Pipe([self._alive_call(ns) for ns in dead])
-        back = [ns for ns, n in zip(dead, counts) if int(n) > 0]
+        back = [ns for ns, n in zip(dead, counts, strict=True) if int(n) > 0]
         if back:
             yield Pipe([Call(("ZADD", self.keys.registry, *[x for n in back for x in (0, n)]))])
 
@@ -413,9 +429,9 @@ class ValkeyStoreBase(BaseStore):
         candidates = yield from self._plan_namespaces(literal)
         if candidates:
             counts = yield Pipe([self._alive_call(ns) for ns in candidates])
-            dead = [ns for ns, n in zip(candidates, counts) if int(n) == 0]
+            dead = [ns for ns, n in zip(candidates, counts, strict=True) if int(n) == 0]
             yield from self._plan_unregister(dead)
-            candidates = [ns for ns, n in zip(candidates, counts) if int(n) > 0]
+            candidates = [ns for ns, n in zip(candidates, counts, strict=True) if int(n) > 0]
         namespaces = [self.keys.ns_decode(ns) for ns in candidates]
         if op.match_conditions:
             namespaces = [
@@ -444,9 +460,7 @@ class ValkeyStoreBase(BaseStore):
                     "for large namespaces. Use Valkey with valkey-search for vector search."
                 )
             return (yield from self._plan_bruteforce(op, vector))
-        rows = yield from self._plan_scan(
-            op.namespace_prefix, op.filter, op.offset + op.limit
-        )
+        rows = yield from self._plan_scan(op.namespace_prefix, op.filter, op.offset + op.limit)
         page = rows[op.offset : op.offset + op.limit]
         yield from self._plan_refresh(page, op.refresh_ttl)
         return [r.item(self.keys, search=True) for r in page]  # type: ignore[misc]
@@ -482,15 +496,21 @@ class ValkeyStoreBase(BaseStore):
             replies = yield Pipe(calls)
             rows: list[_Row] = []
             bound: int | None = None  # entries not read are no newer than this
-            for ns, (out, seen, last) in zip(namespaces, replies):
+            for ns, (out, seen, last) in zip(namespaces, replies, strict=True):
                 if count > 0 and int(seen) >= count:
                     last_us = int(float(_s(last)))
                     bound = last_us if bound is None else max(bound, last_us)
                 for r in out:
                     row = _Row(
-                        ns, _s(r[0]), json.loads(r[1]), int(r[2]), int(r[3]), int(r[4]),
-                        int(r[5]), [_b(v) for v in r[6:]],
-                    )  # fmt: skip
+                        ns,
+                        _s(r[0]),
+                        json.loads(r[1]),
+                        int(r[2]),
+                        int(r[3]),
+                        int(r[4]),
+                        int(r[5]),
+                        [_b(v) for v in r[6:]],
+                    )
                     if scoreless and row.nv:
                         continue
                     if q.matches(row.value, filter):
@@ -508,7 +528,7 @@ class ValkeyStoreBase(BaseStore):
         flat = [(row, blob) for row in rows for blob in row.vectors if blob]
         scores = _cosine(vector, [b for _, b in flat])
         best: dict[tuple[str, str], tuple[float, _Row]] = {}
-        for score, (row, _) in zip(scores, flat):
+        for score, (row, _) in zip(scores, flat, strict=True):
             k = (row.ns, row.key)
             if k not in best or score > best[k][0]:
                 best[k] = (score, row)
@@ -532,7 +552,10 @@ class ValkeyStoreBase(BaseStore):
             (reply,) = yield Pipe([Call(("FT.SEARCH", self.index_name, *args))])
             _, docs = parse_search(reply)
             hits = sorted(
-                ((float(_s(fields.get("dist", 1.0))), self.keys.split_vector(key)) for key, fields in docs),
+                (
+                    (float(_s(fields.get("dist", 1.0))), self.keys.split_vector(key))
+                    for key, fields in docs
+                ),
                 key=lambda h: h[0],
             )
             ranked: list[tuple[float, tuple[str, str]]] = []
@@ -544,17 +567,31 @@ class ValkeyStoreBase(BaseStore):
             missing = [ident for _, ident in ranked if ident not in fetched]
             if missing:
                 calls = [
-                    self._script("get", self.keys.bases(ns)[0] + kenc, self.keys.bases(ns)[1],
-                                 self.keys.bases(ns)[3], kenc, 0)
+                    self._script(
+                        "get",
+                        self.keys.bases(ns)[0] + kenc,
+                        self.keys.bases(ns)[1],
+                        self.keys.bases(ns)[3],
+                        kenc,
+                        0,
+                    )
                     for ns, kenc in missing
-                ]  # fmt: skip
+                ]
                 replies = yield Pipe(calls)
-                for (ns, kenc), reply in zip(missing, replies):
+                for (ns, kenc), reply in zip(missing, replies, strict=True):
                     fetched[(ns, kenc)] = (
-                        _Row(ns, kenc, json.loads(reply[0]), int(reply[1]), int(reply[2]),
-                             int(reply[3]), int(reply[4]))
-                        if reply and reply[0] is not None else None
-                    )  # fmt: skip
+                        _Row(
+                            ns,
+                            kenc,
+                            json.loads(reply[0]),
+                            int(reply[1]),
+                            int(reply[2]),
+                            int(reply[3]),
+                            int(reply[4]),
+                        )
+                        if reply and reply[0] is not None
+                        else None
+                    )
             kept: list[tuple[float | None, _Row]] = []
             for dist, ident in ranked:
                 row = fetched.get(ident)
@@ -587,9 +624,12 @@ class ValkeyStoreBase(BaseStore):
             if not is_missing_index_error(info):
                 raise info
             schema = q.index_schema(
-                self.keys.vector_prefix, self.dims, self.vector_algorithm,
-                self.vector_params, len(self.filter_fields.paths),
-            )  # fmt: skip
+                self.keys.vector_prefix,
+                self.dims,
+                self.vector_algorithm,
+                self.vector_params,
+                len(self.filter_fields.paths),
+            )
             (created,) = yield Pipe(
                 [Call(("FT.CREATE", self.index_name, *schema))], return_errors=True
             )

@@ -153,11 +153,21 @@ def knn_query(
     ef = f" EF_RUNTIME {int(ef_runtime)}" if ef_runtime else ""
     return [
         f"({pre})=>[KNN $K @vec $B{ef} AS dist]",
-        "PARAMS", 4, "K", k, "B", blob,
-        "RETURN", 1, "dist",
-        "LIMIT", 0, k,
-        "DIALECT", 2,
-    ]  # fmt: skip
+        "PARAMS",
+        4,
+        "K",
+        k,
+        "B",
+        blob,
+        "RETURN",
+        1,
+        "dist",
+        "LIMIT",
+        0,
+        k,
+        "DIALECT",
+        2,
+    ]
 
 
 # -- exact semantics (InMemoryStore's) ------------------------------------------------
@@ -180,7 +190,7 @@ def _compare(item_value: Any, filter_value: Any) -> bool:
         return (
             isinstance(item_value, (list, tuple))
             and len(item_value) == len(filter_value)
-            and all(_compare(a, b) for a, b in zip(item_value, filter_value))
+            and all(_compare(a, b) for a, b in zip(item_value, filter_value, strict=True))
         )
     return bool(item_value == filter_value)
 
@@ -205,9 +215,9 @@ def does_match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
     if len(namespace) < len(path):
         return False
     if condition.match_type == "prefix":
-        pairs = zip(namespace, path)
+        pairs = zip(namespace, path, strict=False)
     elif condition.match_type == "suffix":
-        pairs = zip(reversed(namespace), reversed(path))
+        pairs = zip(reversed(namespace), reversed(path), strict=False)
     else:
         raise ValueError(f"Unsupported match type: {condition.match_type}")
     return all(p == "*" or n == p for n, p in pairs)
