@@ -27,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "ValkeySemanticCache": "langgraph_valkey_cache.cache.semantic",
     "ValkeyByteStore": "langgraph_valkey_cache.cache.embeddings",
     "CachedEmbeddings": "langgraph_valkey_cache.cache.embeddings",
+    "ModelCacheMiddleware": "langgraph_valkey_cache.cache.middleware",
+    "cached_stream": "langgraph_valkey_cache.cache.middleware",
+    "acached_stream": "langgraph_valkey_cache.cache.middleware",
 }
 
 __all__ = ["__version__", *_EXPORTS]
