@@ -234,3 +234,13 @@ async def url_cache(valkey_url: str, prefix: str) -> AsyncIterator[ValkeyCache]:
 async def test_from_url_serves_both(url_cache: ValkeyCache) -> None:
     url_cache.update("p", "llm", [Generation(text="s")])
     assert await url_cache.alookup("p", "llm") == [Generation(text="s")]
+
+
+def test_user_data_that_looks_serialized_round_trips(sync_client: Any, prefix: str) -> None:
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    tricky = {"lc": 1, "type": "constructor", "id": ["langchain", "prompts", "x"], "kwargs": {}}
+    msg = AIMessage("ok", additional_kwargs={"payload": tricky})
+    cache.update("p", "llm", [ChatGeneration(message=msg)])
+    got = cache.lookup("p", "llm")
+    assert got is not None
+    assert got[0].message.additional_kwargs == {"payload": tricky}  # type: ignore[attr-defined]
