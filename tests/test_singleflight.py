@@ -22,7 +22,7 @@ def _decode(raw: bytes) -> str:
 def test_hit_is_one_round_trip_and_leader_miss_two(sync_client: Any, prefix: str) -> None:
     sf = SingleFlight(sync_client)
     key = f"{prefix}:k"
-    sf.run(key, lambda: ("warm", None), ttl=None, decode=_decode)  # loads the scripts
+    sf.run(key + "w", lambda: ("warm", b"w"), ttl=None, decode=_decode)  # loads the scripts
     with count_commands() as log:
         flight = sf.run(key, lambda: ("v", b"v"), ttl=60, decode=_decode)
     assert (flight.value, flight.outcome) == ("v", "leader")
@@ -142,20 +142,54 @@ def test_wait_timeout_computes_itself(sync_client: Any, prefix: str) -> None:
     assert sync_client.get(lease_key(key)) == b"slow"  # someone else's lease is left alone
 
 
-def test_uncacheable_result_and_compute_error_release_the_lease(
+def test_uncacheable_result_and_compute_error_leave_a_short_marker(
     sync_client: Any, prefix: str
 ) -> None:
-    sf = SingleFlight(sync_client)
+    sf = SingleFlight(sync_client, uncacheable_hold=0.5)
     key = f"{prefix}:k"
     assert sf.run(key, lambda: ("err", None), ttl=60, decode=_decode).outcome == "leader"
-    assert not sync_client.exists(key, lease_key(key))
+    assert not sync_client.exists(key)
+    assert sync_client.get(lease_key(key)) == b"~uncacheable"
+    assert 0 < sync_client.pttl(lease_key(key)) <= 500
+    # while the marker lives, callers compute at once (and store a cacheable result)
+    assert sf.run(key, lambda: ("v", b"v"), ttl=60, decode=_decode).outcome == "fallback"
+    assert sync_client.get(key) == b"v"
 
     def boom() -> tuple[str, bytes]:
         raise RuntimeError("tool failed")
 
+    other = f"{prefix}:other"
     with pytest.raises(RuntimeError):
-        sf.run(key, boom, ttl=60, decode=_decode)
-    assert not sync_client.exists(lease_key(key))
+        sf.run(other, boom, ttl=60, decode=_decode)
+    assert sync_client.get(lease_key(other)) == b"~uncacheable"
+
+
+def test_failing_callers_do_not_queue(sync_client: Any, prefix: str) -> None:
+    """20 concurrent calls whose result is an error: waiters run in parallel, not one by one."""
+    sf = SingleFlight(sync_client)
+    runs = 0
+    lock = threading.Lock()
+    start = threading.Barrier(20)
+
+    def compute() -> tuple[str, None]:
+        nonlocal runs
+        with lock:
+            runs += 1
+        time.sleep(0.3)
+        return "error", None
+
+    def worker() -> None:
+        start.wait()
+        sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode)
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs == 20  # errors are never shared...
+    assert time.monotonic() - t0 < 2.0  # ...but nobody queued behind 19 others (6 s)
 
 
 def test_call_with_custom_layout(sync_client: Any, prefix: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 from langgraph_valkey_cache._keys import digest
 from langgraph_valkey_cache._serde import dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache.cache.singleflight import Flight
-from langgraph_valkey_cache.cache.tools import _NO_CACHE, ToolCache, canonical_args
+from langgraph_valkey_cache.cache.tools import ToolCache, canonical_args
 
 __all__ = ["cached"]
 
@@ -74,7 +74,7 @@ def cached(
 
         def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float | None] | None:
             effective = tool_cache.effective_ttl(fname) if ttl is ... else ttl
-            if effective == _NO_CACHE:
+            if isinstance(effective, str):  # "no-cache"
                 return None
             try:
                 bound = signature.bind(*args, **kwargs)
@@ -85,7 +85,7 @@ def cached(
             except (TypeError, ValueError) as exc:
                 logger.info("%s: arguments not cacheable (%s); running uncached", fname, exc)
                 return None
-            return key, effective  # type: ignore[return-value]
+            return key, effective
 
         def encode(value: Any, run_ms: int) -> bytes | None:
             try:

@@ -10,8 +10,10 @@ it works across processes and machines:
    own lease (compare-and-delete on the token) in one more script call.
 3. Followers poll the same script with a short exponential backoff (10 ms doubling up
    to 200 ms). They return the leader's value as soon as it appears; if the lease is
-   gone without a value (the leader crashed and its lease expired, or its result was
-   not cacheable) one of them takes the lease and computes.
+   gone without a value (the leader crashed and its lease expired) one of them takes
+   the lease and computes. A leader whose result is not cacheable (an error) or whose
+   compute raised leaves a short-lived marker instead of its lease, and followers then
+   compute at once, in parallel, rather than queueing for the lease one by one.
 4. A follower that has waited ``wait_timeout`` seconds computes on its own.
 5. Fail open: on a server error the caller computes without coordination, a warning
    is logged and an error metric counted (:func:`report_failure`).
@@ -90,15 +92,23 @@ Outcome = Literal["hit", "leader", "follower", "fallback"]
 
 lease_key = _lease_key
 
-# KEYS: value, lease. ARGV: token, lease ms.
+# The lease value a leader leaves for a moment when its result was not cacheable (an
+# error): callers that find it run at once instead of queueing for the lease one by one.
+_UNCACHEABLE = "~uncacheable"
+
+# KEYS: value, lease. ARGV: token, lease ms, uncacheable marker.
 # Reply {1, value}: hit. {2, ''}: lease taken, caller leads. {0, ''}: someone else leads.
+# {3, ''}: the last leader's result was not cacheable, compute without waiting.
 _GET_OR_LEASE = """
 local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+if redis.call('GET', KEYS[2]) == ARGV[3] then return {3, ''} end
 return {0, ''}
 """
-# KEYS: value, lease. ARGV: store flag, value, ttl ms ('' = none), token.
+# KEYS: value, lease. ARGV: store flag, value, ttl ms ('' = none), token, marker, marker ms.
+# Stores the value (flag 1); the holder's lease is deleted, or (flag 0) replaced by the
+# uncacheable marker for a short while.
 _PUBLISH = """
 if ARGV[1] == '1' then
   if ARGV[3] ~= '' then
@@ -107,7 +117,13 @@ if ARGV[1] == '1' then
     redis.call('SET', KEYS[1], ARGV[2])
   end
 end
-if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[4] then
+  if ARGV[1] == '1' then
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+  end
+end
 return 1
 """
 # KEYS: lease. ARGV: token, lease ms.
@@ -191,6 +207,7 @@ class _SingleFlightBase:
         wait_timeout: float = 10.0,
         poll_interval: float = 0.01,
         max_poll_interval: float = 0.2,
+        uncacheable_hold: float = 1.0,
         telemetry: Telemetry | None = None,
     ) -> None:
         if lease_ttl <= 0 or wait_timeout < 0 or poll_interval <= 0:
@@ -200,6 +217,7 @@ class _SingleFlightBase:
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
+        self._uncacheable_ms = _ms(uncacheable_hold)
         self.telemetry = telemetry or Telemetry("single_flight", metrics=False)
         self._scripts = SINGLE_FLIGHT_SCRIPTS.bind(client)
 
@@ -216,7 +234,9 @@ class _SingleFlightBase:
         first = True
         while True:
             try:
-                kind, raw = yield _Script("get_or_lease", [key, lk], [token, lease_ms])
+                kind, raw = yield _Script(
+                    "get_or_lease", [key, lk], [token, lease_ms, _UNCACHEABLE]
+                )
             except CACHE_ERRORS as exc:
                 report_failure(self.telemetry, "lookup", exc)
                 value, _ = yield _COMPUTE
@@ -234,10 +254,15 @@ class _SingleFlightBase:
                 try:
                     value, payload = yield _COMPUTE
                 except BaseException:
-                    yield from self._release(lk, token)
+                    yield from self._publish(key, lk, None, ttl_arg, token)
                     raise
                 yield from self._publish(key, lk, payload, ttl_arg, token)
                 return Flight(value, "leader")
+            if kind == 3:
+                value, payload = yield _COMPUTE
+                if payload is not None:
+                    yield from self._publish(key, lk, payload, ttl_arg, token)
+                return Flight(value, "fallback")
             first = False
             now = time.monotonic()
             if deadline is None:
@@ -255,7 +280,11 @@ class _SingleFlightBase:
     ) -> Generator[Any, Any, None]:
         flag = "0" if payload is None else "1"
         try:
-            yield _Script("publish", [key, lk], [flag, payload or b"", ttl_arg, token])
+            yield _Script(
+                "publish",
+                [key, lk],
+                [flag, payload or b"", ttl_arg, token, _UNCACHEABLE, self._uncacheable_ms],
+            )
         except CACHE_ERRORS as exc:
             report_failure(self.telemetry, "store", exc)
 
@@ -317,6 +346,8 @@ class SingleFlight(_SingleFlightBase):
         wait_timeout: seconds a follower waits before computing itself.
         poll_interval: first poll delay in seconds (doubles up to ``max_poll_interval``).
         max_poll_interval: longest delay between polls.
+        uncacheable_hold: seconds after an uncacheable result (or an exception) during
+            which callers of the key compute at once instead of queueing for the lease.
         telemetry: where server errors are reported (the owning cache's).
 
     Example:
@@ -339,7 +370,7 @@ class SingleFlight(_SingleFlightBase):
             try:
                 op = flow.throw(error) if error is not None else flow.send(reply)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
             reply, error = None, None
             try:
                 if isinstance(op, _Script):
@@ -435,7 +466,7 @@ class AsyncSingleFlight(_SingleFlightBase):
             try:
                 op = flow.throw(error) if error is not None else flow.send(reply)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
             reply, error = None, None
             try:
                 if isinstance(op, _Script):

@@ -341,14 +341,14 @@ class ToolCache:
         config = getattr(request.runtime, "config", None) or {}
         override = (config.get("configurable") or {}).get("tool_cache_ttl")
         ttl = self.effective_ttl(name, override)
-        if ttl == _NO_CACHE:
+        if isinstance(ttl, str):  # "no-cache"
             return None
         try:
             key = self.key_for(name, call.get("args") or {}, request.tool)
         except (TypeError, ValueError) as exc:
             logger.info("tool %r: arguments not cacheable (%s); running uncached", name, exc)
             return None
-        return _Decision(name, key, ttl)  # type: ignore[arg-type]
+        return _Decision(name, key, ttl)
 
     def _payload(self, result: Any, run_ms: int) -> bytes | None:
         if not isinstance(result, ToolMessage) or result.status == "error":
@@ -491,7 +491,7 @@ class ToolCache:
             self._account(decision.name, flight, box.get("run_ms", 0), box.get("cacheable", False))
             self._flush()
         if flight.computed:
-            return box["result"]  # type: ignore[no-any-return]
+            return box["result"]
         return self._message(flight.value, request)
 
     def _no_flight(self, decision: _Decision, compute: Callable[[], Any]) -> Flight[Any]:
@@ -522,8 +522,8 @@ class ToolCache:
                 return int(client.delete(key, lease_key(key)))
             deleted = 0
             batch: list[Any] = []
-            for key in scan_keys(client, self.keys.tool_pattern(tool)):
-                batch.append(key)
+            for found in scan_keys(client, self.keys.tool_pattern(tool)):
+                batch.append(found)
                 if len(batch) >= _DELETE_BATCH:
                     deleted += int(client.unlink(*batch))
                     batch = []
@@ -643,7 +643,7 @@ class ToolCache:
             self._account(decision.name, flight, box.get("run_ms", 0), box.get("cacheable", False))
             await self._aflush()
         if flight.computed:
-            return box["result"]  # type: ignore[no-any-return]
+            return box["result"]
         return self._message(flight.value, request)
 
     async def _ano_flight(
@@ -734,9 +734,9 @@ class ToolCache:
         out = []
         for name, st in sorted(stats.items()):
             ttl = self.effective_ttl(name)
-            cached = ttl != _NO_CACHE
-            ttl_value = None if ttl == _NO_CACHE else ttl
-            suggested: float | None = ttl_value  # type: ignore[assignment]
+            cached = not isinstance(ttl, str)
+            ttl_value = None if isinstance(ttl, str) else ttl
+            suggested = ttl_value
             if st.calls < min_calls:
                 rec: Recommendation = "not_enough_data"
                 reason = f"{st.calls} calls (< {min_calls})"
@@ -745,7 +745,7 @@ class ToolCache:
                 reason = f"hit rate {st.hit_rate:.0%} < {low_hit_rate:.0%}: lookups cost more"
             elif st.hit_rate >= high_hit_rate and ttl_value is not None:
                 rec = "longer_ttl"
-                suggested = float(ttl_value) * 2  # type: ignore[arg-type]
+                suggested = ttl_value * 2
                 reason = (
                     f"hit rate {st.hit_rate:.0%}, {st.saved_ms / 1000:.1f}s saved: "
                     "repeats are common, keep entries longer"
@@ -757,7 +757,7 @@ class ToolCache:
                 ToolEffectiveness(
                     tool=name,
                     stats=st,
-                    ttl=ttl_value,  # type: ignore[arg-type]
+                    ttl=ttl_value,
                     cached=cached,
                     recommendation=rec,
                     suggested_ttl=suggested,
@@ -784,7 +784,7 @@ except ImportError:  # langchain is optional: ToolNode users don't need it
 
 if AgentMiddleware is not None:
 
-    class ToolCacheMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+    class ToolCacheMiddleware(AgentMiddleware):
         """``create_agent`` middleware serving tool calls from a :class:`ToolCache`.
 
         Example:
