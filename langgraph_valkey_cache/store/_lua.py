@@ -72,19 +72,28 @@ prune(ukey, xkey, now_ms)
 return redis.call('ZCARD', xkey)
 """
 
-# KEYS: item. ARGV: vbase, xkey, K, refresh (1/0). Returns {v, c, u, t, nv} or nil.
-_GET = r"""
-local item, vb, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local r = redis.call('HMGET', item, 'v', 'c', 'u', 't', 'nv')
-if not r[1] then return false end
-local ttl = tonumber(r[4])
-if ARGV[4] == '1' and ttl > 0 then
-  local _, now_ms = now()
-  redis.call('PEXPIRE', item, ttl)
-  for j = 0, tonumber(r[5]) - 1 do redis.call('PEXPIRE', vb .. k .. ':' .. j, ttl) end
-  redis.call('ZADD', xkey, 'XX', now_ms + ttl, k)
+# Items of one namespace. KEYS: any key of it (routing). ARGV: ibase, vbase, xkey, then
+# K/refresh (1/0) pairs. Returns one {v, c, u, t, nv} per K, or 0 when absent.
+_MGET = r"""
+local ib, vb, xkey = ARGV[1], ARGV[2], ARGV[3]
+local out, now_ms = {}, nil
+for a = 4, #ARGV, 2 do
+  local k = ARGV[a]
+  local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv')
+  if not r[1] then
+    out[#out + 1] = 0
+  else
+    local ttl = tonumber(r[4])
+    if ARGV[a + 1] == '1' and ttl > 0 then
+      if not now_ms then now_ms = select(2, now()) end
+      redis.call('PEXPIRE', ib .. k, ttl)
+      for j = 0, tonumber(r[5]) - 1 do redis.call('PEXPIRE', vb .. k .. ':' .. j, ttl) end
+      redis.call('ZADD', xkey, 'XX', now_ms + ttl, k)
+    end
+    out[#out + 1] = r
+  end
 end
-return r
+return out
 """
 
 # KEYS: ukey. ARGV: ibase, vbase, xkey, count (0 = all), with_vectors (1/0).
@@ -125,7 +134,7 @@ STORE_SCRIPTS: dict[str, str] = {
     for name, body in {
         "put": _PUT,
         "delete": _DELETE,
-        "get": _GET,
+        "mget": _MGET,
         "list": _LIST,
         "alive": _ALIVE,
     }.items()

@@ -249,21 +249,37 @@ class ValkeyStoreBase(BaseStore):
     def _script(self, name: str, key: str, *args: Any) -> Call:
         return Call(args, script=name, keys=(key,))
 
-    def _get_call(self, ns: str, key: str, refresh: bool) -> Call:
-        _, vb, _, xkey = self.keys.bases(ns)
-        return self._script("get", self.keys.item(ns, key), vb, xkey, encode(key), int(refresh))
+    def _mget_calls(
+        self, wanted: Sequence[tuple[str, str, bool]]
+    ) -> tuple[list[Call], list[list[int]]]:
+        """One ``mget`` script call per namespace for ``(E, encoded K, refresh)`` triples;
+        also the positions each call answers."""
+        groups: dict[str, list[int]] = {}
+        for pos, (ns, _, _) in enumerate(wanted):
+            groups.setdefault(ns, []).append(pos)
+        calls = []
+        for ns, positions in groups.items():
+            ib, vb, _, xkey = self.keys.bases(ns)
+            args: list[Any] = [ib, vb, xkey]
+            for pos in positions:
+                args += [wanted[pos][1], int(wanted[pos][2])]
+            calls.append(self._script("mget", ib + wanted[positions[0]][1], *args))
+        return calls, list(groups.values())
 
-    def _touch_call(self, row: _Row) -> Call:
-        _, vb, _, xkey = self.keys.bases(row.ns)
-        item = self.keys.bases(row.ns)[0] + row.key
-        return self._script("get", item, vb, xkey, row.key, 1)
-
-    @staticmethod
-    def _parse_get(reply: Any, ns: str, key: str) -> _Row | None:
-        if not reply or reply[0] is None:
-            return None
-        v, c, u, t, nv = reply
-        return _Row(ns, encode(key), json.loads(v), int(c), int(u), int(t), int(nv))
+    def _plan_mget(self, wanted: Sequence[tuple[str, str, bool]]) -> Plan:
+        """Rows (None when absent) for ``(E, encoded K, refresh)`` triples: one round trip."""
+        rows: list[_Row | None] = [None] * len(wanted)
+        if not wanted:
+            return rows
+        calls, groups = self._mget_calls(wanted)
+        replies = yield Pipe(calls)
+        for positions, reply in zip(groups, replies, strict=True):
+            for pos, r in zip(positions, reply, strict=True):
+                if r and isinstance(r, list) and r[0] is not None:
+                    ns, k, _ = wanted[pos]
+                    v, c, u, t, nv = r
+                    rows[pos] = _Row(ns, k, json.loads(v), int(c), int(u), int(t), int(nv))
+        return rows
 
     # -- batch ----------------------------------------------------------------------
 
@@ -292,13 +308,11 @@ class ValkeyStoreBase(BaseStore):
         prepared = [self._prepare_put(op) for op in puts.values()]
 
         if gets:
-            calls = [
-                self._get_call(self.keys.ns(op.namespace), str(op.key), op.refresh_ttl)
-                for _, op in gets
+            wanted = [
+                (self.keys.ns(op.namespace), encode(str(op.key)), op.refresh_ttl) for _, op in gets
             ]
-            replies = yield Pipe(calls)
-            for (i, op), reply in zip(gets, replies, strict=True):
-                row = self._parse_get(reply, self.keys.ns(op.namespace), str(op.key))
+            rows = yield from self._plan_mget(wanted)
+            for (i, _), row in zip(gets, rows, strict=True):
                 results[i] = row.item(self.keys) if row else None
         for i, sop in searches:
             results[i] = yield from self._plan_search(sop)
@@ -466,9 +480,9 @@ class ValkeyStoreBase(BaseStore):
         return [r.item(self.keys, search=True) for r in page]  # type: ignore[misc]
 
     def _plan_refresh(self, rows: list[_Row], refresh: bool) -> Plan:
-        touch = [self._touch_call(r) for r in rows if refresh and r.ttl > 0]
+        touch = [(r.ns, r.key, True) for r in rows if refresh and r.ttl > 0]
         if touch:
-            yield Pipe(touch)
+            yield Pipe(self._mget_calls(touch)[0])
 
     def _plan_scan(
         self,
@@ -545,7 +559,8 @@ class ValkeyStoreBase(BaseStore):
         blob = pack_vector(vector, self.dims)
         clauses = self.filter_fields.pushdown(op.filter)
         want = op.offset + op.limit
-        k = max(want * 2, 10)
+        # one vector doc per item is the common case; grown below if hits collapse
+        k = max(want * (3 if op.filter else 1), 1)
         fetched: dict[tuple[str, str], _Row | None] = {}
         while True:
             args = q.knn_query(op.namespace_prefix, clauses, k, blob, self._ef_runtime)
@@ -566,32 +581,8 @@ class ValkeyStoreBase(BaseStore):
                     ranked.append((dist, ident))
             missing = [ident for _, ident in ranked if ident not in fetched]
             if missing:
-                calls = [
-                    self._script(
-                        "get",
-                        self.keys.bases(ns)[0] + kenc,
-                        self.keys.bases(ns)[1],
-                        self.keys.bases(ns)[3],
-                        kenc,
-                        0,
-                    )
-                    for ns, kenc in missing
-                ]
-                replies = yield Pipe(calls)
-                for (ns, kenc), reply in zip(missing, replies, strict=True):
-                    fetched[(ns, kenc)] = (
-                        _Row(
-                            ns,
-                            kenc,
-                            json.loads(reply[0]),
-                            int(reply[1]),
-                            int(reply[2]),
-                            int(reply[3]),
-                            int(reply[4]),
-                        )
-                        if reply and reply[0] is not None
-                        else None
-                    )
+                got = yield from self._plan_mget([(ns, k, False) for ns, k in missing])
+                fetched.update(zip(missing, got, strict=True))
             kept: list[tuple[float | None, _Row]] = []
             for dist, ident in ranked:
                 row = fetched.get(ident)
