@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "SearchModuleMissing",
     "escape_tag",
+    "is_backfilling",
     "is_index_exists_error",
     "is_missing_index_error",
     "is_unknown_command_error",
@@ -104,3 +105,15 @@ def is_index_exists_error(exc: BaseException) -> bool:
 def is_unknown_command_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "unknown command" in text or "unknown subcommand" in text
+
+
+def is_backfilling(info: dict[str, Any]) -> bool:
+    """FT.INFO (parsed) says a new index is still indexing existing keys.
+
+    RediSearch reports ``indexing`` (0/1), valkey-search ``backfill_in_progress``; a
+    search during the backfill silently misses documents, so creators wait for it.
+    """
+    for name in ("indexing", "backfill_in_progress"):
+        if name in info and str(_s(info[name])).strip() not in ("0", "0.0", "False", "false"):
+            return True
+    return False

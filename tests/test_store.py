@@ -396,3 +396,16 @@ async def test_async_concurrent_calls_are_batched(valkey_url: str, prefix: str) 
             got = await asyncio.gather(*(store.aget(("c",), f"k{i}") for i in range(20)))
         assert [g.value["i"] for g in got] == list(range(20))
         assert log.round_trips == 1
+
+
+def test_unregister_puts_back_a_namespace_revived_meanwhile(any_url: str, prefix: str) -> None:
+    """The emptiness protocol (ZREM from the registry, re-check, re-add) never loses a
+    namespace that a concurrent put filled between the check and the removal."""
+    client = client_from_url(any_url)
+    store = ValkeyStore(client, prefix=prefix)
+    store.put(("race", "x"), "k", {"v": 1})
+    # as if a lister had seen ("race", "x") empty just before this put landed
+    store._run(store._plan_unregister([store.keys.ns(("race", "x"))]), "test")
+    assert store.list_namespaces() == [("race", "x")]
+    assert [i.key for i in store.search(("race",))] == ["k"]
+    client.close()

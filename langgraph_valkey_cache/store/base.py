@@ -44,6 +44,7 @@ from langgraph.store.base import (
 from langgraph_valkey_cache._keys import StoreKeys, digest, encode
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._search import (
+    is_backfilling,
     is_index_exists_error,
     is_missing_index_error,
     is_unknown_command_error,
@@ -632,15 +633,7 @@ class ValkeyStoreBase(BaseStore):
             # a new index over existing docs backfills in the background: wait for it
             for _ in range(200):
                 (info,) = yield Pipe([Call(("FT.INFO", self.index_name))])
-                if not _backfilling(parse_info(info)):
+                if not is_backfilling(parse_info(info)):
                     break
                 yield Sleep(0.05)
         self._search_ok = True
-
-
-def _backfilling(info: dict[str, Any]) -> bool:
-    """FT.INFO says the index is still indexing existing keys (RediSearch or valkey-search)."""
-    for name in ("indexing", "backfill_in_progress"):
-        if name in info and _s(info[name]) not in ("0", "0.0", "False"):
-            return True
-    return False
