@@ -136,3 +136,14 @@ async def test_cached_embeddings_async_queries(async_client: Any, prefix: str) -
     docs = await emb.aembed_documents(["a", "b"])
     docs2 = await emb.aembed_documents(["b", "a"])
     assert docs2 == [docs[1], docs[0]]
+
+
+def test_default_namespace_separates_model_settings(sync_client: Any, prefix: str) -> None:
+    store = ValkeyByteStore(sync_client, prefix=prefix, metrics=False)
+    a = CachedEmbeddings(HashingEmbeddings(16), store)
+    b = CachedEmbeddings(HashingEmbeddings(24), store)
+    assert a.namespace != b.namespace
+    assert len(a.embed_query("x")) == 16 and len(b.embed_query("x")) == 24
+    c = HashingEmbeddings(16)
+    c.embed_query("counters change")  # counters are not part of the identity
+    assert CachedEmbeddings(c, store).namespace == a.namespace

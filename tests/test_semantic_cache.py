@@ -373,3 +373,11 @@ def test_fail_open(emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptur
     assert model.invoke(Q).content == "fresh"
     assert "failed" in caplog.text
     client.close()
+
+
+def test_existing_index_with_other_dims_is_refused(sclient: Any, prefix: str) -> None:
+    _cache(sclient, HashingEmbeddings(32), prefix).setup()
+    with pytest.raises(ValueError, match="32-dimensional"):
+        _cache(sclient, HashingEmbeddings(48), prefix).setup()
+    _cache(sclient, HashingEmbeddings(32), prefix).setup()  # same dims: fine
+    sclient.execute_command("FT.DROPINDEX", f"{prefix}:idx")

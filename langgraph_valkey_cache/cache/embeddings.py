@@ -28,7 +28,7 @@ from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
 from langgraph_valkey_cache.cache.llm import _ClientPair
 
-__all__ = ["CachedEmbeddings", "ValkeyByteStore"]
+__all__ = ["CachedEmbeddings", "ValkeyByteStore", "default_namespace"]
 
 
 class ValkeyByteStore(ByteStore):
@@ -184,6 +184,28 @@ def _unpack(raw: bytes) -> list[float]:
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
+# Fields that change what a model returns for the same text (never counters or secrets).
+_IDENTITY_FIELDS = (
+    "model", "model_name", "model_id", "deployment", "dimensions", "dims", "dim",
+    "output_dimensionality", "seed", "task_type", "normalize", "encoding_format",
+)  # fmt: skip
+
+
+def default_namespace(embeddings: Embeddings) -> str:
+    """The class path plus the model-identifying fields that are set (``model``,
+    ``dimensions``, ``seed``...). Pass ``namespace=`` yourself when a model has other
+    settings that change its vectors."""
+    ident = {}
+    for name in _IDENTITY_FIELDS:
+        value = getattr(embeddings, name, None)
+        if isinstance(value, (str, int, float, bool)):
+            ident[name] = value
+    cls = type(embeddings)
+    return f"{cls.__module__}.{cls.__qualname__}:" + ",".join(
+        f"{k}={v!r}" for k, v in sorted(ident.items())
+    )
+
+
 class CachedEmbeddings(Embeddings):
     """Wrap an ``Embeddings`` so each distinct text is embedded once, across processes.
 
@@ -194,7 +216,8 @@ class CachedEmbeddings(Embeddings):
     Args:
         embeddings: the model to wrap.
         store: any LangChain ``ByteStore`` (usually :class:`ValkeyByteStore`).
-        namespace: separates models; defaults to the model class and its ``model`` field.
+        namespace: separates models; defaults to :func:`default_namespace` (the class
+            and its model, dimensions and seed fields).
 
     Example:
         >>> emb = CachedEmbeddings(OpenAIEmbeddings(), ValkeyByteStore(client))  # doctest: +SKIP
@@ -205,10 +228,7 @@ class CachedEmbeddings(Embeddings):
     ) -> None:
         self.underlying = embeddings
         self.store = store
-        if namespace is None:
-            model = getattr(embeddings, "model", None) or getattr(embeddings, "model_name", "")
-            namespace = f"{type(embeddings).__module__}.{type(embeddings).__qualname__}:{model}"
-        self.namespace = namespace
+        self.namespace = namespace if namespace is not None else default_namespace(embeddings)
 
     def _key(self, kind: str, text: str) -> str:
         return f"{kind}:{digest(self.namespace, text)}"

@@ -54,6 +54,7 @@ from langgraph_valkey_cache._search import (
     is_index_exists_error,
     is_unknown_command_error,
     pack_vector,
+    parse_info,
     parse_search,
 )
 from langgraph_valkey_cache._telemetry import Telemetry
@@ -171,6 +172,8 @@ class ValkeySemanticCache(BaseCache):
         ttl: seconds each entry lives; ``None`` keeps entries.
         embed: ``"last_user"`` (default) or ``"prompt"`` (see the module docs).
         dims: vector dimensions; ``None`` asks the embedder once at setup.
+        embeddings_namespace: separates cached vectors of different models (default:
+            :func:`~langgraph_valkey_cache.cache.embeddings.default_namespace`).
         algorithm: ``"HNSW"`` (default) or ``"FLAT"``.
         category_thresholds / categorize: ``categorize(text)`` names a category whose
             threshold (from ``category_thresholds``) replaces the default.
@@ -207,6 +210,7 @@ class ValkeySemanticCache(BaseCache):
         dims: int | None = None,
         algorithm: Literal["HNSW", "FLAT"] = "HNSW",
         cache_embeddings: bool = True,
+        embeddings_namespace: str | None = None,
         category_thresholds: dict[str, float] | None = None,
         categorize: Callable[[str], str | None] | None = None,
         judge: Judge | None = None,
@@ -255,7 +259,7 @@ class ValkeySemanticCache(BaseCache):
                 ttl=ttl,
                 metrics=metrics,
             )
-            self.embeddings = CachedEmbeddings(embeddings, store)
+            self.embeddings = CachedEmbeddings(embeddings, store, namespace=embeddings_namespace)
         self._observations: deque[_Observation] = deque(maxlen=window)
         self._obs_lock = threading.Lock()
         self._ready = False
@@ -383,23 +387,35 @@ class ValkeySemanticCache(BaseCache):
             self.dims = len(await self.embeddings.aembed_query("dimension probe"))
         return self.dims
 
-    def _created(self, exc: BaseException | None) -> None:
-        if exc is not None:
-            if is_unknown_command_error(exc):
-                raise SearchModuleMissing("ValkeySemanticCache") from exc
-            if not is_index_exists_error(exc):
-                raise exc
-        self._ready = True
+    def _created(self, exc: BaseException | None) -> bool:
+        """True when the index already existed (its dimensions are then checked)."""
+        if exc is None:
+            return False
+        if is_unknown_command_error(exc):
+            raise SearchModuleMissing("ValkeySemanticCache") from exc
+        if not is_index_exists_error(exc):
+            raise exc
+        return True
+
+    def _check_existing(self, info: Any) -> None:
+        found = _vector_dim(parse_info(info).get("attributes"))
+        if found is not None and self.dims is not None and found != self.dims:
+            raise ValueError(
+                f"index {self.keys.index()!r} holds {found}-dimensional vectors but the "
+                f"embeddings give {self.dims}: use another prefix for this model"
+            )
 
     def setup(self) -> None:
-        """Create the FT index (idempotent). Raises ``SearchModuleMissing`` without it."""
+        """Create the FT index (idempotent). Raises ``SearchModuleMissing`` without the
+        search module and ``ValueError`` when the existing index has other dimensions."""
         args = self._create_args(self._dims())
+        client = self._clients.sync()
         try:
-            self._clients.sync().execute_command(*args)
+            client.execute_command(*args)
         except Exception as exc:
-            self._created(exc)
-        else:
-            self._created(None)
+            if self._created(exc):
+                self._check_existing(client.execute_command("FT.INFO", self.keys.index()))
+        self._ready = True
 
     async def asetup(self) -> None:
         aclient = self._clients.async_client
@@ -410,9 +426,9 @@ class ValkeySemanticCache(BaseCache):
         try:
             await aclient.execute_command(*args)
         except Exception as exc:
-            self._created(exc)
-        else:
-            self._created(None)
+            if self._created(exc):
+                self._check_existing(await aclient.execute_command("FT.INFO", self.keys.index()))
+        self._ready = True
 
     def _ensure(self) -> bool:
         if self._ready:
@@ -534,7 +550,8 @@ class ValkeySemanticCache(BaseCache):
     def nearest(self, prompt: str, llm_string: str) -> float | None:
         """The cosine distance of the nearest entry this prompt could hit (diagnostics)."""
         query = self.prepare(prompt, llm_string)
-        self.setup() if not self._ready else None
+        if not self._ready:
+            self.setup()
         vector = self.embeddings.embed_query(query.text)
         cands = self._candidates(
             self._clients.sync().execute_command(*self._search_args(query, vector))
@@ -829,6 +846,38 @@ def _resolve_sync(result: Any) -> Any:
 
         return asyncio.run(_await())
     return result
+
+
+def _vector_dim(node: Any) -> int | None:
+    """The dimension of the ``vec`` attribute in FT.INFO ``attributes`` (RediSearch says
+    ``dim``, valkey-search ``dimensions`` inside a nested ``index`` list; RESP2 or 3)."""
+
+    def text(v: Any) -> Any:
+        return v.decode() if isinstance(v, bytes) else v
+
+    def search(n: Any) -> int | None:
+        if isinstance(n, dict):
+            n = [x for kv in n.items() for x in kv]
+        if not isinstance(n, (list, tuple)):
+            return None
+        for i in range(len(n) - 1):
+            if text(n[i]) in ("dim", "dimensions", "DIM"):
+                try:
+                    return int(text(n[i + 1]))
+                except (TypeError, ValueError):
+                    pass
+        for child in n:
+            found = search(child)
+            if found is not None:
+                return found
+        return None
+
+    for attr in node or []:
+        flat = [x for kv in attr.items() for x in kv] if isinstance(attr, dict) else attr
+        names = {text(x) for x in flat if isinstance(x, (str, bytes))}
+        if "vec" in names:
+            return search(flat)
+    return None
 
 
 def _as_index(result: Any) -> int | None:
