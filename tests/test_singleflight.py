@@ -1,9 +1,9 @@
-"""Single-flight leases on a real server: threads, asyncio tasks, processes."""
+"""Single-flight leases on a real server: threads and asyncio tasks (processes: see
+test_tool_cache.py, which runs 4 processes through the whole ToolCache stack)."""
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
 import time
 from typing import Any
@@ -82,43 +82,6 @@ async def test_tasks_compute_once(async_client: Any, prefix: str) -> None:
     assert runs == 1
     assert {f.value for f in flights} == {"v"}
     assert [f.outcome for f in flights].count("leader") == 1
-
-
-def _process_worker(url: str, key: str, counter: str, barrier: Any, out: Any) -> None:
-    client = client_from_url(url)
-    sf = SingleFlight(client)
-
-    def compute() -> tuple[str, bytes]:
-        client.incr(counter)
-        time.sleep(0.3)
-        return "v", b"v"
-
-    barrier.wait()
-    out.put(sf.run(key, compute, ttl=60, decode=_decode).outcome)
-    client.close()
-
-
-def test_processes_compute_once(valkey_url: str, prefix: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(4)
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_process_worker,
-            args=(valkey_url, f"{prefix}:k", f"{prefix}:runs", barrier, out),
-        )
-        for _ in range(4)
-    ]
-    for p in procs:
-        p.start()
-    outcomes = [out.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    client = client_from_url(valkey_url)
-    assert int(client.get(f"{prefix}:runs")) == 1
-    client.close()
-    assert outcomes.count("leader") == 1
 
 
 def test_crashed_leader_lease_expires(sync_client: Any, prefix: str) -> None:
