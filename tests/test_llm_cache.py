@@ -244,3 +244,42 @@ def test_user_data_that_looks_serialized_round_trips(sync_client: Any, prefix: s
     got = cache.lookup("p", "llm")
     assert got is not None
     assert got[0].message.additional_kwargs == {"payload": tricky}  # type: ignore[attr-defined]
+
+
+async def test_async_methods_use_the_async_client_natively(
+    async_client: Any, dead_url: str, prefix: str
+) -> None:
+    # the sync client points at nothing: the a* methods succeeding proves they never use it
+    dead = client_from_url(dead_url, timeout=0.2)
+    cache = ValkeyCache(dead, async_client=async_client, prefix=prefix, metrics=False)
+    await cache.aupdate("p", "llm", [Generation(text="x")])
+    assert await cache.alookup("p", "llm") == [Generation(text="x")]
+    await cache.aclear()
+    assert await cache.alookup("p", "llm") is None
+    dead.close()
+
+
+def test_metrics_hits_misses_and_cost_saved(sync_client: Any, prefix: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    cache = ValkeyCache(
+        sync_client,
+        prefix=prefix,
+        metrics=registry,
+        cost_of=lambda gens: 0.002 * len(gens),
+    )
+    cache.lookup("p", "llm")
+    cache.update("p", "llm", [Generation(text="x")])
+    cache.lookup("p", "llm")
+    cache.lookup("p", "llm")
+
+    def value(name: str, **labels: str) -> float:
+        got = registry.get_sample_value(name, labels)
+        return 0.0 if got is None else got
+
+    ns = "langgraph_valkey_cache"
+    assert value(f"{ns}_requests_total", tier="llm_cache", result="hit") == 2
+    assert value(f"{ns}_requests_total", tier="llm_cache", result="miss") == 1
+    assert value(f"{ns}_cost_saved_usd_total", tier="llm_cache") == pytest.approx(0.004)
+    assert value(f"{ns}_stored_bytes_total", tier="llm_cache") > 0

@@ -176,6 +176,23 @@ class LLMCacheCodec:
         return {} if self.ttl_ms is None else {"px": self.ttl_ms}
 
 
+def count_result(
+    telemetry: Telemetry,
+    gens: Sequence[Generation] | None,
+    cost_of: Callable[[Sequence[Generation]], float] | None,
+) -> None:
+    """Count a hit (and what it saved) or a miss."""
+    if gens is None:
+        telemetry.result("miss")
+        return
+    telemetry.result("hit")
+    if cost_of is not None:
+        try:
+            telemetry.saved(float(cost_of(gens)))
+        except Exception as exc:  # an estimator bug must not turn a hit into a failure
+            logger.warning("cost_of failed: %s", exc)
+
+
 class _ClientPair:
     """A sync client, an async client, or both, from what the user passed."""
 
@@ -212,6 +229,8 @@ class ValkeyCache(BaseCache):
         normalize: ``True`` collapses whitespace in prompts before hashing (or pass a
             callable). Off by default: it makes differently spaced prompts share answers.
         metrics: ``False`` turns Prometheus metrics off, or pass a registry.
+        cost_of: ``cost_of(generations) -> USD`` estimates what a hit saved (for the
+            ``cost_saved_usd`` metric), e.g. from the cached ``usage_metadata``.
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -233,10 +252,12 @@ class ValkeyCache(BaseCache):
         ttl: float | None = None,
         normalize: bool | Callable[[str], str] = False,
         metrics: Any = True,
+        cost_of: Callable[[Sequence[Generation]], float] | None = None,
     ) -> None:
         self._clients = _ClientPair(client, async_client, "ValkeyCache")
         self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize)
         self.telemetry = Telemetry("llm_cache", metrics=metrics)
+        self.cost_of = cost_of
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ValkeyCache:
@@ -255,7 +276,7 @@ class ValkeyCache(BaseCache):
 
     def _hit_or_miss(self, raw: Any) -> list[Generation] | None:
         gens = self.codec.decode(raw)
-        self.telemetry.result("hit" if gens is not None else "miss")
+        count_result(self.telemetry, gens, self.cost_of)
         return gens
 
     # -- sync ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import RunnableConfig
 
-from langgraph_valkey_cache.cache.llm import ValkeyCache
+from langgraph_valkey_cache.cache.llm import ValkeyCache, count_result
 from langgraph_valkey_cache.cache.semantic import ValkeySemanticCache
 from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, SingleFlight, lease_key
 
@@ -185,6 +185,15 @@ if AgentMiddleware is not None:
             else:
                 self.misses += 1
 
+        def _count_exact(self, cache: ValkeyCache, flight: Any) -> None:
+            # the exact flight reads the key itself (not through cache.lookup): count here
+            self._count(not flight.computed)
+            gens = None
+            if not flight.computed:
+                msg = _cacheable(flight.value)
+                gens = None if msg is None else [ChatGeneration(message=msg)]
+            count_result(cache.telemetry, gens, cache.cost_of)
+
         # sync
 
         def wrap_model_call(
@@ -230,7 +239,7 @@ if AgentMiddleware is not None:
                 ttl=_ttl(cache),
                 decode=lambda raw: _decoded(cache, raw),
             )
-            self._count(not flight.computed)
+            self._count_exact(cache, flight)
             return flight.value
 
         def _semantic_flight(
@@ -301,7 +310,7 @@ if AgentMiddleware is not None:
                 ttl=_ttl(cache),
                 decode=lambda raw: _decoded(cache, raw),
             )
-            self._count(not flight.computed)
+            self._count_exact(cache, flight)
             return flight.value
 
         async def _asemantic_flight(

@@ -60,7 +60,7 @@ from langgraph_valkey_cache._search import (
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
 from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
-from langgraph_valkey_cache.cache.llm import LLMCacheCodec, _ClientPair
+from langgraph_valkey_cache.cache.llm import LLMCacheCodec, _ClientPair, count_result
 
 __all__ = ["SemanticQuery", "ValkeySemanticCache", "split_prompt"]
 
@@ -186,6 +186,7 @@ class ValkeySemanticCache(BaseCache):
         on_judge_error: ``"miss"`` (default, the model is called) or ``"hit"`` (accept the
             nearest band candidate) when the judge fails or times out.
         window: how many lookups :meth:`threshold_effectiveness` looks back on.
+        cost_of: ``cost_of(generations) -> USD`` for the ``cost_saved_usd`` metric.
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -221,6 +222,7 @@ class ValkeySemanticCache(BaseCache):
         on_judge_error: Literal["miss", "hit"] = "miss",
         window: int = 1000,
         metrics: Any = True,
+        cost_of: Callable[[Sequence[Generation]], float] | None = None,
     ) -> None:
         if embeddings is None:
             raise ValueError("ValkeySemanticCache needs an Embeddings instance")
@@ -238,6 +240,7 @@ class ValkeySemanticCache(BaseCache):
         self.codec = LLMCacheCodec(prefix, ttl=ttl)
         self.keys: LLMCacheKeys = self.codec.keys
         self.telemetry = Telemetry("semantic_cache", metrics=metrics)
+        self.cost_of = cost_of
         self.distance_threshold = distance_threshold
         self.embed_mode = embed
         self.dims = dims
@@ -338,10 +341,17 @@ class ValkeySemanticCache(BaseCache):
             "ts": f"{time.time():.3f}",
         }
 
-    def _observe(self, distance: float | None, threshold: float, outcome: str) -> None:
+    def _observe(
+        self,
+        distance: float | None,
+        threshold: float,
+        outcome: str,
+        gens: list[Generation] | None = None,
+    ) -> list[Generation] | None:
         with self._obs_lock:
             self._observations.append(_Observation(distance, threshold, outcome))
-        self.telemetry.result("hit" if outcome in ("hit", "band_accept") else "miss")
+        count_result(self.telemetry, gens, self.cost_of)
+        return gens
 
     def _decide(
         self, query: SemanticQuery, cands: list[_Candidate]
@@ -353,8 +363,8 @@ class ValkeySemanticCache(BaseCache):
         best = cands[0]
         if best.distance <= query.threshold:
             gens = self.codec.decode(best.gens)
-            self._observe(best.distance, query.threshold, "hit" if gens else "miss")
-            return gens, []
+            outcome = "hit" if gens is not None else "miss"
+            return self._observe(best.distance, query.threshold, outcome, gens), []
         band = [c for c in cands if c.distance <= query.threshold + self.band]
         if not band:
             self._observe(best.distance, query.threshold, "miss")
@@ -369,11 +379,11 @@ class ValkeySemanticCache(BaseCache):
             "band_error" if error else ("band_accept" if choice is not None else "band_reject")
         )
         if choice is None or not 0 <= choice < len(band):
-            self._observe(band[0].distance, query.threshold, outcome)
-            return None
+            return self._observe(band[0].distance, query.threshold, outcome)
         picked = band[choice]
-        self._observe(picked.distance, query.threshold, outcome)
-        return self.codec.decode(picked.gens)
+        return self._observe(
+            picked.distance, query.threshold, outcome, self.codec.decode(picked.gens)
+        )
 
     # -- setup --------------------------------------------------------------------------
 
