@@ -381,3 +381,29 @@ def test_existing_index_with_other_dims_is_refused(sclient: Any, prefix: str) ->
         _cache(sclient, HashingEmbeddings(48), prefix).setup()
     _cache(sclient, HashingEmbeddings(32), prefix).setup()  # same dims: fine
     sclient.execute_command("FT.DROPINDEX", f"{prefix}:idx")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_resp2_and_resp3_replies(search_url: str, prefix: str, protocol: int) -> None:
+    sync = client_from_url(search_url, protocol=protocol)
+    aclient = client_from_url(search_url, asyncio=True, protocol=protocol)
+    emb = HashingEmbeddings(256)
+    c = ValkeySemanticCache(
+        sync, emb, async_client=aclient, prefix=prefix, distance_threshold=THRESHOLD, metrics=False
+    )
+    c.setup()
+    c.setup()  # the exists path reads FT.INFO in this protocol
+    c.update(Q, "llm", [Generation(text="Paris")])
+    assert c.lookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    assert await c.alookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    assert c.check_batch([PARAPHRASE, OTHER], "llm") == [[Generation(text="Paris")], None]
+    assert c.nearest(PARAPHRASE, "llm") == await c.anearest(PARAPHRASE, "llm")
+    c.drop_index()
+    sync.close()
+    await aclient.aclose()
+
+
+def test_image_only_turn_embeds_the_prompt() -> None:
+    only_image = HumanMessage(content=[{"type": "image", "url": "https://x/y.png"}])
+    prompt = dumps([only_image])
+    assert split_prompt(prompt) == (prompt, "")

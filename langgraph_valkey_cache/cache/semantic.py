@@ -128,6 +128,8 @@ def split_prompt(
             else:
                 extra.append(block)
         text = "\n".join(parts)
+    if not text.strip():  # nothing to embed (an image-only turn): embed the whole prompt
+        return prompt, ""
     context = json.dumps(
         {"before": messages[:last], "after": messages[last + 1 :], "turn": kwargs, "blocks": extra},
         sort_keys=True,
