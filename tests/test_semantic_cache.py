@@ -407,3 +407,25 @@ def test_image_only_turn_embeds_the_prompt() -> None:
     only_image = HumanMessage(content=[{"type": "image", "url": "https://x/y.png"}])
     prompt = dumps([only_image])
     assert split_prompt(prompt) == (prompt, "")
+
+
+def test_lazy_setup_and_recovery_after_index_drop(
+    sclient: Any, emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from langchain_core.globals import set_llm_cache
+
+    c = _cache(sclient, emb, prefix)  # no setup(): the first call creates the index
+    set_llm_cache(c)
+    try:
+        model = FakeMessagesListChatModel(responses=[AIMessage("Paris"), AIMessage("again")])
+        assert model.invoke(Q).content == "Paris"
+        assert model.invoke(PARAPHRASE).content == "Paris"
+        sclient.execute_command("FT.DROPINDEX", f"{prefix}:idx")
+        assert c.lookup(Q, "llm") is None  # fails open, logs, forgets the index
+        assert "lookup failed" in caplog.text
+        c.update(Q, "llm", [Generation(text="back")])  # recreates it (docs are re-indexed)
+        assert c.lookup(Q, "llm") == [Generation(text="back")]
+    finally:
+        set_llm_cache(None)
+        c.clear()
+        c.drop_index()

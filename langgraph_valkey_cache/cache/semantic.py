@@ -52,6 +52,7 @@ from langgraph_valkey_cache._search import (
     SearchModuleMissing,
     escape_tag,
     is_index_exists_error,
+    is_missing_index_error,
     is_unknown_command_error,
     pack_vector,
     parse_info,
@@ -442,6 +443,11 @@ class ValkeySemanticCache(BaseCache):
                 self._check_existing(await aclient.execute_command("FT.INFO", self.keys.index()))
         self._ready = True
 
+    def _lost_index(self, exc: BaseException) -> None:
+        # someone dropped the index: recreate it on the next call instead of failing forever
+        if is_missing_index_error(exc):
+            self._ready = False
+
     def _ensure(self) -> bool:
         if self._ready:
             return True
@@ -528,6 +534,7 @@ class ValkeySemanticCache(BaseCache):
             try:
                 reply = self._clients.sync().execute_command(*self._search_args(query, vector))
             except CACHE_ERRORS as exc:
+                self._lost_index(exc)
                 report_failure(self.telemetry, "lookup", exc)
                 return None
             gens, band = self._decide(query, self._candidates(reply))
@@ -552,6 +559,7 @@ class ValkeySemanticCache(BaseCache):
             try:
                 reply = await aclient.execute_command(*self._search_args(query, vector))
             except CACHE_ERRORS as exc:
+                self._lost_index(exc)
                 report_failure(self.telemetry, "lookup", exc)
                 return None
             gens, band = self._decide(query, self._candidates(reply))
