@@ -201,6 +201,11 @@ def test_fails_open_when_server_dies(prefix: str, caplog: pytest.LogCaptureFixtu
     assert calls == {"a": 2, "b": 2}  # nodes just ran
     assert time.monotonic() - t0 < 15
     assert "node_cache cache get failed" in caplog.text
+    warnings = len(caplog.records)
+    t0 = time.monotonic()
+    graph.invoke({"x": 1})  # within the cooldown: no server calls, no new warnings
+    assert time.monotonic() - t0 < 0.5 and len(caplog.records) == warnings
+    assert calls == {"a": 3, "b": 3}
     client.close()
     server.stop()
 

@@ -442,7 +442,7 @@ def test_agent_finishes_when_server_dies(prefix: str, caplog: pytest.LogCaptureF
     client = client_from_url(server.url, timeout=0.5)
     cache = ToolCache(client, prefix=prefix, metrics=False)
     calls: list[dict[str, Any]] = []
-    model = FakeToolModel(messages=script(*TURNS, TURNS[0]))
+    model = FakeToolModel(messages=script(*TURNS, TURNS[0], TURNS[0]))
     agent = create_agent(model, make_tools(calls), middleware=[cache.middleware()])
     agent.invoke({"messages": [HumanMessage("hi")]})
     agent.invoke({"messages": [HumanMessage("hi")]})
@@ -454,8 +454,27 @@ def test_agent_finishes_when_server_dies(prefix: str, caplog: pytest.LogCaptureF
     assert tool_messages(result)[0].tool_call_id == "call_2"
     assert len(calls) == 2  # the tool just ran
     assert "tool_cache cache" in caplog.text and "failed" in caplog.text
+    # the breaker keeps the dead server out of the way: no new timeouts, no new warnings
+    warnings = len(caplog.records)
+    t0 = time.monotonic()
+    agent.invoke({"messages": [HumanMessage("hi")]})
+    assert time.monotonic() - t0 < 0.5
+    assert len(calls) == 3 and len(caplog.records) == warnings
     client.close()
     server.stop()
+
+
+def test_breaker_closes_after_the_cooldown() -> None:
+    from langgraph_valkey_cache._telemetry import Telemetry
+    from langgraph_valkey_cache.cache.singleflight import Breaker
+
+    breaker = Breaker(cooldown=0.1)
+    assert breaker.closed
+    breaker.fail(Telemetry("t", metrics=False), "op", ConnectionError("down"))
+    assert not breaker.closed
+    time.sleep(0.12)
+    assert breaker.closed
+    Breaker(cooldown=0).fail(Telemetry("t", metrics=False), "op", ConnectionError("down"))
 
 
 def test_cached_decorator_sync(tool_cache: ToolCache) -> None:

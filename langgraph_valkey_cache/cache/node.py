@@ -22,7 +22,8 @@ from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_clust
 from langgraph_valkey_cache._keys import NodeCacheKeys
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS
+from langgraph_valkey_cache.cache.singleflight import Breaker
 
 __all__ = ["ValkeyNodeCache"]
 
@@ -59,6 +60,8 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         prefix: key prefix of this cache (ACL users can be confined to ``prefix*``).
         serde: serializer; default strict ``JsonPlusSerializer`` (no pickle, no
             arbitrary module revival).
+        failure_cooldown: after a server error, seconds during which ``get``/``set``
+            skip the server (misses, no timeouts; one warning per cooldown).
         metrics: ``False`` to disable Prometheus metrics, or a registry.
 
     Server errors in ``get``/``set`` are misses (warning + error metric: the node runs);
@@ -87,6 +90,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         aclient: Any | None = None,
         prefix: str = "lgvc:node",
         serde: SerializerProtocol | None = None,
+        failure_cooldown: float = 5.0,
         metrics: bool | CollectorRegistry = True,
     ) -> None:
         super().__init__(serde=serde or default_serde())
@@ -100,6 +104,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             self.client, self.aclient = client, aclient
         self.keys = NodeCacheKeys(prefix)
         self.telemetry = Telemetry("node_cache", metrics=metrics)
+        self.breaker = Breaker(failure_cooldown)
 
     # --- pure helpers (shared by sync and async) ---------------------------------------
 
@@ -150,12 +155,14 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         if not keys:
             return {}
         client = self._sync_client()
+        if not self.breaker.closed:
+            return {}
         with self.telemetry.operation("get"):
             rkeys = self._redis_keys(keys)
             try:
                 raws = client.mget_nonatomic(rkeys) if is_cluster(client) else client.mget(rkeys)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "get", exc)
+                self.breaker.fail(self.telemetry, "get", exc)
                 return {}
             return self._decode(keys, raws)
 
@@ -164,6 +171,8 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         if not pairs:
             return
         client = self._sync_client()
+        if not self.breaker.closed:
+            return
         with self.telemetry.operation("set"):
             entries = self._encode(pairs)
             try:
@@ -176,7 +185,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                         pipe.set(key, data, px=px)
                     pipe.execute()
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "set", exc)
+                self.breaker.fail(self.telemetry, "set", exc)
 
     def clear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Delete the entries of ``namespaces`` (exact namespaces), or all of this cache's."""
@@ -194,6 +203,8 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             return {}
         if self.aclient is None:
             return await asyncio.to_thread(self.get, keys)
+        if not self.breaker.closed:
+            return {}
         client = self.aclient
         with self.telemetry.operation("get"):
             rkeys = self._redis_keys(keys)
@@ -203,7 +214,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                 else:
                     raws = await client.mget(rkeys)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "get", exc)
+                self.breaker.fail(self.telemetry, "get", exc)
                 return {}
             return self._decode(keys, raws)
 
@@ -213,6 +224,8 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             return
         if self.aclient is None:
             return await asyncio.to_thread(self.set, pairs)
+        if not self.breaker.closed:
+            return
         client = self.aclient
         with self.telemetry.operation("set"):
             entries = self._encode(pairs)
@@ -226,7 +239,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                         pipe.set(key, data, px=px)
                     await pipe.execute()
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "set", exc)
+                self.breaker.fail(self.telemetry, "set", exc)
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Async :meth:`clear`."""

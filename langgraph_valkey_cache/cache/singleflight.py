@@ -16,7 +16,10 @@ it works across processes and machines:
    compute at once, in parallel, rather than queueing for the lease one by one.
 4. A follower that has waited ``wait_timeout`` seconds computes on its own.
 5. Fail open: on a server error the caller computes without coordination, a warning
-   is logged and an error metric counted (:func:`report_failure`).
+   is logged and an error metric counted (:func:`report_failure`). A :class:`Breaker`
+   then skips the server for ``failure_cooldown`` seconds, so while it is down (or
+   stalled: every command would wait for the socket timeout and the retries) calls run
+   at once and the log gets one warning per cooldown, not one per call.
 
 The lease key is derived from the value key (:func:`langgraph_valkey_cache._keys.lease_key`)
 so both sit in one cluster slot and the scripts work on a cluster.
@@ -79,6 +82,7 @@ from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
 
 __all__ = [
     "AsyncSingleFlight",
+    "Breaker",
     "Flight",
     "Outcome",
     "SingleFlight",
@@ -147,6 +151,42 @@ SINGLE_FLIGHT_SCRIPTS = ScriptRegistry(
 )
 
 
+class Breaker:
+    """Skip the server for ``cooldown`` seconds after an error (fail fast while it is down).
+
+    Shared by a cache and its single-flight so that one failure bypasses them all.
+    ``cooldown=0`` disables it.
+
+    Example:
+        ```python
+        breaker = Breaker(cooldown=5)
+        if breaker.closed:
+            try:
+                ...  # talk to the server
+            except CACHE_ERRORS as exc:
+                breaker.fail(telemetry, "lookup", exc)
+        ```
+    """
+
+    def __init__(self, cooldown: float = 5.0) -> None:
+        self.cooldown = cooldown
+        self._open_until = 0.0
+
+    @property
+    def closed(self) -> bool:
+        """True when the server may be used."""
+        return time.monotonic() >= self._open_until
+
+    def fail(self, telemetry: Telemetry, operation: str, exc: BaseException) -> None:
+        """Report a server error (warning + metric) and open the breaker."""
+        report_failure(telemetry, operation, exc)
+        if self.cooldown > 0:
+            self._open_until = time.monotonic() + self.cooldown
+
+    def reset(self) -> None:
+        self._open_until = 0.0
+
+
 @dataclass(frozen=True)
 class Flight(Generic[T]):
     """What a single-flight call produced and how."""
@@ -208,6 +248,8 @@ class _SingleFlightBase:
         poll_interval: float = 0.01,
         max_poll_interval: float = 0.2,
         uncacheable_hold: float = 1.0,
+        failure_cooldown: float = 5.0,
+        breaker: Breaker | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         if lease_ttl <= 0 or wait_timeout < 0 or poll_interval <= 0:
@@ -218,6 +260,7 @@ class _SingleFlightBase:
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
         self._uncacheable_ms = _ms(uncacheable_hold)
+        self.breaker = breaker or Breaker(failure_cooldown)
         self.telemetry = telemetry or Telemetry("single_flight", metrics=False)
         self._scripts = SINGLE_FLIGHT_SCRIPTS.bind(client)
 
@@ -232,13 +275,16 @@ class _SingleFlightBase:
         deadline: float | None = None
         delay = self.poll_interval
         first = True
+        if not self.breaker.closed:
+            value, _ = yield _COMPUTE
+            return Flight(value, "fallback")
         while True:
             try:
                 kind, raw = yield _Script(
                     "get_or_lease", [key, lk], [token, lease_ms, _UNCACHEABLE]
                 )
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "lookup", exc)
+                self.breaker.fail(self.telemetry, "lookup", exc)
                 value, _ = yield _COMPUTE
                 return Flight(value, "fallback")
             kind = int(kind)
@@ -286,17 +332,20 @@ class _SingleFlightBase:
                 [flag, payload or b"", ttl_arg, token, _UNCACHEABLE, self._uncacheable_ms],
             )
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "store", exc)
+            self.breaker.fail(self.telemetry, "store", exc)
 
     def _release(self, lk: str, token: str) -> Generator[Any, Any, None]:
         try:
             yield _Script("release", [lk], [token])
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "release", exc)
+            self.breaker.fail(self.telemetry, "release", exc)
 
     def _call_flow(self, lk: str) -> Flow:
         token = uuid.uuid4().hex
         lease_ms = _ms(self.lease_ttl)
+        if not self.breaker.closed:
+            value = yield _COMPUTE
+            return Flight(value, "fallback")
         found = yield _LOOKUP
         if found is not None:
             return Flight(found, "hit")
@@ -306,7 +355,7 @@ class _SingleFlightBase:
             try:
                 acquired = yield _Script("acquire", [lk], [token, lease_ms])
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "lease", exc)
+                self.breaker.fail(self.telemetry, "lease", exc)
                 value = yield _COMPUTE
                 yield _Store(value)
                 return Flight(value, "fallback")
@@ -348,6 +397,9 @@ class SingleFlight(_SingleFlightBase):
         max_poll_interval: longest delay between polls.
         uncacheable_hold: seconds after an uncacheable result (or an exception) during
             which callers of the key compute at once instead of queueing for the lease.
+        failure_cooldown: seconds to skip the server after an error (0: never skip).
+        breaker: a :class:`Breaker` shared with the owning cache (overrides
+            ``failure_cooldown``).
         telemetry: where server errors are reported (the owning cache's).
 
     Example:

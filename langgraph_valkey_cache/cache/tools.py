@@ -43,8 +43,13 @@ from langgraph_valkey_cache._client import ascan_keys, is_async_client, scan_key
 from langgraph_valkey_cache._keys import ToolCacheKeys, digest, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
-from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, Flight, SingleFlight
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS
+from langgraph_valkey_cache.cache.singleflight import (
+    AsyncSingleFlight,
+    Breaker,
+    Flight,
+    SingleFlight,
+)
 
 __all__ = [
     "ToolCache",
@@ -208,7 +213,7 @@ class ToolCache:
     (and tools with a policy) are cached.
 
     Fail open: on a server error the tool just runs, a warning is logged and an error
-    metric counted.
+    metric counted; the cache then stays out of the way for ``failure_cooldown`` seconds.
 
     Args:
         client: sync or async (``valkey.asyncio``) client, standalone or cluster.
@@ -227,6 +232,8 @@ class ToolCache:
         remote_policies: read policies from Valkey as well.
         policy_refresh: seconds between remote policy reads.
         stats_flush_interval: seconds between stats flushes (0: flush on every call).
+        failure_cooldown: after a server error, seconds during which tools run without
+            touching Valkey (one warning per cooldown instead of a timeout per call).
         metrics: ``False`` to disable Prometheus metrics, or a registry.
 
     Example:
@@ -260,6 +267,7 @@ class ToolCache:
         remote_policies: bool = True,
         policy_refresh: float = 5.0,
         stats_flush_interval: float = 1.0,
+        failure_cooldown: float = 5.0,
         metrics: bool | CollectorRegistry = True,
     ) -> None:
         if is_async_client(client):
@@ -284,10 +292,12 @@ class ToolCache:
         self.policy_refresh = policy_refresh
         self.stats_flush_interval = stats_flush_interval
         self.telemetry = Telemetry("tool_cache", metrics=metrics)
+        self.breaker = Breaker(failure_cooldown)
         flight_opts: dict[str, Any] = {
             "lease_ttl": lease_ttl,
             "wait_timeout": wait_timeout,
             "telemetry": self.telemetry,
+            "breaker": self.breaker,
         }
         self._flight = SingleFlight(self.client, **flight_opts) if self.client else None
         self._aflight = AsyncSingleFlight(self.aclient or self.client, **flight_opts)
@@ -398,7 +408,8 @@ class ToolCache:
         with self._lock:
             now = time.monotonic()
             if not self._pending or (
-                not force and now - self._flushed_at < self.stats_flush_interval
+                not force
+                and (now - self._flushed_at < self.stats_flush_interval or not self.breaker.closed)
             ):
                 return None
             pending, self._pending = self._pending, {}
@@ -410,8 +421,10 @@ class ToolCache:
             self._count(name, **fields)
 
     def _policies_due(self) -> bool:
-        return self.remote_policies and time.monotonic() - self._remote_read_at >= (
-            self.policy_refresh
+        return (
+            self.remote_policies
+            and self.breaker.closed
+            and time.monotonic() - self._remote_read_at >= self.policy_refresh
         )
 
     def _parse_policies(self, raw: Mapping[Any, Any]) -> None:
@@ -441,7 +454,7 @@ class ToolCache:
         try:
             self._parse_policies(self._sync().hgetall(self.keys.policies()))
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "policies", exc)
+            self.breaker.fail(self.telemetry, "policies", exc)
 
     def _flush(self, force: bool = False) -> None:
         pending = self._take_pending(force)
@@ -456,7 +469,7 @@ class ToolCache:
             pipe.execute()
         except CACHE_ERRORS as exc:
             self._restore_pending(pending)
-            report_failure(self.telemetry, "stats", exc)
+            self.breaker.fail(self.telemetry, "stats", exc)
 
     def wrap(
         self,
@@ -496,12 +509,14 @@ class ToolCache:
 
     def _no_flight(self, decision: _Decision, compute: Callable[[], Any]) -> Flight[Any]:
         client = self._sync()
+        if not self.breaker.closed:
+            return Flight(compute()[0], "fallback")
         try:
             raw = client.get(decision.key)
             if raw is not None:
                 return Flight(self._load(raw), "hit")
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "lookup", exc)
+            self.breaker.fail(self.telemetry, "lookup", exc)
         except (ValueError, TypeError) as exc:
             logger.warning("undecodable tool cache entry, recomputing: %s", exc)
         value, payload = compute()
@@ -510,7 +525,7 @@ class ToolCache:
             try:
                 client.set(decision.key, payload, px=px)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "store", exc)
+                self.breaker.fail(self.telemetry, "store", exc)
         return Flight(value, "leader")
 
     def invalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
@@ -591,7 +606,7 @@ class ToolCache:
         try:
             self._parse_policies(await self._a(lambda c: c.hgetall(self.keys.policies())))
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "policies", exc)
+            self.breaker.fail(self.telemetry, "policies", exc)
 
     async def _aflush(self, force: bool = False) -> None:
         pending = self._take_pending(force)
@@ -610,7 +625,7 @@ class ToolCache:
             await self._a(op)
         except CACHE_ERRORS as exc:
             self._restore_pending(pending)
-            report_failure(self.telemetry, "stats", exc)
+            self.breaker.fail(self.telemetry, "stats", exc)
 
     async def awrap(
         self,
@@ -649,12 +664,14 @@ class ToolCache:
     async def _ano_flight(
         self, decision: _Decision, compute: Callable[[], Awaitable[Any]]
     ) -> Flight[Any]:
+        if not self.breaker.closed:
+            return Flight((await compute())[0], "fallback")
         try:
             raw = await self._a(lambda c: c.get(decision.key))
             if raw is not None:
                 return Flight(self._load(raw), "hit")
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "lookup", exc)
+            self.breaker.fail(self.telemetry, "lookup", exc)
         except (ValueError, TypeError) as exc:
             logger.warning("undecodable tool cache entry, recomputing: %s", exc)
         value, payload = await compute()
@@ -663,7 +680,7 @@ class ToolCache:
             try:
                 await self._a(lambda c: c.set(decision.key, payload, px=px))
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "store", exc)
+                self.breaker.fail(self.telemetry, "store", exc)
         return Flight(value, "leader")
 
     async def ainvalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
