@@ -507,3 +507,37 @@ async def test_cached_decorator_async_single_flight(tool_cache: ToolCache) -> No
     results = await asyncio.gather(*(fetch("https://x") for _ in range(20)))
     assert runs == 1 and all(r == {"url": "https://x", "status": 200} for r in results)
     await tool_cache.aclient.aclose()
+
+
+def test_stalled_server_costs_one_timeout_then_nothing(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stops answering (SIGSTOP): one call waits for the client timeout,
+    the following ones run the tool at once."""
+    import os
+    import signal
+
+    server = EmbeddedValkey().start()
+    client = client_from_url(server.url, timeout=0.3)
+    cache = ToolCache(client, prefix=prefix, metrics=False)
+    calls: list[dict[str, Any]] = []
+    node = tool_graph(make_tools(calls), wrap_tool_call=cache.wrap)
+    run_node(node, "a", {"city": "Oslo"})
+    pid = server._proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
+        t0 = time.monotonic()
+        assert run_node(node, "b", {"city": "Oslo"}).tool_call_id == "b"
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        for i in range(5):
+            run_node(node, f"c{i}", {"city": "Oslo"})
+        rest = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert len(calls) == 7
+    assert first < 5 and rest < 0.5, (first, rest)
+    assert "TimeoutError" in caplog.text
+    client.close()
+    server.stop()
