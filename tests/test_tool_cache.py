@@ -541,3 +541,21 @@ def test_stalled_server_costs_one_timeout_then_nothing(
     assert "TimeoutError" in caplog.text
     client.close()
     server.stop()
+
+
+def test_artifact_round_trips(tool_cache: ToolCache) -> None:
+    runs: list[str] = []
+
+    @tool(response_format="content_and_artifact")
+    def search(q: str) -> tuple[str, dict[str, Any]]:
+        """Search with an artifact."""
+        runs.append(q)
+        return f"2 results for {q}", {"ids": [1, 2], "q": q}
+
+    node = tool_graph([search], wrap_tool_call=tool_cache.wrap)
+    first = run_node(node, "a", {"q": "valkey"}, "search")
+    second = run_node(node, "b", {"q": "valkey"}, "search")
+    assert runs == ["valkey"]
+    assert second.tool_call_id == "b" and second.name == "search"
+    assert (second.content, second.artifact) == (first.content, first.artifact)
+    assert second.artifact == {"ids": [1, 2], "q": "valkey"}

@@ -58,6 +58,7 @@ __all__ = [
     "ToolPolicy",
     "ToolStats",
     "canonical_args",
+    "injected_arg_names",
 ]
 
 logger = logging.getLogger("langgraph_valkey_cache.cache")
@@ -303,7 +304,7 @@ class ToolCache:
         self._aflight = AsyncSingleFlight(self.aclient or self.client, **flight_opts)
         self._remote: dict[str, ToolPolicy] = {}
         self._remote_read_at = -math.inf
-        self._injected: dict[int, frozenset[str]] = {}
+        self._injected: dict[int, tuple[BaseTool, frozenset[str]]] = {}
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, int]] = {}
         self._flushed_at = time.monotonic()
@@ -340,10 +341,11 @@ class ToolCache:
     def _injected_of(self, tool: BaseTool | None) -> frozenset[str]:
         if tool is None:
             return _ALWAYS_INJECTED
-        found = self._injected.get(id(tool))
-        if found is None:
-            found = self._injected[id(tool)] = injected_arg_names(tool)
-        return found
+        # keyed by id() (tools are not hashable); the tool is kept so its id stays unique
+        entry = self._injected.get(id(tool))
+        if entry is None:
+            entry = self._injected[id(tool)] = (tool, injected_arg_names(tool))
+        return entry[1]
 
     def _decide(self, request: ToolCallRequest) -> _Decision | None:
         call = request.tool_call
