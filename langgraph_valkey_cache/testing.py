@@ -75,10 +75,12 @@ def count_commands() -> Iterator[CommandLog]:
         return send
 
     def wrap_pack(orig: Any) -> Any:
-        def pack(self: Any, *args: Any) -> Any:
+        # sync: send_command(*args); async: pack_command(*args) (send_command and
+        # pipelines both go through it). Either way args[0] is the command name.
+        def pack(self: Any, *args: Any, **kwargs: Any) -> Any:
             with _lock:
                 log.commands.append(_name(args))
-            return orig(self, *args)
+            return orig(self, *args, **kwargs)
 
         return pack
 
@@ -95,7 +97,7 @@ def count_commands() -> Iterator[CommandLog]:
         patch(sconn.AbstractConnection, "pack_commands", wrap_packs)
         patch(sconn.AbstractConnection, "send_packed_command", wrap_send)
         patch(aconn.AbstractConnection, "send_packed_command", wrap_asend)
-        patch(sconn.AbstractConnection, "pack_command", wrap_pack)
+        patch(sconn.AbstractConnection, "send_command", wrap_pack)
         patch(aconn.AbstractConnection, "pack_command", wrap_pack)
     try:
         yield log

@@ -320,3 +320,25 @@ def test_public_names_resolve() -> None:
     assert {"ValkeySaver", "AsyncValkeySaver", "client_from_url"} <= set(
         langgraph_valkey_cache.__all__
     )
+
+
+# -- the round-trip counter ---------------------------------------------------------------
+
+
+async def test_count_commands_sees_sync_async_and_pipelines(valkey_url: str) -> None:
+    from langgraph_valkey_cache.testing import count_commands
+
+    sync, aio = client_from_url(valkey_url), client_from_url(valkey_url, asyncio=True)
+    sync.ping()
+    await aio.ping()
+    with count_commands() as log:
+        sync.set("cc", 1)
+        pipe = sync.pipeline(transaction=False)
+        pipe.get("cc")
+        pipe.get("cc")
+        pipe.execute()
+        await aio.get("cc")
+    assert log.round_trips == 3
+    assert log.commands == ["SET", "GET", "GET", "GET"]
+    sync.close()
+    await aio.aclose()
