@@ -311,24 +311,29 @@ class StoreKeys:
     ``{E}`` hash tag, so the put/delete scripts touch one slot, and namespaces spread
     over a cluster. Under prefix ``P``, per namespace ``E`` and item key ``K`` (encoded):
 
-    - ``P:i:{E}:K``    HASH the item: ``v`` JSON value, ``c``/``u`` created/updated (µs),
-                       ``t`` TTL ms (0 = none), ``nv`` number of vector docs, plus the
-                       filter-field copies also on the vector docs
-    - ``P:v:{E}:K:j``  HASH vector doc ``j`` of the item (FLOAT32 ``vec`` + ``nsp`` TAG +
-                       filter copies); the FT index covers ``P:v:`` only
-    - ``P:u:{E}``      ZSET item keys by updated time (search without a query)
-    - ``P:x:{E}``      ZSET item keys by expiry ms (``inf`` = none): namespace liveness
-    - ``P:ns``         ZSET (all scores 0, ordered by member) of every live ``E``: the
-                       namespace registry ``list_namespaces`` and prefix search read
-    - ``P:idx:<h>``    FT index name, ``h`` a digest of the index configuration
+    - ``P:i:{E}:K``      HASH the item: ``v`` JSON value, ``c``/``u`` created/updated
+                         (µs), ``t`` TTL ms (0 = none), ``nv`` vector docs, ``vs`` their space
+    - ``P:v-S:{E}:K:j``  HASH vector doc ``j`` of the item (FLOAT32 ``vec``, ``nsp`` TAG,
+                         filter copies). ``S`` (the *space*) digests the dimensions and
+                         the embedding model, so vectors of another model are never
+                         compared; the FT index covers ``P:v-S:`` only
+    - ``P:u:{E}``        ZSET item keys by updated time (search without a query)
+    - ``P:x:{E}``        ZSET item keys by expiry ms (``inf`` = none): namespace liveness
+    - ``P:ns``           ZSET (all scores 0, ordered by member) of every live ``E``: the
+                         namespace registry ``list_namespaces`` and prefix search read
+    - ``P:idx:<h>``      FT index name, ``h`` a digest of the index configuration
 
-    The scripts derive a namespace's keys from the bases returned by :meth:`bases`.
+    The scripts build a vector base as ``vpre .. '-' .. S .. vpost`` (see
+    :meth:`vector_parts`), so they can drop an item's vectors of an older space.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, space: str = "") -> None:
         self.prefix = validate_prefix(prefix)
+        if space and not space.isalnum():
+            raise ValueError(f"vector space {space!r} must be alphanumeric")
+        self.space = space
         self.registry = f"{prefix}:ns"
-        self.vector_prefix = f"{prefix}:v:"
+        self.vector_prefix = f"{prefix}:v-{space}:" if space else f"{prefix}:v:"
 
     @staticmethod
     def ns(namespace: tuple[str, ...]) -> str:
@@ -341,13 +346,22 @@ class StoreKeys:
     def bases(self, ns: str) -> tuple[str, str, str, str]:
         """``(item base, vector base, updated zset, expiry zset)`` of namespace ``ns``."""
         p = self.prefix
-        return f"{p}:i:{{{ns}}}:", f"{p}:v:{{{ns}}}:", f"{p}:u:{{{ns}}}", f"{p}:x:{{{ns}}}"
+        return (
+            f"{p}:i:{{{ns}}}:",
+            f"{self.vector_prefix}{{{ns}}}:",
+            f"{p}:u:{{{ns}}}",
+            f"{p}:x:{{{ns}}}",
+        )
+
+    def vector_parts(self, ns: str) -> tuple[str, str]:
+        """``(vpre, vpost)``: vector base of space ``S`` is ``vpre-S`` + ``vpost``."""
+        return f"{self.prefix}:v", f":{{{ns}}}:"
 
     def item(self, ns: str, key: str) -> str:
         return f"{self.prefix}:i:{{{ns}}}:{encode(key)}"
 
     def split_vector(self, vkey: str | bytes) -> tuple[str, str]:
-        """``(E, encoded K)`` of a vector doc key ``P:v:{E}:K:j``."""
+        """``(E, encoded K)`` of a vector doc key ``P:v-S:{E}:K:j``."""
         text = vkey.decode() if isinstance(vkey, bytes) else vkey
         rest = text[len(self.vector_prefix) + 1 :]
         ns, tail = rest.split("}:", 1)

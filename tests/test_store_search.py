@@ -180,13 +180,13 @@ async def test_vectors_follow_item_lifecycle(flavour: str, search_url: str, pref
         raw = client_from_url(search_url)
         ns = ("life", "{odd:label}")
         await call(store, "put", ns, "a", {"arr": [{"c": "x"}, {"c": "y"}, {"c": "lisbon"}]})
-        assert len(list(raw.scan_iter(match=f"{prefix}:v:*"))) == 3
+        assert len(list(raw.scan_iter(match=f"{prefix}:v-*"))) == 3
         await call(store, "put", ns, "a", {"text": "lisbon"})  # one vector now
-        assert len(list(raw.scan_iter(match=f"{prefix}:v:*"))) == 1
+        assert len(list(raw.scan_iter(match=f"{prefix}:v-*"))) == 1
         hits = await call(store, "search", ns, query="lisbon")
         assert [h.key for h in hits] == ["a"] and hits[0].score == pytest.approx(1.0, abs=1e-5)
         await call(store, "put", ns, "a", {"text": "lisbon"}, index=False)
-        assert list(raw.scan_iter(match=f"{prefix}:v:*")) == []
+        assert list(raw.scan_iter(match=f"{prefix}:v-*")) == []
         assert [h.score for h in await call(store, "search", ns, query="lisbon")] == [None]
         await call(store, "delete", ns, "a")
         assert await call(store, "search", ns, query="lisbon") == []
@@ -344,3 +344,38 @@ async def test_graph_memory_across_threads_async(search_url: str, prefix: str) -
             await graph.ainvoke({"user": user, "text": text}, {"configurable": {"thread_id": "t1"}})
         out = await graph.ainvoke({"user": "alice"}, {"configurable": {"thread_id": "t2"}})
         assert out["recalled"] == ["the user lives in Lisbon"]
+
+
+@pytest.mark.parametrize("server", ["search", "plain"])
+def test_another_embedding_model_never_compares_old_vectors(
+    server: str, request: pytest.FixtureRequest, prefix: str
+) -> None:
+    url = request.getfixturevalue("search_url" if server == "search" else "valkey_url")
+    if server == "search":
+        request.applymarker(pytest.mark.search)
+    client = client_from_url(url)
+    old_model = HashingEmbeddings(DIMS)
+    other = HashingEmbeddings(DIMS, seed=7)
+
+    def new_model(texts: list[str]) -> list[list[float]]:  # same dims, other vectors
+        return other.embed_documents(texts)
+
+    a = ValkeyStore(
+        client, prefix=prefix, index={"dims": DIMS, "embed": old_model, "fields": ["text"]}
+    )
+    a.setup()
+    a.put(("m",), "k1", {"text": "alice lisbon"})
+    a.put(("m",), "k2", {"text": "bob porto"})
+    b = ValkeyStore(
+        client, prefix=prefix, index={"dims": DIMS, "embed": new_model, "fields": ["text"]}
+    )
+    b.setup()
+    assert a.index_name != b.index_name and a.keys.space != b.keys.space
+    # b sees the items, unscored, until they are written again under its model
+    assert [h.score for h in b.search(("m",), query="alice lisbon")] == [None, None]
+    b.put(("m",), "k1", {"text": "alice lisbon"})
+    hits = b.search(("m",), query="alice lisbon")
+    assert hits[0].key == "k1" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[1].key == "k2" and hits[1].score is None
+    assert len(list(client.scan_iter(match=f"{prefix}:v-{a.keys.space}:*"))) == 1  # k2 only
+    client.close()

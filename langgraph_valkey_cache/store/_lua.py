@@ -25,28 +25,39 @@ local function prune(ukey, xkey, now_ms)
     if #dead < 500 then return end
   end
 end
+-- vector doc base of space vs (see StoreKeys.vector_parts)
+local function vbase(vpre, vs, vpost)
+  if vs and vs ~= '' then return vpre .. '-' .. vs .. vpost end
+  return vpre .. vpost
+end
+local function drop_vectors(item, vpre, vpost, k)
+  local old = redis.call('HMGET', item, 'nv', 'vs')
+  local base = vbase(vpre, old[2], vpost)
+  for j = 0, tonumber(old[1] or '0') - 1 do redis.call('DEL', base .. k .. ':' .. j) end
+end
 """
 
-# KEYS: item. ARGV: vbase, ukey, xkey, K, value, ttl_ms, nv, nf, nf field/value pairs, nv blobs.
+# KEYS: item. ARGV: vpre, vpost, space, ukey, xkey, K, value, ttl_ms, nv, nf,
+# then nf field/value pairs (vector docs), then nv blobs.
 # Returns {created_us, updated_us, new_namespace (1/0)}.
 _PUT = r"""
-local item, vb, ukey, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, nv, nf = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local item, vpre, vpost, space = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local ukey, xkey, k = ARGV[4], ARGV[5], ARGV[6]
+local ttl, nv, nf = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local us, now_ms = now()
 prune(ukey, xkey, now_ms)
 local fresh = (redis.call('ZCARD', xkey) == 0) and 1 or 0
-local old = redis.call('HMGET', item, 'c', 'nv')
-local created = old[1] or us
-local old_nv = tonumber(old[2] or '0')
+local created = redis.call('HGET', item, 'c') or us
+drop_vectors(item, vpre, vpost, k)
 redis.call('DEL', item)
-redis.call('HSET', item, 'v', ARGV[5], 'c', created, 'u', us, 't', ARGV[6], 'nv', ARGV[7])
+redis.call('HSET', item, 'v', ARGV[7], 'c', created, 'u', us, 't', ARGV[8])
+redis.call('HSET', item, 'nv', ARGV[9], 'vs', space)
 local shared = {}
-for i = 9, 8 + 2 * nf do shared[#shared + 1] = ARGV[i] end
-for j = nv, old_nv - 1 do redis.call('DEL', vb .. k .. ':' .. j) end
+for i = 11, 10 + 2 * nf do shared[#shared + 1] = ARGV[i] end
+local vb = vbase(vpre, space, vpost)
 for j = 0, nv - 1 do
   local vk = vb .. k .. ':' .. j
-  redis.call('DEL', vk)
-  redis.call('HSET', vk, 'vec', ARGV[9 + 2 * nf + j], unpack(shared))
+  redis.call('HSET', vk, 'vec', ARGV[11 + 2 * nf + j], unpack(shared))
   if ttl > 0 then redis.call('PEXPIRE', vk, ttl) end
 end
 if ttl > 0 then
@@ -59,27 +70,26 @@ redis.call('ZADD', ukey, us, k)
 return {created, us, fresh}
 """
 
-# KEYS: item. ARGV: vbase, ukey, xkey, K. Returns how many live items the namespace keeps.
+# KEYS: item. ARGV: vpre, vpost, ukey, xkey, K. Returns how many live items remain.
 _DELETE = r"""
-local item, vb, ukey, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local item, vpre, vpost, ukey, xkey, k = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local _, now_ms = now()
-local nv = tonumber(redis.call('HGET', item, 'nv') or '0')
+drop_vectors(item, vpre, vpost, k)
 redis.call('DEL', item)
-for j = 0, nv - 1 do redis.call('DEL', vb .. k .. ':' .. j) end
 redis.call('ZREM', ukey, k)
 redis.call('ZREM', xkey, k)
 prune(ukey, xkey, now_ms)
 return redis.call('ZCARD', xkey)
 """
 
-# Items of one namespace. KEYS: any key of it (routing). ARGV: ibase, vbase, xkey, then
-# K/refresh (1/0) pairs. Returns one {v, c, u, t, nv} per K, or 0 when absent.
+# Items of one namespace. KEYS: any key of it (routing). ARGV: ibase, vpre, vpost, xkey,
+# then K/refresh (1/0) pairs. Returns one {v, c, u, t, nv, vs} per K, or 0 when absent.
 _MGET = r"""
-local ib, vb, xkey = ARGV[1], ARGV[2], ARGV[3]
+local ib, vpre, vpost, xkey = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out, now_ms = {}, nil
-for a = 4, #ARGV, 2 do
+for a = 5, #ARGV, 2 do
   local k = ARGV[a]
-  local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv')
+  local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv', 'vs')
   if not r[1] then
     out[#out + 1] = 0
   else
@@ -87,31 +97,33 @@ for a = 4, #ARGV, 2 do
     if ARGV[a + 1] == '1' and ttl > 0 then
       if not now_ms then now_ms = select(2, now()) end
       redis.call('PEXPIRE', ib .. k, ttl)
+      local vb = vbase(vpre, r[6], vpost)
       for j = 0, tonumber(r[5]) - 1 do redis.call('PEXPIRE', vb .. k .. ':' .. j, ttl) end
       redis.call('ZADD', xkey, 'XX', now_ms + ttl, k)
     end
-    out[#out + 1] = r
+    out[#out + 1] = {r[1], r[2], r[3], r[4], r[5], r[6] or ''}
   end
 end
 return out
 """
 
-# KEYS: ukey. ARGV: ibase, vbase, xkey, count (0 = all), with_vectors (1/0).
-# Returns {rows, seen, last}: rows {K, v, c, u, t, nv, vec...} most recently updated
+# KEYS: ukey. ARGV: ibase, vpre, vpost, xkey, count (0 = all), with_vectors (1/0).
+# Returns {rows, seen, last}: rows {K, v, c, u, t, nv, vs, vec...} most recently updated
 # first; seen = index entries read (seen == count: more may follow, none newer than last).
 _LIST = r"""
-local ukey, ib, vb, xkey = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local count, with_vec = tonumber(ARGV[4]), ARGV[5] == '1'
+local ukey, ib, vpre, vpost, xkey = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count, with_vec = tonumber(ARGV[5]), ARGV[6] == '1'
 local _, now_ms = now()
 prune(ukey, xkey, now_ms)
 local ks = redis.call('ZREVRANGE', ukey, 0, count - 1, 'WITHSCORES')
 local out = {}
 for i = 1, #ks, 2 do
   local k = ks[i]
-  local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv')
+  local r = redis.call('HMGET', ib .. k, 'v', 'c', 'u', 't', 'nv', 'vs')
   if r[1] then
-    local row = {k, r[1], r[2], r[3], r[4], r[5]}
+    local row = {k, r[1], r[2], r[3], r[4], r[5], r[6] or ''}
     if with_vec then
+      local vb = vbase(vpre, r[6], vpost)
       for j = 0, tonumber(r[5]) - 1 do
         row[#row + 1] = redis.call('HGET', vb .. k .. ':' .. j, 'vec') or ''
       end

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from langchain_core.embeddings import Embeddings
 from langgraph.store.base import (
     BaseStore,
     GetOp,
@@ -109,6 +110,7 @@ class _Row:
     updated: int
     ttl: int
     nv: int
+    vs: str = ""  # vector space of the item's vectors
     vectors: list[bytes] = field(default_factory=list)
 
     def item(self, keys: StoreKeys, score: float | None = None, search: bool = False) -> Item:
@@ -149,6 +151,21 @@ def _b(value: Any) -> bytes:
 
 def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def _embed_identity(embed: Any) -> str:
+    """What makes two embedders' vectors comparable: the class and its model fields."""
+    if embed is None or isinstance(embed, str):
+        return str(embed)
+    if isinstance(embed, Embeddings):
+        cls = type(embed)
+        parts = [f"{cls.__module__}.{cls.__qualname__}"]
+        for attr in ("model", "model_name", "model_id", "deployment", "dimensions", "dims"):
+            value = getattr(embed, attr, None)
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                parts.append(f"{attr}={value}")
+        return ";".join(parts)
+    return f"{getattr(embed, '__module__', '')}.{getattr(embed, '__qualname__', repr(embed))}"
 
 
 def _cosine(query: Sequence[float], blobs: Sequence[bytes]) -> list[float]:
@@ -193,7 +210,11 @@ class ValkeyStoreBase(BaseStore):
         metrics: Any = True,
     ) -> None:
         self.client = client
-        self.keys = StoreKeys(prefix)
+        space = ""
+        if index:
+            identity = _embed_identity(index.get("embed"))
+            space = digest("space", str(index.get("dims")), identity)[:12]
+        self.keys = StoreKeys(prefix, space)
         self.ttl_config = ttl
         if ttl and ttl.get("default_ttl") is not None and ttl["default_ttl"] <= 0:  # type: ignore[operator]
             raise ValueError(
@@ -260,8 +281,9 @@ class ValkeyStoreBase(BaseStore):
             groups.setdefault(ns, []).append(pos)
         calls = []
         for ns, positions in groups.items():
-            ib, vb, _, xkey = self.keys.bases(ns)
-            args: list[Any] = [ib, vb, xkey]
+            ib, _, _, xkey = self.keys.bases(ns)
+            vpre, vpost = self.keys.vector_parts(ns)
+            args: list[Any] = [ib, vpre, vpost, xkey]
             for pos in positions:
                 args += [wanted[pos][1], int(wanted[pos][2])]
             calls.append(self._script("mget", ib + wanted[positions[0]][1], *args))
@@ -278,8 +300,8 @@ class ValkeyStoreBase(BaseStore):
             for pos, r in zip(positions, reply, strict=True):
                 if r and isinstance(r, list) and r[0] is not None:
                     ns, k, _ = wanted[pos]
-                    v, c, u, t, nv = r
-                    rows[pos] = _Row(ns, k, json.loads(v), int(c), int(u), int(t), int(nv))
+                    v, c, u, t, nv, vs = r
+                    rows[pos] = _Row(ns, k, json.loads(v), int(c), int(u), int(t), int(nv), _s(vs))
         return rows
 
     # -- batch ----------------------------------------------------------------------
@@ -363,11 +385,12 @@ class ValkeyStoreBase(BaseStore):
         calls: list[Call] = []
         pos = 0
         for op, ns, text, texts in prepared:
-            _, vb, ukey, xkey = self.keys.bases(ns)
+            _, _, ukey, xkey = self.keys.bases(ns)
+            vpre, vpost = self.keys.vector_parts(ns)
             item = self.keys.item(ns, str(op.key))
             k = encode(str(op.key))
             if text is None:
-                calls.append(self._script("delete", item, vb, ukey, xkey, k))
+                calls.append(self._script("delete", item, vpre, vpost, ukey, xkey, k))
                 continue
             mine = blobs[pos : pos + len(texts)]
             pos += len(texts)
@@ -377,7 +400,9 @@ class ValkeyStoreBase(BaseStore):
                 self._script(
                     "put",
                     item,
-                    vb,
+                    vpre,
+                    vpost,
+                    self.keys.space,
                     ukey,
                     xkey,
                     k,
@@ -506,8 +531,9 @@ class ValkeyStoreBase(BaseStore):
         while True:
             calls = []
             for ns in namespaces:
-                ib, vb, ukey, xkey = self.keys.bases(ns)
-                calls.append(self._script("list", ukey, ib, vb, xkey, count, int(vectors)))
+                ib, _, ukey, xkey = self.keys.bases(ns)
+                vpre, vpost = self.keys.vector_parts(ns)
+                calls.append(self._script("list", ukey, ib, vpre, vpost, xkey, count, int(vectors)))
             replies = yield Pipe(calls)
             rows: list[_Row] = []
             bound: int | None = None  # entries not read are no newer than this
@@ -524,9 +550,12 @@ class ValkeyStoreBase(BaseStore):
                         int(r[3]),
                         int(r[4]),
                         int(r[5]),
-                        [_b(v) for v in r[6:]],
+                        _s(r[6]),
+                        [_b(v) for v in r[7:]],
                     )
-                    if scoreless and row.nv:
+                    if row.vs != self.keys.space:
+                        row.vectors = []  # another model's vectors: not comparable
+                    if scoreless and row.nv and row.vs == self.keys.space:
                         continue
                     if q.matches(row.value, filter):
                         rows.append(row)
@@ -551,7 +580,7 @@ class ValkeyStoreBase(BaseStore):
         kept = ranked[op.offset : op.offset + op.limit]
         page: list[tuple[float | None, _Row]] = list(kept)
         if len(page) < op.limit:
-            page += [(None, r) for r in rows if not r.vectors][: op.limit - len(page)]
+            page += [(None, r) for r in rows if not any(r.vectors)][: op.limit - len(page)]
         yield from self._plan_refresh([r for _, r in page], op.refresh_ttl)
         return [r.item(self.keys, score=s, search=True) for s, r in page]
 
