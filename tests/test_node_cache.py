@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -216,3 +217,71 @@ def test_undecodable_entry_is_a_miss(valkey_url: str, prefix: str) -> None:
     client.set(cache.keys.entry(NS_A, "k"), b"garbage")
     assert cache.get([(NS_A, "k")]) == {}
     client.close()
+
+
+def slow_graph(cache: ValkeyNodeCache[Any], runs: list[int], fail: bool = False) -> Any:
+    lock = threading.Lock()
+
+    def slow(state: State) -> dict[str, int]:
+        with lock:
+            runs.append(state["x"])
+        time.sleep(0.3)
+        if fail:
+            raise RuntimeError("node failed")
+        return {"a": state["x"] + 1}
+
+    builder = StateGraph(State)
+    builder.add_node("slow", slow, cache_policy=CachePolicy(ttl=60))
+    builder.add_edge(START, "slow")
+    return builder.compile(cache=cache)
+
+
+def test_single_flight_threads(any_url: str, prefix: str) -> None:
+    runs: list[int] = []
+    clients = [client_from_url(any_url) for _ in range(8)]
+    # one cache object per worker, as separate processes would have
+    graphs = [
+        slow_graph(ValkeyNodeCache(c, prefix=prefix, single_flight=True, metrics=False), runs)
+        for c in clients
+    ]
+    barrier = threading.Barrier(len(graphs))
+    results: list[Any] = []
+
+    def worker(graph: Any) -> None:
+        barrier.wait()
+        results.append(graph.invoke({"x": 1}))
+
+    threads = [threading.Thread(target=worker, args=(g,)) for g in graphs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs == [1]
+    assert all(r["a"] == 2 for r in results) and len(results) == 8
+    for c in clients:
+        c.close()
+
+
+async def test_single_flight_tasks_and_failing_leader(any_url: str, prefix: str) -> None:
+    runs: list[int] = []
+    client = client_from_url(any_url, asyncio=True)
+    graphs = [
+        slow_graph(
+            ValkeyNodeCache(
+                client, prefix=prefix, single_flight=True, wait_timeout=0.6, metrics=False
+            ),
+            runs,
+        )
+        for _ in range(10)
+    ]
+    results = await asyncio.gather(*(g.ainvoke({"x": 5}) for g in graphs))
+    assert runs == [5] and {r["a"] for r in results} == {6}
+    # a leader that fails leaves its lease: a waiter gives up after wait_timeout and runs
+    failing = ValkeyNodeCache(client, prefix=prefix, single_flight=True, metrics=False)
+    with pytest.raises(RuntimeError):
+        await slow_graph(failing, runs, fail=True).ainvoke({"x": 7})
+    t0 = time.monotonic()
+    assert (await graphs[0].ainvoke({"x": 7}))["a"] == 8
+    assert 0.5 < time.monotonic() - t0 < 3
+    assert runs == [5, 7, 7]
+    await client.aclose()

@@ -1,5 +1,11 @@
 """``ValkeyNodeCache``: LangGraph's node cache (``BaseCache``) on Valkey.
 
+With ``single_flight=True``, a miss in ``get`` takes a lease on the entry (one script
+call per missing key) that the matching ``set`` releases: concurrent runs of the same
+node on the same input in other processes wait for that value instead of computing it
+again (see :mod:`.singleflight`; a node that fails leaves its lease to expire, and
+waiters give up after ``wait_timeout``).
+
 Budget: ``get``/``aget`` is one ``MGET`` (one round trip per cluster node holding a key),
 ``set``/``aset`` one ``SET key value PX ttl`` per entry (several entries go in one
 pipeline), ``clear`` SCANs this cache's prefix (per primary on a cluster) with an escaped
@@ -11,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+import uuid
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from langgraph.cache.base import BaseCache, FullKey, Namespace, ValueT
@@ -19,11 +28,15 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from prometheus_client import CollectorRegistry
 
 from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_cluster, scan_keys
-from langgraph_valkey_cache._keys import NodeCacheKeys
+from langgraph_valkey_cache._keys import NodeCacheKeys, lease_key
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS
-from langgraph_valkey_cache.cache.singleflight import Breaker
+from langgraph_valkey_cache.cache.singleflight import (
+    _UNCACHEABLE,
+    SINGLE_FLIGHT_SCRIPTS,
+    Breaker,
+)
 
 __all__ = ["ValkeyNodeCache"]
 
@@ -62,6 +75,10 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             arbitrary module revival).
         failure_cooldown: after a server error, seconds during which ``get``/``set``
             skip the server (misses, no timeouts; one warning per cooldown).
+        single_flight: coordinate concurrent misses of one entry across processes:
+            the first run computes, the others wait for its ``set``.
+        lease_ttl: seconds a miss holds its lease (should exceed the node's run time).
+        wait_timeout: seconds a waiting ``get`` waits before reporting a miss.
         metrics: ``False`` to disable Prometheus metrics, or a registry.
 
     Server errors in ``get``/``set`` are misses (warning + error metric: the node runs);
@@ -91,6 +108,9 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         prefix: str = "lgvc:node",
         serde: SerializerProtocol | None = None,
         failure_cooldown: float = 5.0,
+        single_flight: bool = False,
+        lease_ttl: float = 30.0,
+        wait_timeout: float = 10.0,
         metrics: bool | CollectorRegistry = True,
     ) -> None:
         super().__init__(serde=serde or default_serde())
@@ -105,6 +125,12 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         self.keys = NodeCacheKeys(prefix)
         self.telemetry = Telemetry("node_cache", metrics=metrics)
         self.breaker = Breaker(failure_cooldown)
+        self.single_flight = single_flight
+        self.lease_ttl = lease_ttl
+        self.wait_timeout = wait_timeout
+        # entry key -> (lease token, taken at): leases this process holds until `set`
+        self._held: dict[str, tuple[str, float]] = {}
+        self._held_lock = threading.Lock()
 
     # --- pure helpers (shared by sync and async) ---------------------------------------
 
@@ -140,6 +166,55 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             return [self.keys.all_pattern()]
         return [self.keys.namespace_pattern(tuple(ns)) for ns in namespaces]
 
+    def _claim_flow(self, misses: list[str]) -> Generator[Any, Any, dict[str, bytes]]:
+        """Single-flight for missing entries: lease them, or wait for their leader.
+
+        Yields ``(script name, keys, args)`` or a float (seconds to sleep); returns the
+        values that appeared while waiting.
+        """
+        now = time.monotonic()
+        lease_ms = max(1, int(self.lease_ttl * 1000))
+        with self._held_lock:  # forget leases of runs that never called `set` (failed)
+            for rk in [k for k, (_, at) in self._held.items() if now - at > self.lease_ttl]:
+                del self._held[rk]
+        found: dict[str, bytes] = {}
+        waiting = list(misses)
+        deadline = now + self.wait_timeout
+        delay = 0.01
+        first = True
+        while waiting:
+            if not first:
+                if time.monotonic() >= deadline:
+                    break
+                yield min(delay, max(0.0, deadline - time.monotonic()))
+                delay = min(delay * 2, 0.2)
+            first = False
+            still = []
+            for rk in waiting:
+                token = uuid.uuid4().hex
+                kind, raw = yield (
+                    "get_or_lease",
+                    [rk, lease_key(rk)],
+                    [token, lease_ms, _UNCACHEABLE],
+                )
+                kind = int(kind)
+                if kind == 1:
+                    found[rk] = raw
+                elif kind == 2:
+                    with self._held_lock:
+                        self._held[rk] = (token, time.monotonic())
+                elif kind == 0:
+                    still.append(rk)
+            waiting = still
+        return found
+
+    def _release_args(self, key: str, data: bytes, px: int | None) -> list[Any] | None:
+        with self._held_lock:
+            held = self._held.pop(key, None)
+        if held is None:
+            return None
+        return ["1", data, "" if px is None else px, held[0], _UNCACHEABLE, 1000]
+
     def _sync_client(self) -> Any:
         if self.client is None:
             raise TypeError(
@@ -161,10 +236,33 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             rkeys = self._redis_keys(keys)
             try:
                 raws = client.mget_nonatomic(rkeys) if is_cluster(client) else client.mget(rkeys)
+                if self.single_flight:
+                    raws = self._claim(client, rkeys, raws)
             except CACHE_ERRORS as exc:
                 self.breaker.fail(self.telemetry, "get", exc)
                 return {}
             return self._decode(keys, raws)
+
+    def _claim(self, client: Any, rkeys: list[str], raws: list[Any]) -> list[Any]:
+        misses = [rk for rk, raw in zip(rkeys, raws, strict=True) if raw is None]
+        if not misses:
+            return raws
+        scripts = SINGLE_FLIGHT_SCRIPTS.bind(client)
+        flow = self._claim_flow(misses)
+        reply: Any = None
+        while True:
+            try:
+                op = flow.send(reply)
+            except StopIteration as stop:
+                found = stop.value
+                break
+            if isinstance(op, float):
+                time.sleep(op)
+                reply = None
+            else:
+                name, keys, args = op
+                reply = scripts[name](keys=keys, args=args)
+        return [found.get(rk, raw) for rk, raw in zip(rkeys, raws, strict=True)]
 
     def set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Store values, each with its TTL in seconds (None: no expiry)."""
@@ -176,6 +274,10 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         with self.telemetry.operation("set"):
             entries = self._encode(pairs)
             try:
+                if self.single_flight:
+                    entries = self._publish_held(client, entries)
+                if not entries:
+                    return
                 if len(entries) == 1:
                     key, data, px = entries[0]
                     client.set(key, data, px=px)
@@ -186,6 +288,19 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                     pipe.execute()
             except CACHE_ERRORS as exc:
                 self.breaker.fail(self.telemetry, "set", exc)
+
+    def _publish_held(
+        self, client: Any, entries: list[tuple[str, bytes, int | None]]
+    ) -> list[tuple[str, bytes, int | None]]:
+        """Store entries whose lease we hold (value + release in one script); return the rest."""
+        rest = []
+        for key, data, px in entries:
+            args = self._release_args(key, data, px)
+            if args is None:
+                rest.append((key, data, px))
+            else:
+                SINGLE_FLIGHT_SCRIPTS.bind(client)["publish"](keys=[key, lease_key(key)], args=args)
+        return rest
 
     def clear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Delete the entries of ``namespaces`` (exact namespaces), or all of this cache's."""
@@ -213,10 +328,33 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                     raws = await client.mget_nonatomic(rkeys)
                 else:
                     raws = await client.mget(rkeys)
+                if self.single_flight:
+                    raws = await self._aclaim(client, rkeys, raws)
             except CACHE_ERRORS as exc:
                 self.breaker.fail(self.telemetry, "get", exc)
                 return {}
             return self._decode(keys, raws)
+
+    async def _aclaim(self, client: Any, rkeys: list[str], raws: list[Any]) -> list[Any]:
+        misses = [rk for rk, raw in zip(rkeys, raws, strict=True) if raw is None]
+        if not misses:
+            return raws
+        scripts = SINGLE_FLIGHT_SCRIPTS.bind(client)
+        flow = self._claim_flow(misses)
+        reply: Any = None
+        while True:
+            try:
+                op = flow.send(reply)
+            except StopIteration as stop:
+                found = stop.value
+                break
+            if isinstance(op, float):
+                await asyncio.sleep(op)
+                reply = None
+            else:
+                name, keys, args = op
+                reply = await scripts[name](keys=keys, args=args)
+        return [found.get(rk, raw) for rk, raw in zip(rkeys, raws, strict=True)]
 
     async def aset(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Async :meth:`set`."""
@@ -230,6 +368,10 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         with self.telemetry.operation("set"):
             entries = self._encode(pairs)
             try:
+                if self.single_flight:
+                    entries = await self._apublish_held(client, entries)
+                if not entries:
+                    return
                 if len(entries) == 1:
                     key, data, px = entries[0]
                     await client.set(key, data, px=px)
@@ -240,6 +382,19 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                     await pipe.execute()
             except CACHE_ERRORS as exc:
                 self.breaker.fail(self.telemetry, "set", exc)
+
+    async def _apublish_held(
+        self, client: Any, entries: list[tuple[str, bytes, int | None]]
+    ) -> list[tuple[str, bytes, int | None]]:
+        rest = []
+        for key, data, px in entries:
+            args = self._release_args(key, data, px)
+            if args is None:
+                rest.append((key, data, px))
+            else:
+                script = SINGLE_FLIGHT_SCRIPTS.bind(client)["publish"]
+                await script(keys=[key, lease_key(key)], args=args)
+        return rest
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Async :meth:`clear`."""
