@@ -379,3 +379,18 @@ def test_another_embedding_model_never_compares_old_vectors(
     assert hits[1].key == "k2" and hits[1].score is None
     assert len(list(client.scan_iter(match=f"{prefix}:v-{a.keys.space}:*"))) == 1  # k2 only
     client.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_fallback_on_cluster_matches_inmemory(
+    flavour: str, cluster_url: str, prefix: str
+) -> None:
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(flavour, cluster_url, prefix=prefix, index=_index(emb)) as store:
+        await call(store, "setup")  # FT.* answered "unknown command" by the cluster
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, _docs(40, seed=4))
+        for query in QUERIES:
+            ours = await call(store, "search", ("mem",), query=query, limit=6)
+            _same_ranking(ours, mem.search(("mem",), query=query, limit=6))

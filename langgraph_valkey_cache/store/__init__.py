@@ -93,6 +93,9 @@ class ValkeyStore(ValkeyStoreBase):
     def _one(self, call: Call) -> Any:
         if call.script:
             return self._scripts[call.script](keys=list(call.keys), args=list(call.args))
+        if self._cluster and str(call.args[0]).startswith("FT."):
+            # no key to route by: valkey-search answers (and fans out) from any node
+            return self.client.execute_command(*call.args, target_nodes=self.client.RANDOM)
         return self.client.execute_command(*call.args)
 
     def _pipe(self, op: Pipe) -> list[Any]:

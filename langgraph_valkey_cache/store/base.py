@@ -42,6 +42,7 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
+from langgraph_valkey_cache._client import is_cluster
 from langgraph_valkey_cache._keys import StoreKeys, digest, encode
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._search import (
@@ -254,6 +255,7 @@ class ValkeyStoreBase(BaseStore):
         self._search_ok: bool | None = None
         self._warned = False
         self._scripts = _REGISTRY.bind(client)
+        self._cluster = is_cluster(client)
         self._telemetry = Telemetry("store", metrics=metrics)
 
     def _cached(self, embeddings: Any, cache: Any, prefix: str) -> Any:
