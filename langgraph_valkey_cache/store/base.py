@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -43,7 +43,7 @@ from langgraph.store.base import (
 )
 
 from langgraph_valkey_cache._client import is_cluster
-from langgraph_valkey_cache._keys import StoreKeys, digest, encode
+from langgraph_valkey_cache._keys import StoreKeys, decode, digest, encode
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._search import (
     is_backfilling,
@@ -115,8 +115,6 @@ class _Row:
     vectors: list[bytes] = field(default_factory=list)
 
     def item(self, keys: StoreKeys, score: float | None = None, search: bool = False) -> Item:
-        from langgraph_valkey_cache._keys import decode
-
         kwargs = dict(
             value=self.value,
             key=decode(self.key),
@@ -353,8 +351,10 @@ class ValkeyStoreBase(BaseStore):
         ns = self.keys.ns(op.namespace)
         if op.value is None:
             return op, ns, None, []
-        if not isinstance(op.value, dict):
+        if not isinstance(op.value, Mapping):
             raise TypeError(f"store values must be dicts, got {type(op.value).__name__}")
+        if not isinstance(op.value, dict):
+            op = op._replace(value=dict(op.value))
         try:
             text = json.dumps(op.value, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -613,7 +613,7 @@ class ValkeyStoreBase(BaseStore):
                     ranked.append((dist, ident))
             missing = [ident for _, ident in ranked if ident not in fetched]
             if missing:
-                got = yield from self._plan_mget([(ns, k, False) for ns, k in missing])
+                got = yield from self._plan_mget([(ns, key, False) for ns, key in missing])
                 fetched.update(zip(missing, got, strict=True))
             kept: list[tuple[float | None, _Row]] = []
             for dist, ident in ranked:
