@@ -55,7 +55,7 @@ class ValkeyByteStore(ByteStore):
         client: Any = None,
         *,
         async_client: Any = None,
-        prefix: str = "bytestore",
+        prefix: str = "lgv:emb",
         ttl: float | None = None,
         fail_open: bool = True,
         metrics: Any = True,

@@ -248,7 +248,7 @@ class ValkeyCache(BaseCache):
         client: Any = None,
         *,
         async_client: Any = None,
-        prefix: str = "llmcache",
+        prefix: str = "lgv:llm",
         ttl: float | None = None,
         normalize: bool | Callable[[str], str] = False,
         metrics: Any = True,

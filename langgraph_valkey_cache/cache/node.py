@@ -105,7 +105,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         client: Any,
         *,
         aclient: Any | None = None,
-        prefix: str = "lgvc:node",
+        prefix: str = "lgv:node",
         serde: SerializerProtocol | None = None,
         failure_cooldown: float = 5.0,
         single_flight: bool = False,

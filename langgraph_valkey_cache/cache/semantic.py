@@ -207,7 +207,7 @@ class ValkeySemanticCache(BaseCache):
         embeddings: Embeddings | None = None,
         *,
         async_client: Any = None,
-        prefix: str = "llmsemcache",
+        prefix: str = "lgv:llmsem",
         distance_threshold: float = 0.1,
         ttl: float | None = None,
         embed: Literal["last_user", "prompt"] = "last_user",

@@ -256,7 +256,7 @@ class ToolCache:
         client: Any,
         *,
         aclient: Any | None = None,
-        prefix: str = "lgvc:tools",
+        prefix: str = "lgv:tools",
         ttl: float | None = 3600.0,
         policies: Mapping[str, ToolPolicy | float | None] | None = None,
         never_cache: Iterable[str] = (),
