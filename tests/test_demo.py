@@ -24,6 +24,12 @@ def test_demo_command_on_embedded_server() -> None:
     assert "interrupted, waiting for approval of get_weather({'city': 'Sofia'})" in out
     assert "resumed -> The weather is 12°C, clear." in out
     assert out.count("  step ") == 6
+    # every tier took part
+    assert "model calls on this thread: 2 of 2" in out
+    assert "model calls on this thread: 1 of 2" in out  # first call served by ValkeyCache
+    assert "get_weather: 1 hit(s), 1 miss(es)" in out
+    assert "'summarize' ran 1 time(s) for 2 identical invocations" in out
+    assert "-> 'Alice lives in Sofia, Bulgaria'" in out
 
 
 def test_threads_and_inspect_cli(valkey_url: str, prefix: str, capsys: object) -> None:
