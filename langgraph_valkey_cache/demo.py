@@ -218,6 +218,7 @@ def _store_section(client: Any, run: str, out: Out) -> None:
     from langgraph_valkey_cache.store import ValkeyStore
     from langgraph_valkey_cache.testing import HashingEmbeddings
 
+    out("\n== store (long-term memory with semantic search)")
     store = ValkeyStore(
         client,
         prefix=f"lgv-demo:{run}:store",
@@ -229,7 +230,6 @@ def _store_section(client: Any, run: str, out: Out) -> None:
     store.put(ns, "food", {"text": "Alice's favourite food is banitsa"})
     store.put(ns, "work", {"text": "Alice works as a nurse"})
     hits = store.search(ns, query="where does Alice live?", limit=1)
-    out("\n== store (long-term memory with semantic search)")
     out(f"  search 'where does Alice live?' -> {hits[0].value['text']!r}")
     out(f"  namespaces: {store.list_namespaces(prefix=('user',))}")
     for key in ("home", "food", "work"):
