@@ -10,6 +10,10 @@ import uuid
 from typing import Any
 
 import pytest
+from langchain.agents import create_agent
+from langchain.tools import ToolRuntime, tool
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_store
 from langgraph.graph import START, StateGraph
@@ -394,3 +398,81 @@ async def test_fallback_on_cluster_matches_inmemory(
         for query in QUERIES:
             ours = await call(store, "search", ("mem",), query=query, limit=6)
             _same_ranking(ours, mem.search(("mem",), query=query, limit=6))
+
+
+# -- create_agent: tools that read runtime.store -------------------------------------------
+
+
+def _agent(store: Any, is_async: bool) -> Any:
+    class ToolModel(GenericFakeChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+    save = {"name": "remember", "args": {"text": "I live in Lisbon"}, "id": "a"}
+    ask = {"name": "recall", "args": {"query": "where do I live"}, "id": "b"}
+    script = [
+        AIMessage("", tool_calls=[save]),
+        AIMessage("saved"),
+        AIMessage("", tool_calls=[ask]),
+        AIMessage("you live in Lisbon"),
+    ]
+
+    if is_async:
+
+        @tool
+        async def remember(text: str, runtime: ToolRuntime) -> str:
+            """Save a memory."""
+            await runtime.store.aput(("memories", "alice"), uuid.uuid4().hex, {"text": text})
+            return "ok"
+
+        @tool
+        async def recall(query: str, runtime: ToolRuntime) -> str:
+            """Recall a memory."""
+            hits = await runtime.store.asearch(("memories", "alice"), query=query, limit=1)
+            return hits[0].value["text"]
+
+    else:
+
+        @tool
+        def remember(text: str, runtime: ToolRuntime) -> str:
+            """Save a memory."""
+            runtime.store.put(("memories", "alice"), uuid.uuid4().hex, {"text": text})
+            return "ok"
+
+        @tool
+        def recall(query: str, runtime: ToolRuntime) -> str:
+            """Recall a memory."""
+            hits = runtime.store.search(("memories", "alice"), query=query, limit=1)
+            return hits[0].value["text"]
+
+    model = ToolModel(messages=iter(script))
+    return create_agent(model, [remember, recall], store=store, checkpointer=InMemorySaver())
+
+
+@pytest.mark.search
+def test_create_agent_tools_use_runtime_store_sync(search_url: str, prefix: str) -> None:
+    emb = HashingEmbeddings(DIMS)
+    index = {"dims": DIMS, "embed": emb, "fields": ["text"]}
+    with ValkeyStore.from_conn_string(search_url, prefix=prefix, index=index) as store:
+        store.setup()
+        store.put(("memories", "alice"), "old", {"text": "I like chess"})
+        agent = _agent(store, False)
+        agent.invoke({"messages": [("user", "remember")]}, {"configurable": {"thread_id": "1"}})
+        out = agent.invoke({"messages": [("user", "recall")]}, {"configurable": {"thread_id": "2"}})
+        tool_msgs = [m for m in out["messages"] if m.type == "tool"]
+        assert tool_msgs[-1].content == "I live in Lisbon"
+
+
+@pytest.mark.search
+async def test_create_agent_tools_use_runtime_store_async(search_url: str, prefix: str) -> None:
+    emb = HashingEmbeddings(DIMS)
+    index = {"dims": DIMS, "embed": emb, "fields": ["text"]}
+    async with AsyncValkeyStore.from_conn_string(search_url, prefix=prefix, index=index) as store:
+        await store.asetup()
+        await store.aput(("memories", "alice"), "old", {"text": "I like chess"})
+        agent = _agent(store, True)
+        cfg1, cfg2 = {"configurable": {"thread_id": "1"}}, {"configurable": {"thread_id": "2"}}
+        await agent.ainvoke({"messages": [("user", "remember")]}, cfg1)
+        out = await agent.ainvoke({"messages": [("user", "recall")]}, cfg2)
+        tool_msgs = [m for m in out["messages"] if m.type == "tool"]
+        assert tool_msgs[-1].content == "I live in Lisbon"
