@@ -476,3 +476,29 @@ async def test_create_agent_tools_use_runtime_store_async(search_url: str, prefi
         out = await agent.ainvoke({"messages": [("user", "recall")]}, cfg2)
         tool_msgs = [m for m in out["messages"] if m.type == "tool"]
         assert tool_msgs[-1].content == "I live in Lisbon"
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_vector_search_refreshes_ttl_of_what_it_returns(
+    flavour: str, search_url: str, prefix: str
+) -> None:
+    import asyncio
+
+    emb = HashingEmbeddings(DIMS)
+    ttl = {"default_ttl": 1.0 / 60, "refresh_on_read": True}
+    raw = client_from_url(search_url)
+    async with open_store(flavour, search_url, prefix=prefix, index=_index(emb), ttl=ttl) as s:
+        await call(s, "put", ("r",), "hit", {"text": "alice lisbon"})
+        await call(s, "put", ("r",), "miss", {"text": "bob porto chess"})
+        await asyncio.sleep(0.5)
+        got = await call(s, "search", ("r",), query="alice lisbon", limit=1)
+        assert [g.key for g in got] == ["hit"]
+        item_hit, item_miss = f"{prefix}:i:{{r}}:hit", f"{prefix}:i:{{r}}:miss"
+        vec_hit = f"{prefix}:v-{s.keys.space}:{{r}}:hit:0"
+        assert raw.pttl(item_hit) > 800 and raw.pttl(vec_hit) > 800
+        assert raw.pttl(item_miss) < 600
+        await call(s, "search", ("r",), query="alice lisbon", limit=1, refresh_ttl=False)
+        await asyncio.sleep(0.6)
+        assert [g.key for g in await call(s, "search", ("r",), query="porto chess")] == ["hit"]
+    raw.close()

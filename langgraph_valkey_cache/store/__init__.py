@@ -47,6 +47,10 @@ class ValkeyStore(ValkeyStoreBase):
             through ``CachedEmbeddings``, each distinct text once across processes.
         metrics: ``False`` to turn Prometheus metrics off, or a registry.
 
+    Commands used (for an ACL user confined to ``~<prefix>*``): ``EVALSHA``/``SCRIPT
+    LOAD`` (put, delete, get, list), ``ZADD``, ``ZREM``, ``ZRANGE``, ``ZRANGEBYLEX``,
+    ``PING``, and with an ``index`` ``FT.INFO``, ``FT.CREATE``, ``FT.SEARCH``.
+
     Example:
         ```python
         from langgraph_valkey_cache import ValkeyStore
