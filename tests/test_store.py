@@ -22,6 +22,18 @@ from langgraph_valkey_cache.testing import count_commands
 FLAVOURS = ["sync", "async"]
 
 
+@pytest.fixture(params=["standalone", "cluster", "search"])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """The plain server, the cluster, and the FT.* server (the store behaves the same)."""
+    if request.param == "cluster":
+        request.applymarker(pytest.mark.cluster)
+        return str(request.getfixturevalue("cluster_url"))
+    if request.param == "search":
+        request.applymarker(pytest.mark.search)
+        return str(request.getfixturevalue("search_url"))
+    return str(request.getfixturevalue("valkey_url"))
+
+
 @asynccontextmanager
 async def open_store(flavour: str, url: str, **kwargs: Any) -> AsyncIterator[Any]:
     if flavour == "sync":
