@@ -421,3 +421,10 @@ def test_unregister_puts_back_a_namespace_revived_meanwhile(any_url: str, prefix
     assert store.list_namespaces() == [("race", "x")]
     assert [i.key for i in store.search(("race",))] == ["k"]
     client.close()
+
+
+def test_decoding_client_is_refused(valkey_url: str) -> None:
+    client = client_from_url(valkey_url, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        ValkeyStore(client)
+    client.close()

@@ -209,6 +209,15 @@ class ValkeyStoreBase(BaseStore):
         metrics: Any = True,
     ) -> None:
         self.client = client
+        try:
+            decoding = bool(client.get_encoder().decode_responses)
+        except Exception:  # a client without an encoder: assume raw bytes
+            decoding = False
+        if decoding:
+            raise ValueError(
+                "the store needs a client with decode_responses=False: vectors travel as "
+                "raw FLOAT32 bytes (build one with langgraph_valkey_cache.client_from_url)"
+            )
         space = ""
         if index:
             identity = _embed_identity(index.get("embed"))
