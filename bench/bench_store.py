@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
-from langgraph.store.base import BaseStore, GetOp, PutOp
+from langgraph.store.base import BaseStore, GetOp
 from langgraph.store.memory import InMemoryStore
 
 from langgraph_valkey_cache import ValkeyStore
@@ -101,7 +101,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--stores", nargs="+", default=["valkey", "valkey-flat", "inmemory", "redis"])
+    parser.add_argument(
+        "--stores", nargs="+", default=["valkey", "valkey-flat", "inmemory", "redis"]
+    )
     args = parser.parse_args()
     rejson = os.path.join(os.path.dirname(search_module_path()), "rejson.so")
     rows: list[tuple[str, int, dict[str, Any]]] = []
@@ -139,7 +141,14 @@ def main() -> None:
                         rows.append(("redis (RedisStore)", n, run(rs, n, docs, queries, truth)))
                 client.close()
                 print(f"done {name} n={n}", flush=True)
-    cols = ["put/s", "get/s (batch 100)", "get p50 ms", "search p50 ms", "search p95 ms", "recall@10"]
+    cols = [
+        "put/s",
+        "get/s (batch 100)",
+        "get p50 ms",
+        "search p50 ms",
+        "search p95 ms",
+        "recall@10",
+    ]
     print("\n| store | items | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for name, n, res in rows:
