@@ -10,6 +10,7 @@ from langgraph.store.base import Op, Result
 from valkey.exceptions import NoScriptError, ResponseError
 
 from langgraph_valkey_cache._client import client_from_url, is_async_client
+from langgraph_valkey_cache._plans import run_plan
 from langgraph_valkey_cache.store.base import (
     Call,
     Embed,
@@ -144,13 +145,7 @@ class ValkeyStore(ValkeyStoreBase):
 
     def _run(self, plan: Plan, name: str) -> Any:
         with self._telemetry.operation(name):
-            reply = None
-            while True:
-                try:
-                    step = plan.send(reply)
-                except StopIteration as done:
-                    return done.value
-                reply = self._execute(step)
+            return run_plan(plan, self._execute)
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         ops = list(ops)

@@ -11,6 +11,7 @@ from langgraph.store.base.batch import AsyncBatchedBaseStore
 from valkey.exceptions import NoScriptError, ResponseError
 
 from langgraph_valkey_cache._client import aclose_client, client_from_url, is_async_client
+from langgraph_valkey_cache._plans import arun_plan
 from langgraph_valkey_cache.store.base import (
     Call,
     Embed,
@@ -136,13 +137,7 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
 
     async def _run(self, plan: Plan, name: str) -> Any:
         with self._telemetry.operation(name):
-            reply = None
-            while True:
-                try:
-                    step = plan.send(reply)
-                except StopIteration as done:
-                    return done.value
-                reply = await self._execute(step)
+            return await arun_plan(plan, self._execute)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         ops = list(ops)
