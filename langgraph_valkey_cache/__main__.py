@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from langchain_core.runnables import RunnableConfig
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m langgraph_valkey_cache")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                     seen.add(thread)
                     print(thread)
         else:
-            config = {"configurable": {"thread_id": args.thread_id}}
+            config: RunnableConfig = {"configurable": {"thread_id": args.thread_id}}
             for tup in saver.list(config):
                 conf = tup.config["configurable"]
                 print(

@@ -82,7 +82,9 @@ def build_agent(model: BaseChatModel | None = None, tool_cache: Any = None) -> S
         return {"messages": [llm.invoke(state["messages"])]}
 
     def approve(state: MessagesState) -> Command[Any]:
-        call = state["messages"][-1].tool_calls[0]  # type: ignore[attr-defined]
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage)  # route() only sends tool-calling turns here
+        call = last.tool_calls[0]
         decision = interrupt({"tool": call["name"], "args": call["args"]})
         return Command(goto="tools" if decision == "approve" else END)
 
@@ -206,7 +208,7 @@ def _node_cache_section(client: Any, run: str, out: Out) -> None:
     builder.add_node("summarize", summarize, cache_policy=CachePolicy(ttl=600))
     builder.add_edge(START, "summarize")
     graph = builder.compile(cache=ValkeyNodeCache(client, prefix=f"lgv-demo:{run}:node"))
-    doc = {"text": "Valkey is an open source, in-memory data store."}
+    doc: Doc = {"text": "Valkey is an open source, in-memory data store.", "summary": ""}
     for _ in range(2):
         graph.invoke(doc)
     out("\n== node cache (graph.compile(cache=ValkeyNodeCache(...)))")

@@ -35,7 +35,8 @@ def test_demo_command_on_embedded_server() -> None:
 def test_threads_and_inspect_cli(valkey_url: str, prefix: str, capsys: object) -> None:
     with ValkeySaver.from_conn_string(valkey_url, prefix=prefix) as saver:
         graph = build_agent().compile(checkpointer=saver)
-        graph.invoke({"messages": [("user", "Weather in Lisbon?")]}, {"configurable": {"thread_id": "cli-1"}})
+        config = {"configurable": {"thread_id": "cli-1"}}
+        graph.invoke({"messages": [("user", "Weather in Lisbon?")]}, config)
     assert main(["--url", valkey_url, "--prefix", prefix, "threads"]) == 0
     assert main(["--url", valkey_url, "--prefix", prefix, "inspect", "cli-1"]) == 0
     out = capsys.readouterr().out  # type: ignore[attr-defined]
