@@ -2,7 +2,10 @@
 
 ``count_commands()`` instruments valkey-py's connection classes (sync and async)
 while the block runs: every ``send_packed_command`` is one round trip (a pipeline
-is one), and every packed command is recorded by name. Real server, real client:
+is one), and every packed command is recorded by name. What a new connection sends
+to set itself up (``HELLO``, ``AUTH``, ``CLIENT SETINFO``...) is counted apart, in
+``handshakes``: a cluster client may open a connection to another node at any time,
+and that is not the operation's cost. Real server, real client:
 nothing is faked, only observed.
 """
 
@@ -28,6 +31,7 @@ __all__ = ["CommandLog", "HashingEmbeddings", "count_commands"]
 class CommandLog:
     round_trips: int = 0
     commands: list[str] = field(default_factory=list)
+    handshakes: int = 0
 
     @property
     def n_commands(self) -> int:
@@ -36,6 +40,7 @@ class CommandLog:
     def reset(self) -> None:
         self.round_trips = 0
         self.commands.clear()
+        self.handshakes = 0
 
 
 _lock = threading.Lock()
@@ -58,28 +63,54 @@ def count_commands() -> Iterator[CommandLog]:
         patched.append((cls, attr, orig))
         setattr(cls, attr, make(orig))
 
+    def count_trip(conn: Any) -> None:
+        with _lock:
+            if getattr(conn, "_lvc_handshake", False):
+                log.handshakes += 1
+            else:
+                log.round_trips += 1
+
     def wrap_send(orig: Any) -> Any:
         def send(self: Any, *a: Any, **k: Any) -> Any:
-            with _lock:
-                log.round_trips += 1
+            count_trip(self)
             return orig(self, *a, **k)
 
         return send
 
     def wrap_asend(orig: Any) -> Any:
         async def send(self: Any, *a: Any, **k: Any) -> Any:
-            with _lock:
-                log.round_trips += 1
+            count_trip(self)
             return await orig(self, *a, **k)
 
         return send
+
+    def wrap_connect(orig: Any) -> Any:
+        def on_connect(self: Any, *a: Any, **k: Any) -> Any:
+            self._lvc_handshake = True
+            try:
+                return orig(self, *a, **k)
+            finally:
+                self._lvc_handshake = False
+
+        return on_connect
+
+    def wrap_aconnect(orig: Any) -> Any:
+        async def on_connect(self: Any, *a: Any, **k: Any) -> Any:
+            self._lvc_handshake = True
+            try:
+                return await orig(self, *a, **k)
+            finally:
+                self._lvc_handshake = False
+
+        return on_connect
 
     def wrap_pack(orig: Any) -> Any:
         # sync: send_command(*args); async: pack_command(*args) (send_command and
         # pipelines both go through it). Either way args[0] is the command name.
         def pack(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with _lock:
-                log.commands.append(_name(args))
+            if not getattr(self, "_lvc_handshake", False):
+                with _lock:
+                    log.commands.append(_name(args))
             return orig(self, *args, **kwargs)
 
         return pack
@@ -94,6 +125,8 @@ def count_commands() -> Iterator[CommandLog]:
         return packs
 
     with _lock:
+        patch(sconn.AbstractConnection, "on_connect", wrap_connect)
+        patch(aconn.AbstractConnection, "on_connect", wrap_aconnect)
         patch(sconn.AbstractConnection, "pack_commands", wrap_packs)
         patch(sconn.AbstractConnection, "send_packed_command", wrap_send)
         patch(aconn.AbstractConnection, "send_packed_command", wrap_asend)
