@@ -7,7 +7,11 @@ embedded valkey-server (or ``--url``). Prints per-step time and the ratio to
 InMemorySaver, round trips per saver operation, and server bytes per checkpoint
 (``MEMORY USAGE`` summed over a thread's keys).
 
-    python bench/bench_checkpoint.py [--threads 40] [--url valkey://...]
+    python bench/bench_checkpoint.py [--threads 40] [--url valkey://...] [--one-way-ms 0.25]
+
+``--one-way-ms`` routes every saver through a delaying TCP proxy (bench/_latency.py,
+its own process) to show what round trips cost over a real network; the measured
+round-trip time is printed.
 """
 
 from __future__ import annotations
@@ -103,17 +107,26 @@ async def run_async(saver: Any, threads: int, tag: str) -> float:
 
 
 def thread_bytes(client: valkey.Valkey, match: str) -> int:
-    return sum(client.memory_usage(k) or 0 for k in client.scan_iter(match=match, count=1000))
+    return sum(
+        client.memory_usage(k, samples=0) or 0 for k in client.scan_iter(match=match, count=1000)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=40)
     parser.add_argument("--url", default=None)
+    parser.add_argument("--one-way-ms", type=float, default=0.0)
     args = parser.parse_args()
     n = args.threads
-    with embedded_or_url(args.url, print) as url:
-        raw = client_from_url(url)
+    with embedded_or_url(args.url, print) as direct_url:
+        raw = client_from_url(direct_url)
+        url, proxy = direct_url, None
+        if args.one_way_ms:
+            from _latency import measured_rtt_ms, spawn
+
+            proxy, url = spawn(int(direct_url.rsplit(":", 1)[1]), args.one_way_ms)
+            print(f"through a delaying proxy: measured RTT {measured_rtt_ms(url):.2f} ms")
         rows: list[tuple[str, float, dict[str, float], float | None]] = []
 
         mem = InMemorySaver()
@@ -161,6 +174,8 @@ def main() -> None:
                 "langgraph-checkpoint-aws ValkeySaver", AwsValkeySaver(aws_client), "*b-0*"
             )
 
+        if proxy is not None:
+            proxy.kill()
         base = rows[0][1]
         steps = n * STEPS
         print(f"\n{n} threads x {STEPS} steps, one process, server {url}")
