@@ -32,6 +32,7 @@ __all__ = [
     "client_from_url",
     "is_async_client",
     "is_cluster",
+    "require_bytes_client",
     "scan_keys",
     "ascan_keys",
 ]
@@ -122,6 +123,19 @@ def client_from_url(
         clean_url, max_connections=max_connections, timeout=timeout, **options
     )
     return valkey.Valkey.from_pool(spool)
+
+
+def require_bytes_client(client: Any, component: str, why: str) -> None:
+    """Refuse a client built with ``decode_responses=True``: our values are binary."""
+    try:
+        decoding = bool(client.get_encoder().decode_responses)
+    except Exception:  # a client without an encoder: assume raw bytes
+        decoding = False
+    if decoding:
+        raise ValueError(
+            f"{component} needs a client with decode_responses=False: {why} "
+            "(build one with langgraph_valkey_cache.client_from_url)"
+        )
 
 
 def is_cluster(client: Any) -> bool:

@@ -415,6 +415,28 @@ def test_wrong_client_kind_is_refused(valkey_url: str) -> None:
         AsyncValkeySaver(client_from_url(valkey_url))
 
 
+def test_decoding_client_is_refused(valkey_url: str) -> None:
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        ValkeySaver(valkey.Valkey.from_url(valkey_url, decode_responses=True))
+
+
+async def test_resp3_clients_work(any_url: str, prefix: str) -> None:
+    sync = client_from_url(any_url, protocol=3)
+    saver = ValkeySaver(sync, prefix=prefix)
+    configs = _put_chain(saver, "r3", 3)
+    saver.put_writes(configs[-1], [("a", 7)], "task")
+    tup = saver.get_tuple(_cfg("r3"))
+    assert tup.checkpoint["channel_values"] == {"a": 2} and tup.pending_writes == [("task", "a", 7)]
+    assert len(list(saver.list(_cfg("r3"), limit=2))) == 2
+    aio = client_from_url(any_url, asyncio=True, protocol=3)
+    asaver = AsyncValkeySaver(aio, prefix=prefix)
+    got = [t async for t in asaver.alist(_cfg("r3"))]
+    assert [t.checkpoint["channel_values"]["a"] for t in got] == [2, 1, 0]
+    assert len(list(saver.list(None))) == 3
+    sync.close()
+    await aio.aclose()
+
+
 def test_strict_serde_by_default(valkey_url: str, prefix: str) -> None:
     """A value of an unregistered class is not revived from Valkey (no code execution)."""
     import dataclasses

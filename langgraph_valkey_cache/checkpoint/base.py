@@ -39,6 +39,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from langgraph_valkey_cache._client import require_bytes_client
 from langgraph_valkey_cache._keys import CheckpointKeys, decode, encode
 from langgraph_valkey_cache._plans import Emit
 from langgraph_valkey_cache._scripts import CHECKPOINT_SCRIPTS, ScriptRegistry
@@ -102,6 +103,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         metrics: Any = True,
     ) -> None:
         super().__init__(serde=serde or default_serde())
+        require_bytes_client(client, "the checkpointer", "serialized values are binary")
         self.client = client
         self.keys = CheckpointKeys(prefix)
         self.ttl = dict(ttl or {})

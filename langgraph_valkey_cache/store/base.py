@@ -42,7 +42,7 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from langgraph_valkey_cache._client import is_cluster
+from langgraph_valkey_cache._client import is_cluster, require_bytes_client
 from langgraph_valkey_cache._keys import StoreKeys, decode, digest, encode
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._search import (
@@ -209,15 +209,7 @@ class ValkeyStoreBase(BaseStore):
         metrics: Any = True,
     ) -> None:
         self.client = client
-        try:
-            decoding = bool(client.get_encoder().decode_responses)
-        except Exception:  # a client without an encoder: assume raw bytes
-            decoding = False
-        if decoding:
-            raise ValueError(
-                "the store needs a client with decode_responses=False: vectors travel as "
-                "raw FLOAT32 bytes (build one with langgraph_valkey_cache.client_from_url)"
-            )
+        require_bytes_client(client, "the store", "vectors travel as raw FLOAT32 bytes")
         space = ""
         if index:
             identity = _embed_identity(index.get("embed"))
