@@ -108,6 +108,7 @@ class CheckpointKeys:
 
     - ``P:{T}:ns``         SET of encoded checkpoint namespaces (also the thread marker)
     - ``P:{T}:runs``       HASH run_id -> ``ns/id`` list (for ``delete_for_runs``)
+    - ``P:{T}:t``          short-lived marker: all namespaces' expiry refreshed recently
     - ``P:{T}:i:<ns>``     ZSET of checkpoint ids, all score 0 (lexicographic = time order)
     - ``P:{T}:c:<ns>``     HASH id -> checkpoint record
     - ``P:{T}:b:<ns>``     HASH ``<channel>:<version>`` -> blob

@@ -48,14 +48,22 @@ local function header(rec)
   local parts = split(string.sub(rec, 1, nl - 1), '\t')
   return parts[1], parts[2], split(parts[3], ','), split(parts[4], ',')
 end
--- slide the expiry of every key of the thread together
-local function touch(base, ttl)
+-- slide the expiry of every key of the thread together. The thread-level keys and the
+-- namespace just used are refreshed on every call; all namespaces (a graph that fans
+-- out to subgraphs makes many) at most every ttl/10, so the cost stays bounded while
+-- no key of an active thread can expire.
+local function touch(base, ttl, ns)
   if ttl <= 0 then return end
-  for _, ns in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
-    for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(base, k, ns), ttl) end
-  end
   redis.call('PEXPIRE', base .. 'ns', ttl)
   redis.call('PEXPIRE', base .. 'runs', ttl)
+  if ns then
+    for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(base, k, ns), ttl) end
+  end
+  if redis.call('SET', base .. 't', '1', 'NX', 'PX', math.max(1, math.floor(ttl / 10))) then
+    for _, n in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
+      for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(base, k, n), ttl) end
+    end
+  end
 end
 local function load_tuple(base, ns, id, rec)
   local _, _, fields = header(rec)
@@ -113,7 +121,7 @@ local function delete_thread(base)
   for _, ns in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
     for _, k in ipairs(NSK) do redis.call('DEL', nskey(base, k, ns)) end
   end
-  redis.call('DEL', base .. 'ns', base .. 'runs')
+  redis.call('DEL', base .. 'ns', base .. 'runs', base .. 't')
 end
 """
 
@@ -136,7 +144,7 @@ redis.call('SADD', base .. 'ns', ns)
 redis.call('HSET', ckey, id, rec)
 -- the index entry is the commit point: "latest" and listings only see complete records
 redis.call('ZADD', nskey(base, 'i', ns), 0, id)
-touch(base, ttl)
+touch(base, ttl, ns)
 return created
 """
 
@@ -156,7 +164,7 @@ if #added > 0 then
   redis.call('HSET', dkey, id, (cur and cur ~= '') and (cur .. ',' .. joined) or joined)
   redis.call('SADD', base .. 'ns', ns)
 end
-touch(base, ttl)
+touch(base, ttl, ns)
 return #added
 """
 
@@ -170,7 +178,7 @@ if id == '' then
 end
 local rec = redis.call('HGET', nskey(base, 'c', ns), id)
 if not rec then return false end
-touch(base, ttl)
+touch(base, ttl, ns)
 return load_tuple(base, ns, id, rec)
 """
 
@@ -303,6 +311,7 @@ for j = 2, #data do
   hset_flat(nskey(base, 'b', ns), d[4])
   hset_flat(nskey(base, 'w', ns), d[5])
   hset_flat(nskey(base, 'd', ns), d[6])
+  touch(base, ttl, ns)
 end
 touch(base, ttl)
 return #data - 1

@@ -302,8 +302,9 @@ def test_prune_keep_latest_without_delta_keeps_one_and_collects_blobs(
 
 
 def _thread_keys(client: valkey.Valkey, saver: ValkeySaver, thread: str) -> list[bytes]:
+    """The thread's data keys (not the short-lived refresh marker ``t``)."""
     pattern = saver.keys.base(thread).replace("{", "\\{").replace("}", "\\}") + "*"
-    return list(client.scan_iter(match=pattern))
+    return [k for k in client.scan_iter(match=pattern) if not k.endswith(b"}:t")]
 
 
 def test_ttl_applies_to_every_key_of_a_thread_and_slides(valkey_url: str, prefix: str) -> None:
@@ -321,6 +322,40 @@ def test_ttl_applies_to_every_key_of_a_thread_and_slides(valkey_url: str, prefix
     time.sleep(1.3)
     assert saver.get_tuple(_cfg("ttl")) is None
     assert _thread_keys(client, saver, "ttl") == []
+    client.close()
+
+
+def test_ttl_refresh_cost_is_bounded_with_many_namespaces(valkey_url: str, prefix: str) -> None:
+    """A thread with many subgraph namespaces: each write refreshes its own namespace;
+    all namespaces are refreshed at most every ttl/10, and none expires while active."""
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix, ttl={"default_ttl": 0.05})  # 3 s
+    for i in range(30):
+        _put_chain(saver, "fan", 1, ns=f"sub:{i}")
+    _put_chain(saver, "fan", 1)
+    ttls = [client.pttl(k) for k in _thread_keys(client, saver, "fan")]
+    assert len(ttls) > 60 and all(0 < t <= 3000 for t in ttls)
+    for _ in range(4):  # 4 x 1 s of activity on the root namespace only
+        time.sleep(1.0)
+        _put_chain(saver, "fan", 1)
+    every_ns = {"configurable": {"thread_id": "fan"}}
+    assert len(list(saver.list(every_ns))) == 35  # no subgraph namespace expired
+    client.close()
+
+
+def test_ttl_refresh_of_all_namespaces_is_throttled(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix, ttl={"default_ttl": 0.5})  # full refresh <= 3 s
+    for i in range(30):
+        _put_chain(saver, "fan", 1, ns=f"sub:{i}")
+
+    def pexpire_calls() -> int:
+        return int(client.info("commandstats")["cmdstat_pexpire"]["calls"])
+
+    before = pexpire_calls()
+    _put_chain(saver, "fan", 1)
+    # thread-level keys (2) + the written namespace (5), not 5 per namespace (155)
+    assert pexpire_calls() - before == 7
     client.close()
 
 
