@@ -75,7 +75,45 @@ def test_fail_open_mget(prefix: str) -> None:
     strict = ValkeyByteStore(client, prefix=prefix, metrics=False, fail_open=False)
     with pytest.raises(Exception, match="(?i)connect"):
         strict.mget(["a"])
+    with pytest.raises(Exception, match="(?i)connect"):  # no breaker when failing closed
+        strict.mget(["a"])
     client.close()
+
+
+async def test_fail_open_skips_a_dead_server_for_the_cooldown(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    url = f"valkey://127.0.0.1:{port}"
+    client = client_from_url(url, timeout=0.2)
+    aclient = client_from_url(url, timeout=0.2, asyncio=True)
+    store = ValkeyByteStore(
+        client, async_client=aclient, prefix=prefix, metrics=False, failure_cooldown=0.3
+    )
+    caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
+    assert store.mget(["a"]) == [None]  # fails: warning, breaker open
+    t0 = time.monotonic()
+    for _ in range(10):
+        assert store.mget(["a", "b"]) == [None, None]
+        assert await store.amget(["a"]) == [None]
+        store.mset([("a", b"1")])
+        await store.amset([("a", b"1")])
+    assert time.monotonic() - t0 < 0.1
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    with pytest.raises(TypeError):  # bad input still raises while skipping
+        store.mset([("a", "not bytes")])  # type: ignore[list-item]
+    time.sleep(0.3)
+    assert await store.amget(["a"]) == [None]  # tried again after the cooldown
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    client.close()
+    await aclient.aclose()
 
 
 _CHILD = textwrap.dedent(

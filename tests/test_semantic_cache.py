@@ -322,6 +322,140 @@ def test_threshold_effectiveness(sclient: Any, emb: HashingEmbeddings, prefix: s
     c.drop_index()
 
 
+def test_suggested_threshold_includes_the_distance_that_motivated_it(
+    sclient: Any, emb: HashingEmbeddings, prefix: str
+) -> None:
+    """A suggestion is rounded to 4 decimals, upwards when it loosens: applying it must
+    turn the observed near miss (~0.040834) into a hit, not stop at 0.0408."""
+    c = _cache(sclient, emb, prefix, distance_threshold=0.03)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    distance = c.nearest(PARAPHRASE, "llm")
+    assert distance is not None and round(distance, 4) < distance  # rounding matters
+    for _ in range(20):
+        assert c.lookup(PARAPHRASE, "llm") is None  # near misses
+    report = c.threshold_effectiveness()
+    assert report["recommendation"] == "loosen"
+    suggested = report["suggested_threshold"]
+    assert distance <= suggested <= distance + 0.0001
+    assert _cache(sclient, emb, prefix, distance_threshold=suggested).lookup(PARAPHRASE, "llm")
+    # the judge's suggestion (the farthest accepted band candidate) rounds up too
+    judged = _cache(
+        sclient, emb, prefix, distance_threshold=0.03, judge=lambda p, c: True, band=0.1
+    )
+    for _ in range(20):
+        assert judged.lookup(PARAPHRASE, "llm") is not None
+    report = judged.threshold_effectiveness()
+    assert report["recommendation"] == "loosen"
+    assert distance <= report["suggested_threshold"] <= distance + 0.0001
+    c.drop_index()
+
+
+def test_edge_hits_use_the_threshold_each_lookup_used(
+    sclient: Any, emb: HashingEmbeddings, prefix: str
+) -> None:
+    """Hits made under ``with cache.threshold(0.5)`` sit far inside *their* threshold:
+    they are not "edge hits" of the instance default (0.045, where ~0.0408 would be)."""
+    c = _cache(sclient, emb, prefix, distance_threshold=0.045)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    with c.threshold(0.5):
+        for _ in range(20):
+            assert c.lookup(PARAPHRASE, "llm") is not None
+    report = c.threshold_effectiveness()
+    assert report["edge_hit_rate"] == 0.0
+    assert report["recommendation"] == "keep"
+    # per category, likewise: the "geo" threshold 0.5 is the one these hits used
+    by_category = _cache(
+        sclient,
+        emb,
+        prefix,
+        distance_threshold=0.045,
+        category_thresholds={"geo": 0.5},
+        categorize=lambda text: "geo",
+    )
+    for _ in range(20):
+        assert by_category.lookup(PARAPHRASE, "llm") is not None
+    assert by_category.threshold_effectiveness()["recommendation"] == "keep"
+    # the same hits under the default threshold are at its edge: tighten
+    edge = _cache(sclient, emb, prefix, distance_threshold=0.045)
+    for _ in range(20):
+        assert edge.lookup(PARAPHRASE, "llm") is not None
+    report = edge.threshold_effectiveness()
+    assert report["edge_hit_rate"] == 1.0 and report["recommendation"] == "tighten"
+    assert report["suggested_threshold"] == 0.036
+    c.drop_index()
+
+
+def test_dead_server_is_skipped_without_embedding(
+    emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After one failure the breaker skips the server and the embedding model: a lookup
+    of a dead cache costs nothing until the cooldown ends."""
+    import logging
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
+    c = _cache(client, emb, prefix, dims=256, failure_cooldown=0.3)
+    caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
+    assert c.lookup(Q, "llm") is None  # setup fails: one warning, breaker open
+    embedded = emb.texts_embedded
+    t0 = time.monotonic()
+    for _ in range(10):
+        assert c.lookup(Q, "llm") is None
+        c.update(Q, "llm", [Generation(text="Paris")])
+    assert time.monotonic() - t0 < 0.2
+    assert emb.texts_embedded == embedded
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    time.sleep(0.3)
+    assert c.lookup(Q, "llm") is None  # tried again after the cooldown
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    client.close()
+
+
+async def test_stalled_server_shared_breaker_with_embedding_cache(
+    search_url: str, emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedding cache's timeout opens the semantic cache's breaker too: a stalled
+    server costs one timeout, not one for the vector read plus one for FT.SEARCH."""
+    import logging
+    import os
+    import signal
+
+    from langgraph_valkey_cache.embedded import EmbeddedValkey
+
+    server = EmbeddedValkey(search=True).start()
+    client = client_from_url(server.url, timeout=0.3, asyncio=True)
+    c = _cache(client, emb, prefix, failure_cooldown=5)
+    await c.asetup()
+    await c.aupdate(Q, "llm", [Generation(text="Paris")])
+    pid = server._proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
+        t0 = time.monotonic()
+        assert await c.alookup(PARAPHRASE, "llm") is None
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert await c.alookup(PARAPHRASE, "llm") is None
+        rest = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert first < 3 and rest < 0.2, (first, rest)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert "embedding_cache" in caplog.text  # the vector read timed out first
+    c.breaker.reset()
+    assert await c.alookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    await client.aclose()
+    server.stop()
+
+
 async def test_check_batch_pipelined(
     sclient: Any, aclient: Any, emb: HashingEmbeddings, prefix: str
 ) -> None:

@@ -25,7 +25,7 @@ from langgraph_valkey_cache._client import ascan_keys, is_cluster, scan_keys
 from langgraph_valkey_cache._keys import LLMCacheKeys as _Keys
 from langgraph_valkey_cache._keys import digest
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 from langgraph_valkey_cache.cache.llm import _ClientPair
 
 __all__ = ["CachedEmbeddings", "ValkeyByteStore", "default_namespace"]
@@ -42,7 +42,12 @@ class ValkeyByteStore(ByteStore):
         prefix: key prefix of this store.
         ttl: seconds each value lives (set in the same ``SET``), ``None`` for no expiry.
         fail_open: as a cache (the default), server errors make ``mget`` return misses
-            and ``mset`` a no-op (logged, counted); ``False`` raises them instead.
+            and ``mset`` a no-op (logged, counted), and the server is then skipped for
+            ``failure_cooldown`` seconds; ``False`` raises them instead.
+        failure_cooldown: seconds to skip the server after an error (fail-open mode;
+            0: never skip).
+        breaker: a :class:`~langgraph_valkey_cache.cache._failopen.Breaker` shared with
+            an owning cache (overrides ``failure_cooldown``).
 
     Example:
         >>> store = ValkeyByteStore(client, prefix="emb", ttl=86400)  # doctest: +SKIP
@@ -59,17 +64,24 @@ class ValkeyByteStore(ByteStore):
         ttl: float | None = None,
         fail_open: bool = True,
         metrics: Any = True,
+        failure_cooldown: float = 5.0,
+        breaker: Breaker | None = None,
     ) -> None:
         self._clients = _ClientPair(client, async_client, "ValkeyByteStore")
         self._keys = _Keys(prefix)
         self._px = None if ttl is None else max(1, int(ttl * 1000))
         self._fail_open = fail_open
         self.telemetry = Telemetry("embedding_cache", metrics=metrics)
+        self.breaker = breaker or Breaker(failure_cooldown)
 
     def _fail(self, op: str, exc: BaseException) -> None:
         if not self._fail_open:
             raise exc
-        report_failure(self.telemetry, op, exc)
+        self.breaker.fail(self.telemetry, op, exc)
+
+    def _skip(self) -> bool:
+        """True when a fail-open call should not touch the server (recent failure)."""
+        return self._fail_open and not self.breaker.closed
 
     def _count(self, values: list[bytes | None]) -> list[bytes | None]:
         hits = sum(v is not None for v in values)
@@ -83,6 +95,8 @@ class ValkeyByteStore(ByteStore):
             return []
         names = [self._keys.blob(k) for k in keys]
         client = self._clients.sync()
+        if self._skip():
+            return self._count([None] * len(keys))
         with self.telemetry.operation("mget"):
             try:
                 if is_cluster(client):
@@ -101,6 +115,8 @@ class ValkeyByteStore(ByteStore):
         if not keys:
             return []
         names = [self._keys.blob(k) for k in keys]
+        if self._skip():
+            return self._count([None] * len(keys))
         with self.telemetry.operation("mget"):
             try:
                 if is_cluster(aclient):
@@ -126,7 +142,9 @@ class ValkeyByteStore(ByteStore):
             return
         with self.telemetry.operation("mset"):
             pipe = self._clients.sync().pipeline(transaction=False)
-            n = self._pipe_sets(pipe, key_value_pairs)
+            n = self._pipe_sets(pipe, key_value_pairs)  # bad values raise even when skipping
+            if self._skip():
+                return
             try:
                 pipe.execute()
             except CACHE_ERRORS as exc:
@@ -144,6 +162,8 @@ class ValkeyByteStore(ByteStore):
         with self.telemetry.operation("mset"):
             pipe = aclient.pipeline(transaction=False)
             n = self._pipe_sets(pipe, key_value_pairs)
+            if self._skip():
+                return
             try:
                 await pipe.execute()
             except CACHE_ERRORS as exc:

@@ -33,7 +33,7 @@ from langgraph_valkey_cache._client import (
 )
 from langgraph_valkey_cache._keys import LLMCacheKeys
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 
 __all__ = ["LLMCacheCodec", "ValkeyCache", "normalize_whitespace"]
 
@@ -231,6 +231,9 @@ class ValkeyCache(BaseCache):
         metrics: ``False`` turns Prometheus metrics off, or pass a registry.
         cost_of: ``cost_of(generations) -> USD`` estimates what a hit saved (for the
             ``cost_saved_usd`` metric), e.g. from the cached ``usage_metadata``.
+        failure_cooldown: after a server error, seconds during which lookups are misses
+            and updates no-ops without touching the server (one timeout and one warning
+            per cooldown while it is down or stalled, not one per model call); 0: off.
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -239,8 +242,9 @@ class ValkeyCache(BaseCache):
         ... # doctest: +SKIP
 
     Server errors make a lookup a miss and an update a no-op (logged, counted); the model
-    is then simply called. ``clear`` raises, since a silently failed invalidation would
-    keep serving what the caller meant to remove.
+    is then simply called, and the server is skipped for ``failure_cooldown``. ``clear``
+    raises, since a silently failed invalidation would keep serving what the caller
+    meant to remove.
     """
 
     def __init__(
@@ -253,11 +257,13 @@ class ValkeyCache(BaseCache):
         normalize: bool | Callable[[str], str] = False,
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
+        failure_cooldown: float = 5.0,
     ) -> None:
         self._clients = _ClientPair(client, async_client, "ValkeyCache")
         self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize)
         self.telemetry = Telemetry("llm_cache", metrics=metrics)
         self.cost_of = cost_of
+        self.breaker = Breaker(failure_cooldown)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ValkeyCache:
@@ -279,26 +285,37 @@ class ValkeyCache(BaseCache):
         count_result(self.telemetry, gens, self.cost_of)
         return gens
 
+    def _skipped(self, n: int = 1) -> None:
+        """Lookups answered as misses without the server (the breaker is open)."""
+        self.telemetry.result("miss", n)
+
     # -- sync ---------------------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         key = self.codec.key(prompt, llm_string)
+        client = self._clients.sync()
+        if not self.breaker.closed:
+            self._skipped()
+            return None
         with self.telemetry.operation("lookup"):
             try:
-                raw = self._clients.sync().get(key)
+                raw = client.get(key)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "lookup", exc)
+                self.breaker.fail(self.telemetry, "lookup", exc)
                 return None
             return self._hit_or_miss(raw)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         key = self.codec.key(prompt, llm_string)
         value = self.codec.encode(return_val)
+        client = self._clients.sync()
+        if not self.breaker.closed:
+            return
         with self.telemetry.operation("update"):
             try:
-                self._clients.sync().set(key, value, **self.codec.set_args())
+                client.set(key, value, **self.codec.set_args())
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "update", exc)
+                self.breaker.fail(self.telemetry, "update", exc)
                 return
             self.telemetry.stored(len(value))
 
@@ -327,11 +344,14 @@ class ValkeyCache(BaseCache):
         if aclient is None:
             return await super().alookup(prompt, llm_string)
         key = self.codec.key(prompt, llm_string)
+        if not self.breaker.closed:
+            self._skipped()
+            return None
         with self.telemetry.operation("lookup"):
             try:
                 raw = await aclient.get(key)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "lookup", exc)
+                self.breaker.fail(self.telemetry, "lookup", exc)
                 return None
             return self._hit_or_miss(raw)
 
@@ -342,11 +362,13 @@ class ValkeyCache(BaseCache):
             return
         key = self.codec.key(prompt, llm_string)
         value = self.codec.encode(return_val)
+        if not self.breaker.closed:
+            return
         with self.telemetry.operation("update"):
             try:
                 await aclient.set(key, value, **self.codec.set_args())
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "update", exc)
+                self.breaker.fail(self.telemetry, "update", exc)
                 return
             self.telemetry.stored(len(value))
 
@@ -376,14 +398,18 @@ class ValkeyCache(BaseCache):
         keys = [self.codec.key(p, s) for p, s in items]
         if not keys:
             return []
+        client = self._clients.sync()
+        if not self.breaker.closed:
+            self._skipped(len(keys))
+            return [None] * len(keys)
         with self.telemetry.operation("lookup_many"):
             try:
-                pipe = self._clients.sync().pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for k in keys:
                     pipe.get(k)
                 raws = pipe.execute()
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "lookup_many", exc)
+                self.breaker.fail(self.telemetry, "lookup_many", exc)
                 return [None] * len(keys)
             return [self._hit_or_miss(r) for r in raws]
 
@@ -394,6 +420,9 @@ class ValkeyCache(BaseCache):
         keys = [self.codec.key(p, s) for p, s in items]
         if not keys:
             return []
+        if not self.breaker.closed:
+            self._skipped(len(keys))
+            return [None] * len(keys)
         with self.telemetry.operation("lookup_many"):
             try:
                 pipe = aclient.pipeline(transaction=False)
@@ -401,7 +430,7 @@ class ValkeyCache(BaseCache):
                     pipe.get(k)
                 raws = await pipe.execute()
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "lookup_many", exc)
+                self.breaker.fail(self.telemetry, "lookup_many", exc)
                 return [None] * len(keys)
             return [self._hit_or_miss(r) for r in raws]
 

@@ -161,6 +161,8 @@ if AgentMiddleware is not None:
                 "lease_ttl": lease_ttl,
                 "wait_timeout": wait_timeout,
                 "telemetry": telemetry,
+                # one breaker for the cache and its single-flight: one failure skips both
+                "breaker": getattr(cache, "breaker", None),
             }
             self._sf = SingleFlight(sync_client, **opts) if single_flight and sync_client else None
             self._asf = (

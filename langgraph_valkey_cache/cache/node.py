@@ -31,12 +31,8 @@ from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_clust
 from langgraph_valkey_cache._keys import NodeCacheKeys, lease_key
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS
-from langgraph_valkey_cache.cache.singleflight import (
-    _UNCACHEABLE,
-    SINGLE_FLIGHT_SCRIPTS,
-    Breaker,
-)
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
+from langgraph_valkey_cache.cache.singleflight import _UNCACHEABLE, SINGLE_FLIGHT_SCRIPTS
 
 __all__ = ["ValkeyNodeCache"]
 

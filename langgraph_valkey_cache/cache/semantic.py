@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Literal
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -59,7 +60,7 @@ from langgraph_valkey_cache._search import (
     parse_search,
 )
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker, report_failure
 from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
 from langgraph_valkey_cache.cache.llm import LLMCacheCodec, _ClientPair, count_result
 
@@ -72,6 +73,7 @@ Rerank = Callable[[str, list[str]], "int | None | Awaitable[int | None]"]
 
 _HUMAN = {"HumanMessage", "HumanMessageChunk"}
 _DELETE_BATCH = 500
+_STEP = Decimal("0.0001")
 _threshold_override: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "valkey_semantic_threshold", default=None
 )
@@ -190,6 +192,9 @@ class ValkeySemanticCache(BaseCache):
             nearest band candidate) when the judge fails or times out.
         window: how many lookups :meth:`threshold_effectiveness` looks back on.
         cost_of: ``cost_of(generations) -> USD`` for the ``cost_saved_usd`` metric.
+        failure_cooldown: after a server error, seconds during which lookups are misses
+            and updates no-ops without touching the server or embedding anything (one
+            timeout and one warning per cooldown while it is down or stalled); 0: off.
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -197,7 +202,9 @@ class ValkeySemanticCache(BaseCache):
         >>> cache.setup()  # doctest: +SKIP
         >>> set_llm_cache(cache)  # doctest: +SKIP
 
-    Server errors make a lookup a miss and an update a no-op (logged, counted). A server
+    Server errors make a lookup a miss and an update a no-op (logged, counted), and the
+    server is then skipped for ``failure_cooldown`` (the embedding cache shares that
+    breaker); ``clear`` raises. A server
     without the search module makes :meth:`setup` raise :class:`SearchModuleMissing`.
     """
 
@@ -226,6 +233,7 @@ class ValkeySemanticCache(BaseCache):
         window: int = 1000,
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
+        failure_cooldown: float = 5.0,
     ) -> None:
         if embeddings is None:
             raise ValueError("ValkeySemanticCache needs an Embeddings instance")
@@ -244,6 +252,7 @@ class ValkeySemanticCache(BaseCache):
         self.keys: LLMCacheKeys = self.codec.keys
         self.telemetry = Telemetry("semantic_cache", metrics=metrics)
         self.cost_of = cost_of
+        self.breaker = Breaker(failure_cooldown)
         self.distance_threshold = distance_threshold
         self.embed_mode = embed
         self.dims = dims
@@ -264,6 +273,7 @@ class ValkeySemanticCache(BaseCache):
                 prefix=f"{prefix}:emb",
                 ttl=ttl,
                 metrics=metrics,
+                breaker=self.breaker,
             )
             self.embeddings = CachedEmbeddings(embeddings, store, namespace=embeddings_namespace)
         self._observations: deque[_Observation] = deque(maxlen=window)
@@ -443,10 +453,23 @@ class ValkeySemanticCache(BaseCache):
                 self._check_existing(await aclient.execute_command("FT.INFO", self.keys.index()))
         self._ready = True
 
-    def _lost_index(self, exc: BaseException) -> None:
-        # someone dropped the index: recreate it on the next call instead of failing forever
+    def _failed(self, operation: str, exc: BaseException) -> None:
         if is_missing_index_error(exc):
+            # someone dropped the index: the server is fine, so no cooldown; recreate
+            # the index on the next call instead of failing forever
             self._ready = False
+            report_failure(self.telemetry, operation, exc)
+        else:
+            self.breaker.fail(self.telemetry, operation, exc)
+
+    def _bypassed(self, lookups: int = 0) -> bool:
+        """True while the breaker is open (a recent server error): count ``lookups``
+        misses, and the caller skips the server and the embedding model."""
+        if self.breaker.closed:
+            return False
+        if lookups:
+            self.telemetry.result("miss", lookups)
+        return True
 
     def _ensure(self) -> bool:
         if self._ready:
@@ -454,7 +477,7 @@ class ValkeySemanticCache(BaseCache):
         try:
             self.setup()
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "setup", exc)
+            self.breaker.fail(self.telemetry, "setup", exc)
             return False
         return True
 
@@ -464,7 +487,7 @@ class ValkeySemanticCache(BaseCache):
         try:
             await self.asetup()
         except CACHE_ERRORS as exc:
-            report_failure(self.telemetry, "setup", exc)
+            self.breaker.fail(self.telemetry, "setup", exc)
             return False
         return True
 
@@ -527,15 +550,19 @@ class ValkeySemanticCache(BaseCache):
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
         query = self.prepare(prompt, llm_string, distance_threshold)
+        client = self._clients.sync()
+        if self._bypassed(1):
+            return None
         with self.telemetry.operation("lookup"):
             if not self._ensure():
                 return None
             vector = self.embeddings.embed_query(query.text)
+            if self._bypassed(1):  # the embedding cache just failed
+                return None
             try:
-                reply = self._clients.sync().execute_command(*self._search_args(query, vector))
+                reply = client.execute_command(*self._search_args(query, vector))
             except CACHE_ERRORS as exc:
-                self._lost_index(exc)
-                report_failure(self.telemetry, "lookup", exc)
+                self._failed("lookup", exc)
                 return None
             gens, band = self._decide(query, self._candidates(reply))
             if band:
@@ -552,15 +579,18 @@ class ValkeySemanticCache(BaseCache):
                 lambda: self.lookup(prompt, llm_string, distance_threshold=distance_threshold),
             )
         query = self.prepare(prompt, llm_string, distance_threshold)
+        if self._bypassed(1):
+            return None
         with self.telemetry.operation("lookup"):
             if not await self._aensure():
                 return None
             vector = await self.embeddings.aembed_query(query.text)
+            if self._bypassed(1):
+                return None
             try:
                 reply = await aclient.execute_command(*self._search_args(query, vector))
             except CACHE_ERRORS as exc:
-                self._lost_index(exc)
-                report_failure(self.telemetry, "lookup", exc)
+                self._failed("lookup", exc)
                 return None
             gens, band = self._decide(query, self._candidates(reply))
             if band:
@@ -608,22 +638,27 @@ class ValkeySemanticCache(BaseCache):
         if not prompts:
             return []
         queries = [self.prepare(p, llm_string, distance_threshold) for p in prompts]
+        client = self._clients.sync()
+        if self._bypassed(len(queries)):
+            return [None] * len(queries)
         with self.telemetry.operation("check_batch"):
             if not self._ensure():
                 return [None] * len(queries)
             vectors = self._embed_many([q.text for q in queries])
+            if self._bypassed(len(queries)):
+                return [None] * len(queries)
             try:
-                pipe = self._clients.sync().pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for q, v in zip(queries, vectors, strict=True):
                     pipe.execute_command(*self._search_args(q, v))
                 replies = pipe.execute(raise_on_error=False)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "check_batch", exc)
+                self._failed("check_batch", exc)
                 return [None] * len(queries)
             out: list[list[Generation] | None] = []
             for q, reply in zip(queries, replies, strict=True):
                 if isinstance(reply, Exception):
-                    report_failure(self.telemetry, "check_batch", reply)
+                    self._failed("check_batch", reply)
                     out.append(None)
                     continue
                 gens, band = self._decide(q, self._candidates(reply))
@@ -641,22 +676,26 @@ class ValkeySemanticCache(BaseCache):
         if not prompts:
             return []
         queries = [self.prepare(p, llm_string, distance_threshold) for p in prompts]
+        if self._bypassed(len(queries)):
+            return [None] * len(queries)
         with self.telemetry.operation("check_batch"):
             if not await self._aensure():
                 return [None] * len(queries)
             vectors = await self._aembed_many([q.text for q in queries])
+            if self._bypassed(len(queries)):
+                return [None] * len(queries)
             try:
                 pipe = aclient.pipeline(transaction=False)
                 for q, v in zip(queries, vectors, strict=True):
                     pipe.execute_command(*self._search_args(q, v))
                 replies = await pipe.execute(raise_on_error=False)
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "check_batch", exc)
+                self._failed("check_batch", exc)
                 return [None] * len(queries)
             out: list[list[Generation] | None] = []
             for q, reply in zip(queries, replies, strict=True):
                 if isinstance(reply, Exception):
-                    report_failure(self.telemetry, "check_batch", reply)
+                    self._failed("check_batch", reply)
                     out.append(None)
                     continue
                 gens, band = self._decide(q, self._candidates(reply))
@@ -669,19 +708,24 @@ class ValkeySemanticCache(BaseCache):
         query = self.prepare(prompt, llm_string)
         value = self.codec.encode(return_val)
         key = self.keys.semantic(llm_string, query.tag, query.text)
+        client = self._clients.sync()
+        if self._bypassed():
+            return
         with self.telemetry.operation("update"):
             if not self._ensure():
                 return
             vector = self.embeddings.embed_query(query.text)
+            if self._bypassed():
+                return
             mapping = self._hset_mapping(query, vector, value)
             try:
-                pipe = self._clients.sync().pipeline(transaction=True)
+                pipe = client.pipeline(transaction=True)
                 pipe.hset(key, mapping=mapping)
                 if self.codec.ttl_ms is not None:
                     pipe.pexpire(key, self.codec.ttl_ms)
                 pipe.execute()
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "update", exc)
+                self._failed("update", exc)
                 return
             self.telemetry.stored(len(value) + len(mapping["vec"]))
 
@@ -693,10 +737,14 @@ class ValkeySemanticCache(BaseCache):
         query = self.prepare(prompt, llm_string)
         value = self.codec.encode(return_val)
         key = self.keys.semantic(llm_string, query.tag, query.text)
+        if self._bypassed():
+            return
         with self.telemetry.operation("update"):
             if not await self._aensure():
                 return
             vector = await self.embeddings.aembed_query(query.text)
+            if self._bypassed():
+                return
             mapping = self._hset_mapping(query, vector, value)
             try:
                 pipe = aclient.pipeline(transaction=True)
@@ -705,7 +753,7 @@ class ValkeySemanticCache(BaseCache):
                     pipe.pexpire(key, self.codec.ttl_ms)
                 await pipe.execute()
             except CACHE_ERRORS as exc:
-                report_failure(self.telemetry, "update", exc)
+                self._failed("update", exc)
                 return
             self.telemetry.stored(len(value) + len(mapping["vec"]))
 
@@ -777,7 +825,10 @@ class ValkeySemanticCache(BaseCache):
         if len(obs) < 20:
             report["reasons"].append(f"only {len(obs)} lookups observed; need 20+ to judge")
             return report
-        hits = [o.distance for o in obs if o.outcome == "hit" and o.distance is not None]
+        hit_obs = [
+            (o.distance, o.threshold) for o in obs if o.outcome == "hit" and o.distance is not None
+        ]
+        hits = [d for d, _ in hit_obs]
         misses = [o for o in obs if o.outcome == "miss" and o.distance is not None]
         accepted = [
             o.distance for o in obs if o.outcome == "band_accept" and o.distance is not None
@@ -791,7 +842,8 @@ class ValkeySemanticCache(BaseCache):
             for o in misses
             if o.distance is not None and o.distance - o.threshold <= margin
         ]
-        edge_hits = [d for d in hits if d >= threshold * 0.8]
+        # judged against the threshold each lookup used (per call, per category...)
+        edge_hits = [d for d, used in hit_obs if d >= used * 0.8]
         dists = sorted(o.distance for o in obs if o.distance is not None)
         report.update(
             hit_rate=round((len(hits) + len(accepted)) / len(obs), 4),
@@ -810,7 +862,7 @@ class ValkeySemanticCache(BaseCache):
             rate = report["judge_accept_rate"]
             if rate >= 0.8 and accepted:
                 report["recommendation"] = "loosen"
-                report["suggested_threshold"] = round(max(accepted), 4)
+                report["suggested_threshold"] = _round_up(max(accepted))
                 reasons.append(
                     f"the judge accepted {rate:.0%} of band candidates (up to distance "
                     f"{max(accepted):.3f}): those could be direct hits without a judge call"
@@ -818,7 +870,7 @@ class ValkeySemanticCache(BaseCache):
             elif rate <= 0.2 and rejected:
                 report["recommendation"] = "tighten" if edge_hits else "keep"
                 if edge_hits:
-                    report["suggested_threshold"] = round(threshold * 0.8, 4)
+                    report["suggested_threshold"] = _round_down(threshold * 0.8)
                 reasons.append(
                     f"the judge rejected {1 - rate:.0%} of band candidates: answers just "
                     "above the threshold are usually wrong, so hits near it are suspect too"
@@ -828,7 +880,7 @@ class ValkeySemanticCache(BaseCache):
             return report
         if report["near_miss_rate"] >= 0.2 and report["edge_hit_rate"] < 0.5:
             report["recommendation"] = "loosen"
-            report["suggested_threshold"] = round(sorted(near)[int(0.5 * (len(near) - 1))], 4)
+            report["suggested_threshold"] = _round_up(sorted(near)[int(0.5 * (len(near) - 1))])
             reasons.append(
                 f"{report['near_miss_rate']:.0%} of lookups missed within {margin:.3f} of "
                 "the threshold while hits sit well inside it: likely paraphrases being missed "
@@ -836,7 +888,7 @@ class ValkeySemanticCache(BaseCache):
             )
         elif report["edge_hit_rate"] >= 0.5 and len(hits) >= 10:
             report["recommendation"] = "tighten"
-            report["suggested_threshold"] = round(threshold * 0.8, 4)
+            report["suggested_threshold"] = _round_down(threshold * 0.8)
             reasons.append(
                 f"{report['edge_hit_rate']:.0%} of hits are in the top 20% of the threshold: "
                 "many answers are served from borderline matches"
@@ -854,6 +906,17 @@ class ValkeySemanticCache(BaseCache):
     async def aclose(self) -> None:
         if self._clients.async_client is not None:
             await self._clients.async_client.aclose()
+
+
+def _round_up(distance: float) -> float:
+    """``distance`` rounded up to 4 decimals: a threshold suggested from an observed
+    distance must still let that distance hit (``d <= threshold``)."""
+    return float(Decimal(repr(distance)).quantize(_STEP, rounding=ROUND_CEILING))
+
+
+def _round_down(distance: float) -> float:
+    """``distance`` rounded down to 4 decimals (a tightened threshold stays tighter)."""
+    return float(Decimal(repr(distance)).quantize(_STEP, rounding=ROUND_FLOOR))
 
 
 def _resolve_sync(result: Any) -> Any:

@@ -16,10 +16,10 @@ it works across processes and machines:
    compute at once, in parallel, rather than queueing for the lease one by one.
 4. A follower that has waited ``wait_timeout`` seconds computes on its own.
 5. Fail open: on a server error the caller computes without coordination, a warning
-   is logged and an error metric counted (:func:`report_failure`). A :class:`Breaker`
-   then skips the server for ``failure_cooldown`` seconds, so while it is down (or
-   stalled: every command would wait for the socket timeout and the retries) calls run
-   at once and the log gets one warning per cooldown, not one per call.
+   is logged and an error metric counted. A :class:`~._failopen.Breaker` (shared with
+   the owning cache) then skips the server for ``failure_cooldown`` seconds, so while
+   it is down (or stalled: every command would wait for the socket timeout and the
+   retries) calls run at once and the log gets one warning per cooldown, not one per call.
 
 The lease key is derived from the value key (:func:`langgraph_valkey_cache._keys.lease_key`)
 so both sit in one cluster slot and the scripts work on a cluster.
@@ -78,7 +78,7 @@ from langgraph_valkey_cache._client import is_async_client
 from langgraph_valkey_cache._keys import lease_key as _lease_key
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, report_failure
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 
 __all__ = [
     "AsyncSingleFlight",
@@ -149,42 +149,6 @@ SINGLE_FLIGHT_SCRIPTS = ScriptRegistry(
         "release": _RELEASE,
     }
 )
-
-
-class Breaker:
-    """Skip the server for ``cooldown`` seconds after an error (fail fast while it is down).
-
-    Shared by a cache and its single-flight so that one failure bypasses them all.
-    ``cooldown=0`` disables it.
-
-    Example:
-        ```python
-        breaker = Breaker(cooldown=5)
-        if breaker.closed:
-            try:
-                ...  # talk to the server
-            except CACHE_ERRORS as exc:
-                breaker.fail(telemetry, "lookup", exc)
-        ```
-    """
-
-    def __init__(self, cooldown: float = 5.0) -> None:
-        self.cooldown = cooldown
-        self._open_until = 0.0
-
-    @property
-    def closed(self) -> bool:
-        """True when the server may be used."""
-        return time.monotonic() >= self._open_until
-
-    def fail(self, telemetry: Telemetry, operation: str, exc: BaseException) -> None:
-        """Report a server error (warning + metric) and open the breaker."""
-        report_failure(telemetry, operation, exc)
-        if self.cooldown > 0:
-            self._open_until = time.monotonic() + self.cooldown
-
-    def reset(self) -> None:
-        self._open_until = 0.0
 
 
 @dataclass(frozen=True)

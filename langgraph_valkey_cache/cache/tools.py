@@ -43,13 +43,8 @@ from langgraph_valkey_cache._client import ascan_keys, is_async_client, scan_key
 from langgraph_valkey_cache._keys import ToolCacheKeys, digest, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
 from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS
-from langgraph_valkey_cache.cache.singleflight import (
-    AsyncSingleFlight,
-    Breaker,
-    Flight,
-    SingleFlight,
-)
+from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
+from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, Flight, SingleFlight
 
 __all__ = [
     "ToolCache",
