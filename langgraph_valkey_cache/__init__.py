@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "ModelCacheMiddleware": "langgraph_valkey_cache.cache.middleware",
     "cached_stream": "langgraph_valkey_cache.cache.middleware",
     "acached_stream": "langgraph_valkey_cache.cache.middleware",
+    "CacheStats": "langgraph_valkey_cache._stats",
 }
 
 __all__ = ["__version__", *_EXPORTS]

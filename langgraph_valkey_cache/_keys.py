@@ -181,6 +181,7 @@ class NodeCacheKeys:
     ``P:n:<ns>:<key>`` where ``<ns>`` is the namespace's parts encoded and joined
     with ``,`` (so ``("a",)`` never matches ``("a", "b")`` and ``()`` is empty).
     No hash tag: a graph step's tasks spread over the cluster and MGET goes per slot.
+    ``P:stats`` is the HASH of hit/miss counters every process adds to.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -199,6 +200,9 @@ class NodeCacheKeys:
 
     def all_pattern(self) -> str:
         return f"{self._glob_prefix}:n:*"
+
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
 
 
 class ToolCacheKeys:
@@ -256,6 +260,8 @@ class LLMCacheKeys:
       ``P:s:<M>:*`` is one model's entries. ``P:idx`` is the FT index over ``P:s:``.
     - ``P:b:<encoded key>``  ByteStore value (key percent-encoded, so the caller's key
       never widens a SCAN pattern).
+    - ``P:stats``  HASH of hit/miss/cost-saved counters every process adds to (outside
+      ``P:s:``, so the FT index never sees it).
     """
 
     def __init__(self, prefix: str) -> None:
@@ -288,6 +294,9 @@ class LLMCacheKeys:
 
     def index(self) -> str:
         return f"{self.prefix}:idx"
+
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
 
     def blob(self, key: str) -> str:
         return f"{self.prefix}:b:{encode(key)}"

@@ -98,7 +98,7 @@ async def test_tool_call_round_trip_ainvoke(
 
 def test_prompt_not_in_key_and_ttl_in_set(valkey_url: str, prefix: str) -> None:
     client = client_from_url(valkey_url)
-    cache = ValkeyCache(client, prefix=prefix, ttl=60, metrics=False)
+    cache = ValkeyCache(client, prefix=prefix, ttl=60, metrics=False, stats_flush_interval=60)
     client.ping()  # connect first: the handshake is not the cache's cost
     with count_commands() as log:
         cache.update("secret prompt text", "llm", [Generation(text="x")])
@@ -181,7 +181,7 @@ def test_multiple_chat_generations(sync_client: Any, prefix: str) -> None:
 
 
 def test_lookup_many_one_round_trip(sync_client: Any, prefix: str) -> None:
-    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False, stats_flush_interval=60)
     cache.update("p1", "llm", [Generation(text="1")])
     with count_commands() as log:
         got = cache.lookup_many([("p1", "llm"), ("p2", "llm")])

@@ -123,7 +123,9 @@ def test_shared_between_cache_objects(any_url: str, prefix: str) -> None:
 
 def test_get_is_one_round_trip_and_ttl_is_in_the_set(valkey_url: str, prefix: str) -> None:
     client = client_from_url(valkey_url)
-    cache: ValkeyNodeCache[Any] = ValkeyNodeCache(client, prefix=prefix, metrics=False)
+    cache: ValkeyNodeCache[Any] = ValkeyNodeCache(
+        client, prefix=prefix, metrics=False, stats_flush_interval=60
+    )
     keys = [(NS_A, f"k{i}") for i in range(5)]
     client.ping()  # connect first: the handshake is not the cache's cost
     with count_commands() as log:
@@ -143,7 +145,9 @@ def test_get_is_one_round_trip_and_ttl_is_in_the_set(valkey_url: str, prefix: st
 
 
 async def test_async_get_set_round_trips(async_client: Any, prefix: str) -> None:
-    cache: ValkeyNodeCache[Any] = ValkeyNodeCache(async_client, prefix=prefix, metrics=False)
+    cache: ValkeyNodeCache[Any] = ValkeyNodeCache(
+        async_client, prefix=prefix, metrics=False, stats_flush_interval=60
+    )
     keys = [(NS_A, f"k{i}") for i in range(3)]
     await cache.aset({k: ({"v": i}, 60) for i, k in enumerate(keys)})
     with count_commands() as log:

@@ -191,7 +191,7 @@ def test_hit_costs_one_round_trip_plus_cached_embedding(
     search_url: str, emb: HashingEmbeddings, prefix: str
 ) -> None:
     client = client_from_url(search_url)
-    c = _cache(client, emb, prefix)
+    c = _cache(client, emb, prefix, stats_flush_interval=60)
     c.setup()
     c.update(Q, "llm", [Generation(text="Paris")])
     assert c.lookup(PARAPHRASE, "llm") is not None  # embeds PARAPHRASE once, caches it
@@ -201,7 +201,7 @@ def test_hit_costs_one_round_trip_plus_cached_embedding(
     assert emb.texts_embedded == embedded, "the repeated text was not re-embedded"
     assert log.round_trips == 2  # MGET of the cached vector + one FT.SEARCH
     # without the embedding cache: exactly one round trip (FT.SEARCH)
-    plain = _cache(client, emb, prefix, cache_embeddings=False)
+    plain = _cache(client, emb, prefix, cache_embeddings=False, stats_flush_interval=60)
     plain.setup()
     plain.lookup(Q, "llm")
     with count_commands() as log:
@@ -459,7 +459,7 @@ async def test_stalled_server_shared_breaker_with_embedding_cache(
 async def test_check_batch_pipelined(
     sclient: Any, aclient: Any, emb: HashingEmbeddings, prefix: str
 ) -> None:
-    c = _cache(sclient, emb, prefix)
+    c = _cache(sclient, emb, prefix, stats_flush_interval=60)
     c.setup()
     c.update(Q, "llm", [Generation(text="Paris")])
     c.update("How do I bake bread?", "llm", [Generation(text="Knead")])

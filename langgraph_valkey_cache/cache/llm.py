@@ -32,6 +32,7 @@ from langgraph_valkey_cache._client import (
     scan_keys,
 )
 from langgraph_valkey_cache._keys import LLMCacheKeys
+from langgraph_valkey_cache._stats import CacheStats, SharedStats
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 
@@ -180,17 +181,24 @@ def count_result(
     telemetry: Telemetry,
     gens: Sequence[Generation] | None,
     cost_of: Callable[[Sequence[Generation]], float] | None,
+    stats: SharedStats | None = None,
 ) -> None:
-    """Count a hit (and what it saved) or a miss."""
+    """Count a hit (and what it saved) or a miss, in the metrics and the shared stats."""
     if gens is None:
         telemetry.result("miss")
+        if stats is not None:
+            stats.record(misses=1)
         return
     telemetry.result("hit")
+    saved = 0.0
     if cost_of is not None:
         try:
-            telemetry.saved(float(cost_of(gens)))
+            saved = float(cost_of(gens))
         except Exception as exc:  # an estimator bug must not turn a hit into a failure
             logger.warning("cost_of failed: %s", exc)
+        telemetry.saved(saved)
+    if stats is not None:
+        stats.record(hits=1, saved_usd=saved)
 
 
 class _ClientPair:
@@ -208,6 +216,18 @@ class _ClientPair:
         self.sync_client = client
         self.async_client = async_client
         self._owner = owner
+
+    def shared_stats(
+        self, key: str, flush_interval: float, breaker: Breaker, telemetry: Telemetry
+    ) -> SharedStats:
+        return SharedStats(
+            self.sync_client,
+            key,
+            aclient=self.async_client,
+            flush_interval=flush_interval,
+            breaker=breaker,
+            telemetry=telemetry,
+        )
 
     def sync(self) -> Any:
         if self.sync_client is None:
@@ -234,6 +254,8 @@ class ValkeyCache(BaseCache):
         failure_cooldown: after a server error, seconds during which lookups are misses
             and updates no-ops without touching the server (one timeout and one warning
             per cooldown while it is down or stalled, not one per model call); 0: off.
+        stats_flush_interval: seconds between flushes of this process's hit/miss counts
+            to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -258,12 +280,16 @@ class ValkeyCache(BaseCache):
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
         failure_cooldown: float = 5.0,
+        stats_flush_interval: float = 1.0,
     ) -> None:
         self._clients = _ClientPair(client, async_client, "ValkeyCache")
         self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize)
         self.telemetry = Telemetry("llm_cache", metrics=metrics)
         self.cost_of = cost_of
         self.breaker = Breaker(failure_cooldown)
+        self.shared_stats = self._clients.shared_stats(
+            self.codec.keys.stats(), stats_flush_interval, self.breaker, self.telemetry
+        )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ValkeyCache:
@@ -282,12 +308,17 @@ class ValkeyCache(BaseCache):
 
     def _hit_or_miss(self, raw: Any) -> list[Generation] | None:
         gens = self.codec.decode(raw)
-        count_result(self.telemetry, gens, self.cost_of)
+        count_result(self.telemetry, gens, self.cost_of, self.shared_stats)
         return gens
 
     def _skipped(self, n: int = 1) -> None:
         """Lookups answered as misses without the server (the breaker is open)."""
         self.telemetry.result("miss", n)
+        self.shared_stats.record(misses=n)
+
+    def _failed(self, operation: str, exc: BaseException, lookups: int = 0) -> None:
+        self.breaker.fail(self.telemetry, operation, exc)
+        self.shared_stats.record(errors=1, misses=lookups)
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -301,9 +332,11 @@ class ValkeyCache(BaseCache):
             try:
                 raw = client.get(key)
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "lookup", exc)
+                self._failed("lookup", exc, lookups=1)
                 return None
-            return self._hit_or_miss(raw)
+            gens = self._hit_or_miss(raw)
+        self.shared_stats.maybe_flush()
+        return gens
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         key = self.codec.key(prompt, llm_string)
@@ -315,7 +348,7 @@ class ValkeyCache(BaseCache):
             try:
                 client.set(key, value, **self.codec.set_args())
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "update", exc)
+                self._failed("update", exc)
                 return
             self.telemetry.stored(len(value))
 
@@ -351,9 +384,11 @@ class ValkeyCache(BaseCache):
             try:
                 raw = await aclient.get(key)
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "lookup", exc)
+                self._failed("lookup", exc, lookups=1)
                 return None
-            return self._hit_or_miss(raw)
+            gens = self._hit_or_miss(raw)
+        await self.shared_stats.amaybe_flush()
+        return gens
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         aclient = self._clients.async_client
@@ -368,7 +403,7 @@ class ValkeyCache(BaseCache):
             try:
                 await aclient.set(key, value, **self.codec.set_args())
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "update", exc)
+                self._failed("update", exc)
                 return
             self.telemetry.stored(len(value))
 
@@ -409,9 +444,11 @@ class ValkeyCache(BaseCache):
                     pipe.get(k)
                 raws = pipe.execute()
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "lookup_many", exc)
+                self._failed("lookup_many", exc, lookups=len(keys))
                 return [None] * len(keys)
-            return [self._hit_or_miss(r) for r in raws]
+            found = [self._hit_or_miss(r) for r in raws]
+        self.shared_stats.maybe_flush()
+        return found
 
     async def alookup_many(self, items: Sequence[tuple[str, str]]) -> list[list[Generation] | None]:
         aclient = self._clients.async_client
@@ -430,14 +467,41 @@ class ValkeyCache(BaseCache):
                     pipe.get(k)
                 raws = await pipe.execute()
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "lookup_many", exc)
+                self._failed("lookup_many", exc, lookups=len(keys))
                 return [None] * len(keys)
-            return [self._hit_or_miss(r) for r in raws]
+            found = [self._hit_or_miss(r) for r in raws]
+        await self.shared_stats.amaybe_flush()
+        return found
+
+    # -- stats ------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, hit rate and cost saved, summed over every process using this
+        prefix (this process's pending counts are flushed first)."""
+        self.shared_stats.flush()
+        return CacheStats.from_fields(self.shared_stats.read())
+
+    async def astats(self) -> CacheStats:
+        """Async :meth:`stats`."""
+        await self.shared_stats.aflush()
+        return CacheStats.from_fields(await self.shared_stats.aread())
+
+    def flush_stats(self) -> None:
+        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
+        self.shared_stats.flush()
+
+    async def aflush_stats(self) -> None:
+        """Async :meth:`flush_stats`."""
+        await self.shared_stats.aflush()
 
     def close(self) -> None:
+        """Flush the pending stats and close the sync client."""
         if self._clients.sync_client is not None:
+            self.shared_stats.flush()
             self._clients.sync_client.close()
 
     async def aclose(self) -> None:
+        """Flush the pending stats and close the async client."""
         if self._clients.async_client is not None:
+            await self.shared_stats.aflush()
             await self._clients.async_client.aclose()

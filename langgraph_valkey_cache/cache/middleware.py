@@ -194,7 +194,7 @@ if AgentMiddleware is not None:
             if not flight.computed:
                 msg = _cacheable(flight.value)
                 gens = None if msg is None else [ChatGeneration(message=msg)]
-            count_result(cache.telemetry, gens, cache.cost_of)
+            count_result(cache.telemetry, gens, cache.cost_of, cache.shared_stats)
 
         # sync
 
@@ -242,6 +242,7 @@ if AgentMiddleware is not None:
                 decode=lambda raw: _decoded(cache, raw),
             )
             self._count_exact(cache, flight)
+            cache.shared_stats.maybe_flush()
             return flight.value
 
         def _semantic_flight(
@@ -313,6 +314,7 @@ if AgentMiddleware is not None:
                 decode=lambda raw: _decoded(cache, raw),
             )
             self._count_exact(cache, flight)
+            await cache.shared_stats.amaybe_flush()
             return flight.value
 
         async def _asemantic_flight(

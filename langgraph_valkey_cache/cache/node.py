@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_cluster, scan_keys
 from langgraph_valkey_cache._keys import NodeCacheKeys, lease_key
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
+from langgraph_valkey_cache._stats import CacheStats, SharedStats
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 from langgraph_valkey_cache.cache.singleflight import _UNCACHEABLE, SINGLE_FLIGHT_SCRIPTS
@@ -76,6 +77,8 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         lease_ttl: seconds a miss holds its lease (should exceed the node's run time).
         wait_timeout: seconds a waiting ``get`` waits before reporting a miss.
         metrics: ``False`` to disable Prometheus metrics, or a registry.
+        stats_flush_interval: seconds between flushes of this process's hit/miss counts
+            to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
 
     Server errors in ``get``/``set`` are misses (warning + error metric: the node runs);
     ``clear`` raises, since a failed invalidation must not go unnoticed.
@@ -108,6 +111,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         lease_ttl: float = 30.0,
         wait_timeout: float = 10.0,
         metrics: bool | CollectorRegistry = True,
+        stats_flush_interval: float = 1.0,
     ) -> None:
         super().__init__(serde=serde or default_serde())
         if is_async_client(client):
@@ -121,6 +125,14 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         self.keys = NodeCacheKeys(prefix)
         self.telemetry = Telemetry("node_cache", metrics=metrics)
         self.breaker = Breaker(failure_cooldown)
+        self.shared_stats = SharedStats(
+            self.client,
+            self.keys.stats(),
+            aclient=self.aclient,
+            flush_interval=stats_flush_interval,
+            breaker=self.breaker,
+            telemetry=self.telemetry,
+        )
         self.single_flight = single_flight
         self.lease_ttl = lease_ttl
         self.wait_timeout = wait_timeout
@@ -144,7 +156,18 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                 logger.warning("node cache: undecodable entry treated as a miss: %s", exc)
         self.telemetry.result("hit", len(out))
         self.telemetry.result("miss", len(keys) - len(out))
+        self.shared_stats.record(hits=len(out), misses=len(keys) - len(out))
         return out
+
+    def _skipped(self, n: int) -> dict[FullKey, ValueT]:
+        """Misses answered without the server (the breaker is open)."""
+        self.telemetry.result("miss", n)
+        self.shared_stats.record(misses=n)
+        return {}
+
+    def _failed(self, operation: str, exc: BaseException, lookups: int = 0) -> None:
+        self.breaker.fail(self.telemetry, operation, exc)
+        self.shared_stats.record(errors=1, misses=lookups)
 
     def _encode(
         self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]
@@ -227,7 +250,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
             return {}
         client = self._sync_client()
         if not self.breaker.closed:
-            return {}
+            return self._skipped(len(keys))
         with self.telemetry.operation("get"):
             rkeys = self._redis_keys(keys)
             try:
@@ -235,9 +258,11 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                 if self.single_flight:
                     raws = self._claim(client, rkeys, raws)
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "get", exc)
+                self._failed("get", exc, lookups=len(keys))
                 return {}
-            return self._decode(keys, raws)
+            found = self._decode(keys, raws)
+        self.shared_stats.maybe_flush()
+        return found
 
     def _claim(self, client: Any, rkeys: list[str], raws: list[Any]) -> list[Any]:
         misses = [rk for rk, raw in zip(rkeys, raws, strict=True) if raw is None]
@@ -283,7 +308,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                         pipe.set(key, data, px=px)
                     pipe.execute()
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "set", exc)
+                self._failed("set", exc)
 
     def _publish_held(
         self, client: Any, entries: list[tuple[str, bytes, int | None]]
@@ -315,7 +340,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
         if self.aclient is None:
             return await asyncio.to_thread(self.get, keys)
         if not self.breaker.closed:
-            return {}
+            return self._skipped(len(keys))
         client = self.aclient
         with self.telemetry.operation("get"):
             rkeys = self._redis_keys(keys)
@@ -327,9 +352,11 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                 if self.single_flight:
                     raws = await self._aclaim(client, rkeys, raws)
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "get", exc)
+                self._failed("get", exc, lookups=len(keys))
                 return {}
-            return self._decode(keys, raws)
+            found = self._decode(keys, raws)
+        await self.shared_stats.amaybe_flush()
+        return found
 
     async def _aclaim(self, client: Any, rkeys: list[str], raws: list[Any]) -> list[Any]:
         misses = [rk for rk, raw in zip(rkeys, raws, strict=True) if raw is None]
@@ -377,7 +404,7 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                         pipe.set(key, data, px=px)
                     await pipe.execute()
             except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "set", exc)
+                self._failed("set", exc)
 
     async def _apublish_held(
         self, client: Any, entries: list[tuple[str, bytes, int | None]]
@@ -391,6 +418,25 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                 script = SINGLE_FLIGHT_SCRIPTS.bind(client)["publish"]
                 await script(keys=[key, lease_key(key)], args=args)
         return rest
+
+    def stats(self) -> CacheStats:
+        """Hits and misses of node lookups, summed over every process using this prefix
+        (this process's pending counts are flushed first)."""
+        self.shared_stats.flush()
+        return CacheStats.from_fields(self.shared_stats.read())
+
+    def flush_stats(self) -> None:
+        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
+        self.shared_stats.flush()
+
+    async def astats(self) -> CacheStats:
+        """Async :meth:`stats`."""
+        await self.shared_stats.aflush()
+        return CacheStats.from_fields(await self.shared_stats.aread())
+
+    async def aflush_stats(self) -> None:
+        """Async :meth:`flush_stats`."""
+        await self.shared_stats.aflush()
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Async :meth:`clear`."""

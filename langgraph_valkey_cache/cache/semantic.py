@@ -59,6 +59,7 @@ from langgraph_valkey_cache._search import (
     parse_info,
     parse_search,
 )
+from langgraph_valkey_cache._stats import CacheStats
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker, report_failure
 from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
@@ -195,6 +196,8 @@ class ValkeySemanticCache(BaseCache):
         failure_cooldown: after a server error, seconds during which lookups are misses
             and updates no-ops without touching the server or embedding anything (one
             timeout and one warning per cooldown while it is down or stalled); 0: off.
+        stats_flush_interval: seconds between flushes of this process's hit/miss counts
+            to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -234,6 +237,7 @@ class ValkeySemanticCache(BaseCache):
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
         failure_cooldown: float = 5.0,
+        stats_flush_interval: float = 1.0,
     ) -> None:
         if embeddings is None:
             raise ValueError("ValkeySemanticCache needs an Embeddings instance")
@@ -253,6 +257,9 @@ class ValkeySemanticCache(BaseCache):
         self.telemetry = Telemetry("semantic_cache", metrics=metrics)
         self.cost_of = cost_of
         self.breaker = Breaker(failure_cooldown)
+        self.shared_stats = self._clients.shared_stats(
+            self.keys.stats(), stats_flush_interval, self.breaker, self.telemetry
+        )
         self.distance_threshold = distance_threshold
         self.embed_mode = embed
         self.dims = dims
@@ -363,7 +370,7 @@ class ValkeySemanticCache(BaseCache):
     ) -> list[Generation] | None:
         with self._obs_lock:
             self._observations.append(_Observation(distance, threshold, outcome))
-        count_result(self.telemetry, gens, self.cost_of)
+        count_result(self.telemetry, gens, self.cost_of, self.shared_stats)
         return gens
 
     def _decide(
@@ -453,7 +460,7 @@ class ValkeySemanticCache(BaseCache):
                 self._check_existing(await aclient.execute_command("FT.INFO", self.keys.index()))
         self._ready = True
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def _failed(self, operation: str, exc: BaseException, lookups: int = 0) -> None:
         if is_missing_index_error(exc):
             # someone dropped the index: the server is fine, so no cooldown; recreate
             # the index on the next call instead of failing forever
@@ -461,6 +468,7 @@ class ValkeySemanticCache(BaseCache):
             report_failure(self.telemetry, operation, exc)
         else:
             self.breaker.fail(self.telemetry, operation, exc)
+        self.shared_stats.record(errors=1, misses=lookups)
 
     def _bypassed(self, lookups: int = 0) -> bool:
         """True while the breaker is open (a recent server error): count ``lookups``
@@ -469,6 +477,7 @@ class ValkeySemanticCache(BaseCache):
             return False
         if lookups:
             self.telemetry.result("miss", lookups)
+            self.shared_stats.record(misses=lookups)
         return True
 
     def _ensure(self) -> bool:
@@ -477,7 +486,7 @@ class ValkeySemanticCache(BaseCache):
         try:
             self.setup()
         except CACHE_ERRORS as exc:
-            self.breaker.fail(self.telemetry, "setup", exc)
+            self._failed("setup", exc)
             return False
         return True
 
@@ -487,7 +496,7 @@ class ValkeySemanticCache(BaseCache):
         try:
             await self.asetup()
         except CACHE_ERRORS as exc:
-            self.breaker.fail(self.telemetry, "setup", exc)
+            self._failed("setup", exc)
             return False
         return True
 
@@ -555,6 +564,7 @@ class ValkeySemanticCache(BaseCache):
             return None
         with self.telemetry.operation("lookup"):
             if not self._ensure():
+                self.shared_stats.record(misses=1)
                 return None
             vector = self.embeddings.embed_query(query.text)
             if self._bypassed(1):  # the embedding cache just failed
@@ -562,12 +572,13 @@ class ValkeySemanticCache(BaseCache):
             try:
                 reply = client.execute_command(*self._search_args(query, vector))
             except CACHE_ERRORS as exc:
-                self._failed("lookup", exc)
+                self._failed("lookup", exc, lookups=1)
                 return None
             gens, band = self._decide(query, self._candidates(reply))
             if band:
-                return self._judge_sync(query, band)
-            return gens
+                gens = self._judge_sync(query, band)
+        self.shared_stats.maybe_flush()
+        return gens
 
     async def alookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
@@ -583,6 +594,7 @@ class ValkeySemanticCache(BaseCache):
             return None
         with self.telemetry.operation("lookup"):
             if not await self._aensure():
+                self.shared_stats.record(misses=1)
                 return None
             vector = await self.embeddings.aembed_query(query.text)
             if self._bypassed(1):
@@ -590,12 +602,13 @@ class ValkeySemanticCache(BaseCache):
             try:
                 reply = await aclient.execute_command(*self._search_args(query, vector))
             except CACHE_ERRORS as exc:
-                self._failed("lookup", exc)
+                self._failed("lookup", exc, lookups=1)
                 return None
             gens, band = self._decide(query, self._candidates(reply))
             if band:
-                return await self._judge_async(query, band)
-            return gens
+                gens = await self._judge_async(query, band)
+        await self.shared_stats.amaybe_flush()
+        return gens
 
     def nearest(self, prompt: str, llm_string: str) -> float | None:
         """The cosine distance of the nearest entry this prompt could hit (diagnostics)."""
@@ -643,6 +656,7 @@ class ValkeySemanticCache(BaseCache):
             return [None] * len(queries)
         with self.telemetry.operation("check_batch"):
             if not self._ensure():
+                self.shared_stats.record(misses=len(queries))
                 return [None] * len(queries)
             vectors = self._embed_many([q.text for q in queries])
             if self._bypassed(len(queries)):
@@ -653,17 +667,18 @@ class ValkeySemanticCache(BaseCache):
                     pipe.execute_command(*self._search_args(q, v))
                 replies = pipe.execute(raise_on_error=False)
             except CACHE_ERRORS as exc:
-                self._failed("check_batch", exc)
+                self._failed("check_batch", exc, lookups=len(queries))
                 return [None] * len(queries)
             out: list[list[Generation] | None] = []
             for q, reply in zip(queries, replies, strict=True):
                 if isinstance(reply, Exception):
-                    self._failed("check_batch", reply)
+                    self._failed("check_batch", reply, lookups=1)
                     out.append(None)
                     continue
                 gens, band = self._decide(q, self._candidates(reply))
                 out.append(self._judge_sync(q, band) if band else gens)
-            return out
+        self.shared_stats.maybe_flush()
+        return out
 
     async def acheck_batch(
         self, prompts: Sequence[str], llm_string: str, *, distance_threshold: float | None = None
@@ -680,6 +695,7 @@ class ValkeySemanticCache(BaseCache):
             return [None] * len(queries)
         with self.telemetry.operation("check_batch"):
             if not await self._aensure():
+                self.shared_stats.record(misses=len(queries))
                 return [None] * len(queries)
             vectors = await self._aembed_many([q.text for q in queries])
             if self._bypassed(len(queries)):
@@ -690,17 +706,18 @@ class ValkeySemanticCache(BaseCache):
                     pipe.execute_command(*self._search_args(q, v))
                 replies = await pipe.execute(raise_on_error=False)
             except CACHE_ERRORS as exc:
-                self._failed("check_batch", exc)
+                self._failed("check_batch", exc, lookups=len(queries))
                 return [None] * len(queries)
             out: list[list[Generation] | None] = []
             for q, reply in zip(queries, replies, strict=True):
                 if isinstance(reply, Exception):
-                    self._failed("check_batch", reply)
+                    self._failed("check_batch", reply, lookups=1)
                     out.append(None)
                     continue
                 gens, band = self._decide(q, self._candidates(reply))
                 out.append(await self._judge_async(q, band) if band else gens)
-            return out
+        await self.shared_stats.amaybe_flush()
+        return out
 
     # -- update / clear -----------------------------------------------------------------
 
@@ -897,14 +914,39 @@ class ValkeySemanticCache(BaseCache):
             reasons.append("hits sit inside the threshold and few lookups miss narrowly")
         return report
 
+    # -- stats ------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, hit rate and cost saved, summed over every process using this
+        prefix (this process's pending counts are flushed first)."""
+        self.shared_stats.flush()
+        return CacheStats.from_fields(self.shared_stats.read())
+
+    async def astats(self) -> CacheStats:
+        """Async :meth:`stats`."""
+        await self.shared_stats.aflush()
+        return CacheStats.from_fields(await self.shared_stats.aread())
+
+    def flush_stats(self) -> None:
+        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
+        self.shared_stats.flush()
+
+    async def aflush_stats(self) -> None:
+        """Async :meth:`flush_stats`."""
+        await self.shared_stats.aflush()
+
     def close(self) -> None:
+        """Flush the pending stats, stop the judge pool and close the sync client."""
         if self._judge_pool is not None:
             self._judge_pool.shutdown(wait=False)
         if self._clients.sync_client is not None:
+            self.shared_stats.flush()
             self._clients.sync_client.close()
 
     async def aclose(self) -> None:
+        """Flush the pending stats and close the async client."""
         if self._clients.async_client is not None:
+            await self.shared_stats.aflush()
             await self._clients.async_client.aclose()
 
 

@@ -10,9 +10,9 @@ out), hashed with :func:`~langgraph_valkey_cache._keys.digest`. A hit is one rou
 on one key run the tool once across processes (:mod:`.singleflight`).
 
 Per-tool statistics (hits, misses, time saved) are counted locally and flushed to a
-Valkey hash with ``HINCRBY`` at most every ``stats_flush_interval`` seconds (and before
-every report), so the hit path stays at one round trip while every process adds to the
-same totals.
+Valkey hash per tool with ``HINCRBY`` at most every ``stats_flush_interval`` seconds
+(and before every report), so the hit path stays at one round trip while every process
+adds to the same totals (:class:`~langgraph_valkey_cache._stats.SharedStats`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import datetime
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from prometheus_client import CollectorRegistry
 from langgraph_valkey_cache._client import ascan_keys, is_async_client, scan_keys
 from langgraph_valkey_cache._keys import ToolCacheKeys, digest, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
+from langgraph_valkey_cache._stats import CacheStats, SharedStats
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, Flight, SingleFlight
@@ -300,9 +300,15 @@ class ToolCache:
         self._remote: dict[str, ToolPolicy] = {}
         self._remote_read_at = -math.inf
         self._injected: dict[int, tuple[BaseTool, frozenset[str]]] = {}
-        self._lock = threading.Lock()
-        self._pending: dict[str, dict[str, int]] = {}
-        self._flushed_at = time.monotonic()
+        # per-tool hashes; the default key is only a placeholder, every count names its tool
+        self.shared_stats = SharedStats(
+            self.client,
+            self.keys.stats(""),
+            aclient=self.aclient,
+            flush_interval=stats_flush_interval,
+            breaker=self.breaker,
+            telemetry=self.telemetry,
+        )
 
     # --- decisions (pure) -----------------------------------------------------------------
 
@@ -396,26 +402,7 @@ class ToolCache:
             self._count(name, hits=1, saved_ms=int(flight.value.get("run_ms", 0)))
 
     def _count(self, name: str, **fields: int) -> None:
-        with self._lock:
-            bucket = self._pending.setdefault(name, dict.fromkeys(_STAT_FIELDS, 0))
-            for field, n in fields.items():
-                bucket[field] += n
-
-    def _take_pending(self, force: bool) -> dict[str, dict[str, int]] | None:
-        with self._lock:
-            now = time.monotonic()
-            if not self._pending or (
-                not force
-                and (now - self._flushed_at < self.stats_flush_interval or not self.breaker.closed)
-            ):
-                return None
-            pending, self._pending = self._pending, {}
-            self._flushed_at = now
-            return pending
-
-    def _restore_pending(self, pending: dict[str, dict[str, int]]) -> None:
-        for name, fields in pending.items():
-            self._count(name, **fields)
+        self.shared_stats.record(self.keys.stats(name), **fields)
 
     def _policies_due(self) -> bool:
         return (
@@ -454,19 +441,10 @@ class ToolCache:
             self.breaker.fail(self.telemetry, "policies", exc)
 
     def _flush(self, force: bool = False) -> None:
-        pending = self._take_pending(force)
-        if not pending:
-            return
-        try:
-            pipe = self._sync().pipeline(transaction=False)
-            for name, fields in pending.items():
-                for field, n in fields.items():
-                    if n:
-                        pipe.hincrby(self.keys.stats(name), field, n)
-            pipe.execute()
-        except CACHE_ERRORS as exc:
-            self._restore_pending(pending)
-            self.breaker.fail(self.telemetry, "stats", exc)
+        if force:
+            self.shared_stats.flush()
+        else:
+            self.shared_stats.maybe_flush()
 
     def wrap(
         self,
@@ -560,12 +538,12 @@ class ToolCache:
         names = sorted(
             {self.keys.stats_name(k) for k in scan_keys(client, self.keys.stats_pattern())}
         )
-        if not names:
-            return {}
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(self.keys.stats(name))
-        return {n: _stats(n, raw) for n, raw in zip(names, pipe.execute(), strict=True)}
+        raws = self.shared_stats.read_many(self.keys.stats(n) for n in names)
+        return {n: _stats(n, raw) for n, raw in zip(names, raws, strict=True)}
+
+    def totals(self) -> CacheStats:
+        """Hits, misses, hit rate and time saved over all tools and every process."""
+        return _totals(self.stats().values())
 
     def tool_effectiveness(
         self, *, min_calls: int = 10, low_hit_rate: float = 0.05, high_hit_rate: float = 0.3
@@ -606,23 +584,10 @@ class ToolCache:
             self.breaker.fail(self.telemetry, "policies", exc)
 
     async def _aflush(self, force: bool = False) -> None:
-        pending = self._take_pending(force)
-        if not pending:
-            return
-
-        def op(client: Any) -> Any:
-            pipe = client.pipeline(transaction=False)
-            for name, fields in pending.items():
-                for field, n in fields.items():
-                    if n:
-                        pipe.hincrby(self.keys.stats(name), field, n)
-            return pipe.execute()
-
-        try:
-            await self._a(op)
-        except CACHE_ERRORS as exc:
-            self._restore_pending(pending)
-            self.breaker.fail(self.telemetry, "stats", exc)
+        if force:
+            await self.shared_stats.aflush()
+        else:
+            await self.shared_stats.amaybe_flush()
 
     async def awrap(
         self,
@@ -717,13 +682,12 @@ class ToolCache:
         names = sorted(
             {self.keys.stats_name(k) async for k in ascan_keys(client, self.keys.stats_pattern())}
         )
-        if not names:
-            return {}
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(self.keys.stats(name))
-        raws = await pipe.execute()
+        raws = await self.shared_stats.aread_many(self.keys.stats(n) for n in names)
         return {n: _stats(n, raw) for n, raw in zip(names, raws, strict=True)}
+
+    async def atotals(self) -> CacheStats:
+        """Async :meth:`totals`."""
+        return _totals((await self.astats()).values())
 
     async def atool_effectiveness(
         self, *, min_calls: int = 10, low_hit_rate: float = 0.05, high_hit_rate: float = 0.3
@@ -781,11 +745,15 @@ class ToolCache:
         return out
 
 
-def _stats(name: str, raw: Mapping[Any, Any]) -> ToolStats:
-    values = {
-        (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in (raw or {}).items()
-    }
-    return ToolStats(tool=name, **{f: values.get(f, 0) for f in _STAT_FIELDS})
+def _stats(name: str, fields: Mapping[str, float]) -> ToolStats:
+    return ToolStats(tool=name, **{f: int(fields.get(f, 0)) for f in _STAT_FIELDS})
+
+
+def _totals(per_tool: Iterable[ToolStats]) -> CacheStats:
+    total = CacheStats()
+    for st in per_tool:
+        total += CacheStats(hits=st.hits, misses=st.misses, saved_ms=st.saved_ms)
+    return total
 
 
 # --- middleware ----------------------------------------------------------------------------
