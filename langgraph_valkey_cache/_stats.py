@@ -328,3 +328,28 @@ def read_tiers(client: Any, prefixes: Mapping[str, str]) -> list[tuple[str, str,
                 total += CacheStats.from_fields(fields)
             found.append((tier, prefix, total))
     return found
+
+
+class SharedStatsMixin:
+    """``stats``/``flush_stats`` (and async twins) for a cache holding ``shared_stats``."""
+
+    shared_stats: SharedStats
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, hit rate and cost saved, summed over every process using this
+        prefix (this process's pending counts are flushed first)."""
+        self.shared_stats.flush()
+        return CacheStats.from_fields(self.shared_stats.read())
+
+    async def astats(self) -> CacheStats:
+        """Async :meth:`stats`."""
+        await self.shared_stats.aflush()
+        return CacheStats.from_fields(await self.shared_stats.aread())
+
+    def flush_stats(self) -> None:
+        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
+        self.shared_stats.flush()
+
+    async def aflush_stats(self) -> None:
+        """Async :meth:`flush_stats`."""
+        await self.shared_stats.aflush()

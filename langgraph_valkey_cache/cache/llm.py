@@ -32,7 +32,7 @@ from langgraph_valkey_cache._client import (
     scan_keys,
 )
 from langgraph_valkey_cache._keys import LLMCacheKeys
-from langgraph_valkey_cache._stats import CacheStats, SharedStats
+from langgraph_valkey_cache._stats import SharedStats, SharedStatsMixin
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 
@@ -238,7 +238,7 @@ class _ClientPair:
         return self.sync_client
 
 
-class ValkeyCache(BaseCache):
+class ValkeyCache(SharedStatsMixin, BaseCache):
     """Exact-match LLM cache on Valkey.
 
     Args:
@@ -472,27 +472,6 @@ class ValkeyCache(BaseCache):
             found = [self._hit_or_miss(r) for r in raws]
         await self.shared_stats.amaybe_flush()
         return found
-
-    # -- stats ------------------------------------------------------------------------
-
-    def stats(self) -> CacheStats:
-        """Hits, misses, hit rate and cost saved, summed over every process using this
-        prefix (this process's pending counts are flushed first)."""
-        self.shared_stats.flush()
-        return CacheStats.from_fields(self.shared_stats.read())
-
-    async def astats(self) -> CacheStats:
-        """Async :meth:`stats`."""
-        await self.shared_stats.aflush()
-        return CacheStats.from_fields(await self.shared_stats.aread())
-
-    def flush_stats(self) -> None:
-        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
-        self.shared_stats.flush()
-
-    async def aflush_stats(self) -> None:
-        """Async :meth:`flush_stats`."""
-        await self.shared_stats.aflush()
 
     def close(self) -> None:
         """Flush the pending stats and close the sync client."""

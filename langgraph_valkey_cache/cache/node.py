@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_cluster, scan_keys
 from langgraph_valkey_cache._keys import NodeCacheKeys, lease_key
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
-from langgraph_valkey_cache._stats import CacheStats, SharedStats
+from langgraph_valkey_cache._stats import SharedStats, SharedStatsMixin
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
 from langgraph_valkey_cache.cache.singleflight import _UNCACHEABLE, SINGLE_FLIGHT_SCRIPTS
@@ -53,7 +53,7 @@ def _batches(keys: Iterable[Any], size: int = _DELETE_BATCH) -> Iterable[list[An
         yield batch
 
 
-class ValkeyNodeCache(BaseCache[ValueT]):
+class ValkeyNodeCache(SharedStatsMixin, BaseCache[ValueT]):
     """LangGraph node cache on Valkey (standalone or cluster, sync or async client).
 
     Pass it to ``compile(cache=...)`` and give nodes a ``CachePolicy``; behaves like
@@ -418,25 +418,6 @@ class ValkeyNodeCache(BaseCache[ValueT]):
                 script = SINGLE_FLIGHT_SCRIPTS.bind(client)["publish"]
                 await script(keys=[key, lease_key(key)], args=args)
         return rest
-
-    def stats(self) -> CacheStats:
-        """Hits and misses of node lookups, summed over every process using this prefix
-        (this process's pending counts are flushed first)."""
-        self.shared_stats.flush()
-        return CacheStats.from_fields(self.shared_stats.read())
-
-    def flush_stats(self) -> None:
-        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
-        self.shared_stats.flush()
-
-    async def astats(self) -> CacheStats:
-        """Async :meth:`stats`."""
-        await self.shared_stats.aflush()
-        return CacheStats.from_fields(await self.shared_stats.aread())
-
-    async def aflush_stats(self) -> None:
-        """Async :meth:`flush_stats`."""
-        await self.shared_stats.aflush()
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Async :meth:`clear`."""

@@ -59,7 +59,7 @@ from langgraph_valkey_cache._search import (
     parse_info,
     parse_search,
 )
-from langgraph_valkey_cache._stats import CacheStats
+from langgraph_valkey_cache._stats import SharedStatsMixin
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker, report_failure
 from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
@@ -166,7 +166,7 @@ class _Observation:
     outcome: str  # hit, miss, band_accept, band_reject, band_error
 
 
-class ValkeySemanticCache(BaseCache):
+class ValkeySemanticCache(SharedStatsMixin, BaseCache):
     """Semantic LLM cache on Valkey with valkey-search (FT.* vector index).
 
     Args:
@@ -913,27 +913,6 @@ class ValkeySemanticCache(BaseCache):
         else:
             reasons.append("hits sit inside the threshold and few lookups miss narrowly")
         return report
-
-    # -- stats ------------------------------------------------------------------------
-
-    def stats(self) -> CacheStats:
-        """Hits, misses, hit rate and cost saved, summed over every process using this
-        prefix (this process's pending counts are flushed first)."""
-        self.shared_stats.flush()
-        return CacheStats.from_fields(self.shared_stats.read())
-
-    async def astats(self) -> CacheStats:
-        """Async :meth:`stats`."""
-        await self.shared_stats.aflush()
-        return CacheStats.from_fields(await self.shared_stats.aread())
-
-    def flush_stats(self) -> None:
-        """Write this process's pending counts to Valkey now (e.g. before exiting)."""
-        self.shared_stats.flush()
-
-    async def aflush_stats(self) -> None:
-        """Async :meth:`flush_stats`."""
-        await self.shared_stats.aflush()
 
     def close(self) -> None:
         """Flush the pending stats, stop the judge pool and close the sync client."""
