@@ -323,14 +323,11 @@ def test_killed_server_costs_one_failure_per_cooldown(
         assert model.invoke("q").content == "r0" and model.i == 1  # a hit
         server.kill()
         caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
-        t0 = time.monotonic()
         assert model.invoke("q").content == "r1"  # the failure: the model still answers
-        first = time.monotonic() - t0
-        t0 = time.monotonic()
-        for i in range(10):
-            assert model.invoke(f"p{i}").content == f"r{i + 2}"
-        rest = time.monotonic() - t0
-        assert rest < 0.25, (first, rest)  # 10 calls without touching the server
+        with count_commands() as log:
+            for i in range(10):
+                assert model.invoke(f"p{i}").content == f"r{i + 2}"
+        assert log.round_trips == 0, log  # 10 calls without touching the server
         assert _cache_warnings(caplog) == 1
         time.sleep(cooldown)  # after the cooldown the server is tried again: one more
         assert model.invoke("q").content == "r12"
@@ -372,11 +369,10 @@ async def test_stalled_server_costs_one_timeout(
         t0 = time.monotonic()
         assert await ask("q") == "r1"  # waits for the timeout once, then the model answers
         first = time.monotonic() - t0
-        t0 = time.monotonic()
-        for i in range(10):
-            assert await ask("q") == f"r{i + 2}"
-        rest = time.monotonic() - t0
-        assert first >= 0.3 and rest < 0.25, (first, rest)
+        with count_commands() as log:
+            for i in range(10):
+                assert await ask("q") == f"r{i + 2}"
+        assert first >= 0.3 and log.round_trips == 0, (first, log)  # one timeout in all
         assert _cache_warnings(caplog) == 1
         assert "TimeoutError" in caplog.text
     finally:

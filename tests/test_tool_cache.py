@@ -456,9 +456,9 @@ def test_agent_finishes_when_server_dies(prefix: str, caplog: pytest.LogCaptureF
     assert "tool_cache cache" in caplog.text and "failed" in caplog.text
     # the breaker keeps the dead server out of the way: no new timeouts, no new warnings
     warnings = len(caplog.records)
-    t0 = time.monotonic()
-    agent.invoke({"messages": [HumanMessage("hi")]})
-    assert time.monotonic() - t0 < 0.5
+    with count_commands() as log:
+        agent.invoke({"messages": [HumanMessage("hi")]})
+    assert log.round_trips == 0
     assert len(calls) == 3 and len(caplog.records) == warnings
     client.close()
     server.stop()
@@ -530,14 +530,13 @@ def test_stalled_server_costs_one_timeout_then_nothing(
         t0 = time.monotonic()
         assert run_node(node, "b", {"city": "Oslo"}).tool_call_id == "b"
         first = time.monotonic() - t0
-        t0 = time.monotonic()
-        for i in range(5):
-            run_node(node, f"c{i}", {"city": "Oslo"})
-        rest = time.monotonic() - t0
+        with count_commands() as log:
+            for i in range(5):
+                run_node(node, f"c{i}", {"city": "Oslo"})
     finally:
         os.kill(pid, signal.SIGCONT)
     assert len(calls) == 7
-    assert first < 5 and rest < 0.5, (first, rest)
+    assert first < 5 and log.round_trips == 0, (first, log)
     assert "TimeoutError" in caplog.text
     client.close()
     server.stop()
