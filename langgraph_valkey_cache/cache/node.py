@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from langgraph_valkey_cache._client import ascan_keys, is_async_client, is_cluster, scan_keys
 from langgraph_valkey_cache._keys import NodeCacheKeys, lease_key
+from langgraph_valkey_cache._plans import arun_plan, run_plan
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache._stats import SharedStats, SharedStatsMixin
 from langgraph_valkey_cache._telemetry import Telemetry
@@ -269,20 +270,15 @@ class ValkeyNodeCache(SharedStatsMixin, BaseCache[ValueT]):
         if not misses:
             return raws
         scripts = SINGLE_FLIGHT_SCRIPTS.bind(client)
-        flow = self._claim_flow(misses)
-        reply: Any = None
-        while True:
-            try:
-                op = flow.send(reply)
-            except StopIteration as stop:
-                found = stop.value
-                break
+
+        def execute(op: Any) -> Any:  # a pause (float) or a script call
             if isinstance(op, float):
                 time.sleep(op)
-                reply = None
-            else:
-                name, keys, args = op
-                reply = scripts[name](keys=keys, args=args)
+                return None
+            name, keys, args = op
+            return scripts[name](keys=keys, args=args)
+
+        found = run_plan(self._claim_flow(misses), execute)
         return [found.get(rk, raw) for rk, raw in zip(rkeys, raws, strict=True)]
 
     def set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
@@ -363,20 +359,15 @@ class ValkeyNodeCache(SharedStatsMixin, BaseCache[ValueT]):
         if not misses:
             return raws
         scripts = SINGLE_FLIGHT_SCRIPTS.bind(client)
-        flow = self._claim_flow(misses)
-        reply: Any = None
-        while True:
-            try:
-                op = flow.send(reply)
-            except StopIteration as stop:
-                found = stop.value
-                break
+
+        async def execute(op: Any) -> Any:  # a pause (float) or a script call
             if isinstance(op, float):
                 await asyncio.sleep(op)
-                reply = None
-            else:
-                name, keys, args = op
-                reply = await scripts[name](keys=keys, args=args)
+                return None
+            name, keys, args = op
+            return await scripts[name](keys=keys, args=args)
+
+        found = await arun_plan(self._claim_flow(misses), execute)
         return [found.get(rk, raw) for rk, raw in zip(rkeys, raws, strict=True)]
 
     async def aset(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
