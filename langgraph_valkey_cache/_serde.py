@@ -1,10 +1,18 @@
 """Serialisation shared by the tiers: the injected ``SerializerProtocol`` plus a
 compact raw framing of its ``(type, bytes)`` pairs (msgpack array, no base64).
 
-The default serde is LangGraph's ``JsonPlusSerializer`` in strict mode
-(``allowed_msgpack_modules=None``): a payload in Valkey can only revive LangGraph's
-safe types plus what ``with_allowlist`` adds from a graph's schemas. No pickle
-unless the user passes a serde with ``pickle_fallback=True``.
+Two defaults, for two kinds of data:
+
+* :func:`default_serde` (the checkpointer's) is LangGraph's own default,
+  ``JsonPlusSerializer()``, so ``LANGGRAPH_STRICT_MSGPACK`` means for us what it
+  means for every LangGraph saver: unset, a user's types in state round-trip as
+  with ``InMemorySaver``; ``true``, only LangGraph's safe types plus the allowlist
+  LangGraph derives from each graph's schemas (handed over by ``with_allowlist``)
+  are revived.
+* :func:`strict_serde` (the caches') never revives a class it was not told about,
+  whatever the environment says: the caches decode only their own formats.
+
+No pickle unless the user passes a serde with ``pickle_fallback=True``.
 """
 
 from __future__ import annotations
@@ -15,10 +23,16 @@ import ormsgpack
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-__all__ = ["default_serde", "pack_typed", "unpack_typed"]
+__all__ = ["default_serde", "dumps_checked", "pack_typed", "strict_serde", "unpack_typed"]
 
 
 def default_serde() -> SerializerProtocol:
+    """LangGraph's default serializer; follows ``LANGGRAPH_STRICT_MSGPACK``."""
+    return JsonPlusSerializer()
+
+
+def strict_serde() -> SerializerProtocol:
+    """``JsonPlusSerializer`` that revives only LangGraph's safe types, always."""
     return JsonPlusSerializer(allowed_msgpack_modules=None)
 
 

@@ -5,11 +5,17 @@ pruning, TTL, key safety, and the failure policy."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import operator
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -18,12 +24,14 @@ from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
 from langgraph_valkey_cache import AsyncValkeySaver, ValkeySaver
 from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache._serde import strict_serde
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import count_commands
 
@@ -472,20 +480,54 @@ async def test_resp3_clients_work(any_url: str, prefix: str) -> None:
     await aio.aclose()
 
 
-def test_strict_serde_by_default(valkey_url: str, prefix: str) -> None:
-    """A value of an unregistered class is not revived from Valkey (no code execution)."""
-    import dataclasses
+@pytest.mark.parametrize("strict", ["false", "true"])
+def test_serde_follows_langgraph_strict_msgpack(valkey_url: str, prefix: str, strict: str) -> None:
+    """Both modes of ``LANGGRAPH_STRICT_MSGPACK`` (read once, at import: a fresh
+    interpreter per mode): our saver gives back exactly what ``InMemorySaver`` does."""
+    probe = Path(__file__).with_name("checkpoint_serde_probe.py")
+    env = {**os.environ, "LANGGRAPH_STRICT_MSGPACK": strict}
+    done = subprocess.run(
+        [sys.executable, str(probe), valkey_url, prefix],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["strict"] is (strict == "true")
+    if strict == "true":
+        # the graph's schema types are allowlisted by LangGraph; nothing else is revived
+        expected = {"graph_state": "Profile", "task_result": "dict", "direct": "dict"}
+    else:
+        expected = {"graph_state": "Profile", "task_result": "Profile", "direct": "Unlisted"}
+    assert out["memory"] == expected  # LangGraph's behaviour, as the reference
+    assert out["valkey"] == expected
+
+
+def test_default_serde_is_langgraphs_default(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    assert type(saver.serde) is JsonPlusSerializer
+    assert saver.serde._allowed_msgpack_modules == JsonPlusSerializer()._allowed_msgpack_modules
+    assert saver.serde.pickle_fallback is False
+    client.close()
+
+
+def test_strict_serde_never_revives_unlisted_types(valkey_url: str, prefix: str) -> None:
+    """With an explicitly strict serde, a value of an unlisted class stays data
+    (a crafted payload in the server cannot construct objects)."""
 
     @dataclasses.dataclass
     class Custom:
         x: int
 
     client = client_from_url(valkey_url)
-    saver = ValkeySaver(client, prefix=prefix)
+    saver = ValkeySaver(client, prefix=prefix, serde=strict_serde())
     cp = generate_checkpoint(channel_values={"c": Custom(1)}, channel_versions={"c": 1})
     saver.put(_cfg("s"), cp, generate_metadata(), {"c": 1})
     value = saver.get_tuple(_cfg("s")).checkpoint["channel_values"]["c"]
     assert not isinstance(value, Custom)
+    allowed = saver.with_allowlist({("mymod", "MyState")})
+    assert allowed is not saver and allowed.client is saver.client
+    assert ("mymod", "MyState") in allowed.serde._allowed_msgpack_modules
     client.close()
 
 

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 import langgraph_valkey_cache
-from langgraph_valkey_cache import ValkeySaver, default_serde
+from langgraph_valkey_cache import ValkeySaver
 from langgraph_valkey_cache._client import _split_cluster_flag, client_from_url, is_cluster
 from langgraph_valkey_cache._keys import (
     CheckpointKeys,
@@ -33,6 +33,7 @@ from langgraph_valkey_cache._keys import (
     glob_escape,
     validate_prefix,
 )
+from langgraph_valkey_cache._serde import strict_serde
 
 # -- keys ---------------------------------------------------------------------------
 
@@ -224,8 +225,8 @@ def test_tls_url(tls_proxy: tuple[str, str], prefix: str) -> None:
 
 
 def test_encrypted_serializer_round_trips_and_hides_values(valkey_url: str, prefix: str) -> None:
-    # wrap the strict default serde (LangGraph's default inner serde is permissive)
-    serde = EncryptedSerializer.from_pycryptodome_aes(default_serde(), key=b"0123456789abcdef")
+    # wrap a strict serde, so with_allowlist below has an allowlist to extend
+    serde = EncryptedSerializer.from_pycryptodome_aes(strict_serde(), key=b"0123456789abcdef")
     client = client_from_url(valkey_url)
     saver = ValkeySaver(client, prefix=prefix, serde=serde)
     cp = generate_checkpoint(
@@ -247,10 +248,11 @@ def test_encrypted_serializer_round_trips_and_hides_values(valkey_url: str, pref
     client.close()
 
 
-def test_with_allowlist_on_default_serde(valkey_url: str) -> None:
-    saver = ValkeySaver(client_from_url(valkey_url))
+def test_with_allowlist_on_strict_serde(valkey_url: str) -> None:
+    # the default follows LANGGRAPH_STRICT_MSGPACK (tests/test_checkpoint.py covers both)
+    saver = ValkeySaver(client_from_url(valkey_url), serde=strict_serde())
     assert isinstance(saver.serde, JsonPlusSerializer)
-    assert saver.serde._allowed_msgpack_modules is None  # strict by default
+    assert saver.serde._allowed_msgpack_modules is None
     clone = saver.with_allowlist({("mymod", "MyState")})
     assert clone.client is saver.client
     assert ("mymod", "MyState") in clone.serde._allowed_msgpack_modules

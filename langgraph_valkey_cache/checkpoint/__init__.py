@@ -42,8 +42,9 @@ class ValkeySaver(ValkeySaverBase):
     Args:
         client: a ``valkey.Valkey`` or ``valkey.cluster.ValkeyCluster``, used as is.
         prefix: key prefix of this saver (no ``{``/``}``).
-        serde: serializer; defaults to LangGraph's ``JsonPlusSerializer`` in strict
-            msgpack mode (no arbitrary class revival, no pickle).
+        serde: serializer; defaults to LangGraph's ``JsonPlusSerializer()``, which
+            follows ``LANGGRAPH_STRICT_MSGPACK`` like every LangGraph saver (set it to
+            ``true`` in production: only allowlisted types are revived). No pickle.
         ttl: ``{"default_ttl": minutes, "refresh_on_read": bool}``; every key of a
             thread expires together, sliding on each write (and read, if asked).
         metrics: ``False`` to turn Prometheus metrics off, or a registry.
