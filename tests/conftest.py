@@ -13,7 +13,12 @@ import pytest
 import valkey
 
 from langgraph_valkey_cache._client import client_from_url
-from langgraph_valkey_cache.embedded import EmbeddedCluster, EmbeddedValkey
+from langgraph_valkey_cache.embedded import (
+    EmbeddedCluster,
+    EmbeddedSearchCluster,
+    EmbeddedValkey,
+    loopback_only,
+)
 from langgraph_valkey_cache.testing import CommandLog, count_commands
 
 
@@ -48,6 +53,55 @@ def search_url() -> Iterator[str]:
         return
     with EmbeddedValkey(search=True) as server:
         yield server.url
+
+
+def search_cluster_unavailable() -> str | None:
+    """Why the valkey-search cluster cannot run here, or None when it can.
+
+    Its coordinator serves gRPC on every node's port + 20294 on all interfaces, so it
+    runs only inside a private network namespace with nothing but loopback: `.ci/run`
+    enters one (as root, `unshare --net`) and sets LVC_PRIVATE_NETNS=1 there.
+    """
+    if not os.environ.get("VALKEY_SEARCH_MODULE"):
+        return (
+            "VALKEY_SEARCH_MODULE is not set (valkey-search's libsearch.so; "
+            ".ci/run sets it from ../shared/valkey-search)"
+        )
+    if os.environ.get("LVC_PRIVATE_NETNS") != "1" or not loopback_only():
+        return (
+            "not inside a private network namespace with only loopback (the coordinator's "
+            "gRPC listens on all interfaces); run `bash .ci/run` as root"
+        )
+    return None
+
+
+class _SearchClusterHeader:
+    """Says in the pytest header whether the search-cluster tests run (a plugin object:
+    this conftest's own ``pytest_report_header`` describes the FT servers)."""
+
+    def pytest_report_header(self) -> str:
+        reason = search_cluster_unavailable()
+        state = "runs" if reason is None else f"SKIPPED: {reason}"
+        return f"search cluster (valkey-search + coordinator, 3 primaries): {state}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_SearchClusterHeader(), "lvc-search-cluster-header")
+
+
+@pytest.fixture(scope="session")
+def search_cluster() -> Iterator[EmbeddedSearchCluster]:
+    """3 primaries running valkey-search with its coordinator (FT.* fans out)."""
+    reason = search_cluster_unavailable()
+    if reason is not None:
+        pytest.skip(f"search cluster: {reason}")
+    with EmbeddedSearchCluster(3) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def search_cluster_url(search_cluster: EmbeddedSearchCluster) -> str:
+    return search_cluster.url
 
 
 @pytest.fixture
