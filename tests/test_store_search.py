@@ -24,6 +24,7 @@ from typing_extensions import TypedDict
 from langgraph_valkey_cache import AsyncValkeyStore, ValkeyStore
 from langgraph_valkey_cache._client import client_from_url
 from langgraph_valkey_cache.testing import HashingEmbeddings, count_commands
+from tests.conftest import FT_SERVERS, ft_server_url
 from tests.test_store import FLAVOURS, call, open_store
 
 DIMS = 48
@@ -350,13 +351,15 @@ async def test_graph_memory_across_threads_async(search_url: str, prefix: str) -
         assert out["recalled"] == ["the user lives in Lisbon"]
 
 
-@pytest.mark.parametrize("server", ["search", "plain"])
+@pytest.mark.parametrize("server", [*FT_SERVERS, "plain"])
 def test_another_embedding_model_never_compares_old_vectors(
     server: str, request: pytest.FixtureRequest, prefix: str
 ) -> None:
-    url = request.getfixturevalue("search_url" if server == "search" else "valkey_url")
-    if server == "search":
+    if server == "plain":
+        url = str(request.getfixturevalue("valkey_url"))
+    else:
         request.applymarker(pytest.mark.search)
+        url = ft_server_url(request, server)
     client = client_from_url(url)
     old_model = HashingEmbeddings(DIMS)
     other = HashingEmbeddings(DIMS, seed=7)
