@@ -12,6 +12,7 @@ and password in the URL give ACL auth.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -22,13 +23,14 @@ from valkey.asyncio.cluster import ValkeyCluster as AsyncValkeyCluster
 from valkey.backoff import ExponentialBackoff
 from valkey.cluster import ValkeyCluster
 from valkey.exceptions import ConnectionError as VConnectionError
-from valkey.exceptions import TimeoutError as VTimeoutError
 
 from langgraph_valkey_cache._version import __version__
 
 __all__ = [
+    "CACHE_TIMEOUT",
     "AsyncClient",
     "SyncClient",
+    "cache_client_from_url",
     "client_from_url",
     "is_async_client",
     "is_cluster",
@@ -75,16 +77,23 @@ def client_from_url(
     cluster: bool | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    retries: int = 3,
     **kwargs: Any,
 ) -> Any:
-    """Build a client with explicit timeouts and retries.
+    """Build a client with explicit timeouts and bounded retries.
+
+    A timed-out command is never re-sent (that would multiply a stall); connection
+    errors (refused, reset) are retried ``retries`` times with a short backoff. No
+    health-check PINGs (valkey-py 6.2's recurse through reconnects on a dead server);
+    a stale pooled connection is caught by the connection-error retry instead.
 
     Args:
         url: ``valkey://[user:pass@]host:port/db``, ``valkeys://...`` or ``unix://...``.
         asyncio: build a ``valkey.asyncio`` client.
         cluster: build a cluster client (also ``?cluster=true`` in the URL).
         timeout: socket, connect and pool-wait timeout in seconds.
-        max_connections: pool size (blocking pool: callers wait, never fail).
+        max_connections: pool size (blocking pool: callers wait up to ``timeout``).
+        retries: retries of a command that hit a connection error (0: none).
         **kwargs: passed to the client constructor.
     """
     clean_url, flag = _split_cluster_flag(url)
@@ -94,26 +103,38 @@ def client_from_url(
         "socket_connect_timeout": timeout,
         "lib_name": LIB_NAME,
         "lib_version": __version__,
-        "health_check_interval": 30,
+        "health_check_interval": 0,
     }
+    backoff = ExponentialBackoff(cap=min(1.0, timeout), base=min(0.05, timeout / 4))
     if asyncio:
         from valkey.asyncio.retry import Retry as ARetry
 
-        options["retry"] = ARetry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+        options["retry"] = ARetry(backoff, retries)
     else:
         from valkey.retry import Retry
 
-        options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
-    options["retry_on_error"] = [VConnectionError, VTimeoutError]
+        options["retry"] = Retry(backoff, retries)
+    options["retry_on_error"] = [VConnectionError]
+    options["retry_on_timeout"] = False
     options.update(kwargs)
     if use_cluster:
         options.pop("health_check_interval", None)
         options.pop("retry_on_error", None)
-        if asyncio:
-            options.pop("retry", None)
-            return AsyncValkeyCluster.from_url(clean_url, **options)
+        options.pop("retry_on_timeout", None)
         options.pop("retry", None)
-        return ValkeyCluster.from_url(clean_url, max_connections=max_connections, **options)
+        # the cluster client retries timeouts too (reinitialising its slot map): at
+        # most once for the checkpointer, never for a cache (retries=0)
+        options.setdefault("cluster_error_retry_attempts", min(retries, 1))
+        if asyncio:
+            options.setdefault("connection_error_retry_attempts", min(retries, 1))
+            return AsyncValkeyCluster.from_url(clean_url, max_connections=max_connections, **options)
+        pool_class = functools.partial(valkey.BlockingConnectionPool, timeout=timeout)
+        return ValkeyCluster.from_url(
+            clean_url,
+            max_connections=max_connections,
+            connection_pool_class=pool_class,
+            **options,
+        )
     if asyncio:
         pool = avalkey.BlockingConnectionPool.from_url(
             clean_url, max_connections=max_connections, timeout=timeout, **options
@@ -123,6 +144,19 @@ def client_from_url(
         clean_url, max_connections=max_connections, timeout=timeout, **options
     )
     return valkey.Valkey.from_pool(spool)
+
+
+#: The caches' default latency budget per operation, in seconds.
+CACHE_TIMEOUT = 0.25
+
+
+def cache_client_from_url(
+    url: str, *, asyncio: bool = False, timeout: float = CACHE_TIMEOUT, **kwargs: Any
+) -> Any:
+    """A client for caches: the latency budget as socket, connect and pool timeout, and
+    no retries (a cache that fails falls back to the model or tool at once)."""
+    kwargs.setdefault("retries", 0)
+    return client_from_url(url, asyncio=asyncio, timeout=timeout, **kwargs)
 
 
 def require_bytes_client(client: Any, component: str, why: str) -> None:

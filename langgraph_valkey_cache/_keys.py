@@ -379,3 +379,13 @@ class StoreKeys:
 
     def index_name(self, config_digest: str) -> str:
         return f"{self.prefix}:idx:{config_digest[:16]}"
+
+
+#: Default key prefix of every cache tier, defined once (the CLI's ``stats`` reads them).
+DEFAULT_PREFIXES: dict[str, str] = {
+    "llm": "lgv:llm",
+    "semantic": "lgv:llmsem",
+    "node": "lgv:node",
+    "tools": "lgv:tools",
+    "embeddings": "lgv:emb",
+}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["CHECKPOINT_SCRIPTS", "ScriptRegistry"]
+__all__ = ["CHECKPOINT_SCRIPTS", "SINGLE_FLIGHT_SCRIPTS", "ScriptRegistry"]
 
 # Shared helpers, prepended to every checkpoint script.
 _PRELUDE = r"""
@@ -392,3 +392,56 @@ class ScriptRegistry:
             found = {name: client.register_script(src) for name, src in self.sources.items()}
             self._bound[client] = found
         return found
+
+
+# --- single-flight leases (cache/singleflight.py, cache/node.py) ----------------------
+
+# KEYS: value, lease. ARGV: token, lease ms, uncacheable marker.
+# Reply {1, value}: hit. {2, ''}: lease taken, caller leads. {0, ''}: someone else leads.
+# {3, ''}: the last leader's result was not cacheable, compute without waiting.
+_SF_GET_OR_LEASE = """
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+if redis.call('GET', KEYS[2]) == ARGV[3] then return {3, ''} end
+return {0, ''}
+"""
+# KEYS: value, lease. ARGV: store flag, value, ttl ms ('' = none), token, marker, marker ms.
+# Stores the value (flag 1); the holder's lease is deleted, or (flag 0) replaced by the
+# uncacheable marker for a short while.
+_SF_PUBLISH = """
+if ARGV[1] == '1' then
+  if ARGV[3] ~= '' then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('SET', KEYS[1], ARGV[2])
+  end
+end
+if redis.call('GET', KEYS[2]) == ARGV[4] then
+  if ARGV[1] == '1' then
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+  end
+end
+return 1
+"""
+# KEYS: lease. ARGV: token, lease ms.
+_SF_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+# KEYS: lease. ARGV: token. Only the holder may delete its lease.
+_SF_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+SINGLE_FLIGHT_SCRIPTS = ScriptRegistry(
+    {
+        "get_or_lease": _SF_GET_OR_LEASE,
+        "publish": _SF_PUBLISH,
+        "acquire": _SF_ACQUIRE,
+        "release": _SF_RELEASE,
+    }
+)

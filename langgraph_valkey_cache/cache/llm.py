@@ -23,20 +23,13 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
-from langchain_core.runnables import run_in_executor
 
-from langgraph_valkey_cache._client import (
-    ascan_keys,
-    client_from_url,
-    is_async_client,
-    scan_keys,
-)
-from langgraph_valkey_cache._keys import LLMCacheKeys
-from langgraph_valkey_cache._stats import SharedStats, SharedStatsMixin
-from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
+from langgraph_valkey_cache._failopen import Cmd, Pipe, Plan, Scan, Tally
+from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
+from langgraph_valkey_cache.cache._base import CacheCore
 
-__all__ = ["LLMCacheCodec", "ValkeyCache", "normalize_whitespace"]
+__all__ = ["LLMCacheCodec", "ValkeyCache", "normalize_whitespace", "tally_generations"]
 
 logger = logging.getLogger("langgraph_valkey_cache.cache")
 
@@ -173,72 +166,12 @@ class LLMCacheCodec:
             return None
         return value
 
-    def set_args(self) -> dict[str, Any]:
-        return {} if self.ttl_ms is None else {"px": self.ttl_ms}
+    def set_args(self) -> tuple[Any, ...]:
+        """The expiry arguments of the ``SET`` (TTL in the same command as the value)."""
+        return () if self.ttl_ms is None else ("PX", self.ttl_ms)
 
 
-def count_result(
-    telemetry: Telemetry,
-    gens: Sequence[Generation] | None,
-    cost_of: Callable[[Sequence[Generation]], float] | None,
-    stats: SharedStats | None = None,
-) -> None:
-    """Count a hit (and what it saved) or a miss, in the metrics and the shared stats."""
-    if gens is None:
-        telemetry.result("miss")
-        if stats is not None:
-            stats.record(misses=1)
-        return
-    telemetry.result("hit")
-    saved = 0.0
-    if cost_of is not None:
-        try:
-            saved = float(cost_of(gens))
-        except Exception as exc:  # an estimator bug must not turn a hit into a failure
-            logger.warning("cost_of failed: %s", exc)
-        telemetry.saved(saved)
-    if stats is not None:
-        stats.record(hits=1, saved_usd=saved)
-
-
-class _ClientPair:
-    """A sync client, an async client, or both, from what the user passed."""
-
-    def __init__(self, client: Any, async_client: Any, owner: str) -> None:
-        if client is not None and is_async_client(client):
-            if async_client is not None:
-                raise ValueError("pass the async client as async_client, the sync one as client")
-            client, async_client = None, client
-        if async_client is not None and not is_async_client(async_client):
-            raise TypeError("async_client must be a valkey.asyncio client")
-        if client is None and async_client is None:
-            raise ValueError(f"{owner} needs a client (sync, async, or both)")
-        self.sync_client = client
-        self.async_client = async_client
-        self._owner = owner
-
-    def shared_stats(
-        self, key: str, flush_interval: float, breaker: Breaker, telemetry: Telemetry
-    ) -> SharedStats:
-        return SharedStats(
-            self.sync_client,
-            key,
-            aclient=self.async_client,
-            flush_interval=flush_interval,
-            breaker=breaker,
-            telemetry=telemetry,
-        )
-
-    def sync(self) -> Any:
-        if self.sync_client is None:
-            raise RuntimeError(
-                f"{self._owner} was given only an async client; call the a* methods, or pass "
-                "a sync client too (client=..., async_client=...)"
-            )
-        return self.sync_client
-
-
-class ValkeyCache(SharedStatsMixin, BaseCache):
+class ValkeyCache(CacheCore, BaseCache):
     """Exact-match LLM cache on Valkey.
 
     Args:
@@ -251,22 +184,23 @@ class ValkeyCache(SharedStatsMixin, BaseCache):
         metrics: ``False`` turns Prometheus metrics off, or pass a registry.
         cost_of: ``cost_of(generations) -> USD`` estimates what a hit saved (for the
             ``cost_saved_usd`` metric), e.g. from the cached ``usage_metadata``.
-        failure_cooldown: after a server error, seconds during which lookups are misses
-            and updates no-ops without touching the server (one timeout and one warning
-            per cooldown while it is down or stalled, not one per model call); 0: off.
+        timeout: the latency budget of one cache operation in seconds (async: enforced
+            by a deadline whatever the client; sync: the client's socket timeout, which
+            :func:`~langgraph_valkey_cache.cache_client_from_url` sets to the budget).
         stats_flush_interval: seconds between flushes of this process's hit/miss counts
             to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
-        >>> from langgraph_valkey_cache import ValkeyCache, client_from_url
-        >>> set_llm_cache(ValkeyCache(client_from_url("valkey://localhost:6379"), ttl=3600))
+        >>> from langgraph_valkey_cache import ValkeyCache, cache_client_from_url
+        >>> set_llm_cache(ValkeyCache(cache_client_from_url("valkey://localhost:6379"), ttl=3600))
         ... # doctest: +SKIP
 
-    Server errors make a lookup a miss and an update a no-op (logged, counted); the model
-    is then simply called, and the server is skipped for ``failure_cooldown``. ``clear``
-    raises, since a silently failed invalidation would keep serving what the caller
-    meant to remove.
+    Whatever goes wrong with the server (down, stalled, paused, ACL, OOM), a lookup is a
+    miss and an update a no-op within the budget, and the model is simply called; the
+    server's breaker (shared by every cache on it) then skips it until it answers.
+    ``clear`` raises, since a silently failed invalidation would keep serving what the
+    caller meant to remove.
     """
 
     def __init__(
@@ -274,213 +208,146 @@ class ValkeyCache(SharedStatsMixin, BaseCache):
         client: Any = None,
         *,
         async_client: Any = None,
-        prefix: str = "lgv:llm",
+        prefix: str = DEFAULT_PREFIXES["llm"],
         ttl: float | None = None,
         normalize: bool | Callable[[str], str] = False,
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
-        failure_cooldown: float = 5.0,
+        timeout: float = CACHE_TIMEOUT,
         stats_flush_interval: float = 1.0,
     ) -> None:
-        self._clients = _ClientPair(client, async_client, "ValkeyCache")
         self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize)
-        self.telemetry = Telemetry("llm_cache", metrics=metrics)
         self.cost_of = cost_of
-        self.breaker = Breaker(failure_cooldown)
-        self.shared_stats = self._clients.shared_stats(
-            self.codec.keys.stats(), stats_flush_interval, self.breaker, self.telemetry
-        )
+        self._init_core(
+            client, async_client, tier="llm_cache", stats_key=self.codec.keys.stats(),
+            metrics=metrics, timeout=timeout, stats_flush_interval=stats_flush_interval,
+        )  # fmt: skip
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ValkeyCache:
-        """A cache with a sync and an async client built from ``url`` (timeouts, retries)."""
-        return cls(client_from_url(url), async_client=client_from_url(url, asyncio=True), **kwargs)
+        """A cache with a sync and an async client built for ``url`` (budget as timeout)."""
+        timeout = kwargs.get("timeout", CACHE_TIMEOUT)
+        return cls(
+            cache_client_from_url(url, timeout=timeout),
+            async_client=cache_client_from_url(url, asyncio=True, timeout=timeout),
+            **kwargs,
+        )
+
+    # -- plans (no I/O) ------------------------------------------------------------------
+
+    def _plan_lookup_many(self, keys: list[str]) -> Plan:
+        if len(keys) == 1:
+            raws = [(yield Cmd(("GET", keys[0])))]
+        else:
+            raws = yield Pipe(tuple(("GET", k) for k in keys))
+        found = [self.codec.decode(r) for r in raws]
+        yield tally_generations(found, self.cost_of)
+        return found
+
+    def _plan_update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Plan:
+        value = self.codec.encode(return_val)
+        yield Cmd(("SET", self.codec.key(prompt, llm_string), value, *self.codec.set_args()))
+        yield Tally(stored_bytes=len(value))
+
+    def _plan_clear(self, llm_string: str | None) -> Plan:
+        keys = yield Scan(self.codec.keys.exact_pattern(llm_string))
+        yield from unlink_plan(keys, self.cluster)
 
     @property
-    def client(self) -> Any:
-        return self._clients.sync_client
+    def cluster(self) -> bool:
+        return (self._exec or self._aexec).cluster
 
-    @property
-    def async_client(self) -> Any:
-        return self._clients.async_client
-
-    # -- helpers shared by both flavours -------------------------------------------------
-
-    def _hit_or_miss(self, raw: Any) -> list[Generation] | None:
-        gens = self.codec.decode(raw)
-        count_result(self.telemetry, gens, self.cost_of, self.shared_stats)
-        return gens
-
-    def _skipped(self, n: int = 1) -> None:
-        """Lookups answered as misses without the server (the breaker is open)."""
-        self.telemetry.result("miss", n)
-        self.shared_stats.record(misses=n)
-
-    def _failed(self, operation: str, exc: BaseException, lookups: int = 0) -> None:
-        self.breaker.fail(self.telemetry, operation, exc)
-        self.shared_stats.record(errors=1, misses=lookups)
-
-    # -- sync ---------------------------------------------------------------------------
+    # -- BaseCache ----------------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        key = self.codec.key(prompt, llm_string)
-        client = self._clients.sync()
-        if not self.breaker.closed:
-            self._skipped()
-            return None
-        with self.telemetry.operation("lookup"):
-            try:
-                raw = client.get(key)
-            except CACHE_ERRORS as exc:
-                self._failed("lookup", exc, lookups=1)
-                return None
-            gens = self._hit_or_miss(raw)
-        self.shared_stats.maybe_flush()
-        return gens
+        plan = self._plan_lookup_many([self.codec.key(prompt, llm_string)])
+        return self._run(plan, "lookup", default=[None], lookups=1)[0]
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        key = self.codec.key(prompt, llm_string)
-        value = self.codec.encode(return_val)
-        client = self._clients.sync()
-        if not self.breaker.closed:
-            return
-        with self.telemetry.operation("update"):
-            try:
-                client.set(key, value, **self.codec.set_args())
-            except CACHE_ERRORS as exc:
-                self._failed("update", exc)
-                return
-            self.telemetry.stored(len(value))
+        self._run(self._plan_update(prompt, llm_string, return_val), "update")
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this cache's entries; ``llm_string=...`` deletes one model's only."""
-        pattern = self.codec.keys.exact_pattern(kwargs.get("llm_string"))
-        client = self._clients.sync()
-        with self.telemetry.operation("clear"):
-            batch: list[Any] = []
-            for key in scan_keys(client, pattern):
-                batch.append(key)
-                if len(batch) >= _DELETE_BATCH:
-                    client.unlink(*batch)
-                    batch = []
-            if batch:
-                client.unlink(*batch)
+        self._run_strict(self._plan_clear(kwargs.get("llm_string")), "clear")
 
     def invalidate_model(self, llm_string: str) -> None:
         """Delete every entry cached for this model configuration."""
         self.clear(llm_string=llm_string)
 
-    # -- async --------------------------------------------------------------------------
-
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            return await super().alookup(prompt, llm_string)
-        key = self.codec.key(prompt, llm_string)
-        if not self.breaker.closed:
-            self._skipped()
-            return None
-        with self.telemetry.operation("lookup"):
-            try:
-                raw = await aclient.get(key)
-            except CACHE_ERRORS as exc:
-                self._failed("lookup", exc, lookups=1)
-                return None
-            gens = self._hit_or_miss(raw)
-        await self.shared_stats.amaybe_flush()
-        return gens
+        plan = self._plan_lookup_many([self.codec.key(prompt, llm_string)])
+        return (await self._arun(plan, "lookup", default=[None], lookups=1))[0]
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            await super().aupdate(prompt, llm_string, return_val)
-            return
-        key = self.codec.key(prompt, llm_string)
-        value = self.codec.encode(return_val)
-        if not self.breaker.closed:
-            return
-        with self.telemetry.operation("update"):
-            try:
-                await aclient.set(key, value, **self.codec.set_args())
-            except CACHE_ERRORS as exc:
-                self._failed("update", exc)
-                return
-            self.telemetry.stored(len(value))
+        await self._arun(self._plan_update(prompt, llm_string, return_val), "update")
 
     async def aclear(self, **kwargs: Any) -> None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            await super().aclear(**kwargs)
-            return
-        pattern = self.codec.keys.exact_pattern(kwargs.get("llm_string"))
-        with self.telemetry.operation("clear"):
-            batch: list[Any] = []
-            async for key in ascan_keys(aclient, pattern):
-                batch.append(key)
-                if len(batch) >= _DELETE_BATCH:
-                    await aclient.unlink(*batch)
-                    batch = []
-            if batch:
-                await aclient.unlink(*batch)
+        await self._arun_strict(self._plan_clear(kwargs.get("llm_string")), "clear")
 
     async def ainvalidate_model(self, llm_string: str) -> None:
         await self.aclear(llm_string=llm_string)
 
-    # -- batches ------------------------------------------------------------------------
-
     def lookup_many(self, items: Sequence[tuple[str, str]]) -> list[list[Generation] | None]:
         """Look up many ``(prompt, llm_string)`` pairs in one pipelined round trip."""
-        keys = [self.codec.key(p, s) for p, s in items]
-        if not keys:
+        if not items:
             return []
-        client = self._clients.sync()
-        if not self.breaker.closed:
-            self._skipped(len(keys))
-            return [None] * len(keys)
-        with self.telemetry.operation("lookup_many"):
-            try:
-                pipe = client.pipeline(transaction=False)
-                for k in keys:
-                    pipe.get(k)
-                raws = pipe.execute()
-            except CACHE_ERRORS as exc:
-                self._failed("lookup_many", exc, lookups=len(keys))
-                return [None] * len(keys)
-            found = [self._hit_or_miss(r) for r in raws]
-        self.shared_stats.maybe_flush()
-        return found
+        plan = self._plan_lookup_many([self.codec.key(p, s) for p, s in items])
+        return self._run(plan, "lookup_many", default=[None] * len(items), lookups=len(items))
 
     async def alookup_many(self, items: Sequence[tuple[str, str]]) -> list[list[Generation] | None]:
-        aclient = self._clients.async_client
-        if aclient is None:
-            return await run_in_executor(None, self.lookup_many, items)
-        keys = [self.codec.key(p, s) for p, s in items]
-        if not keys:
+        """Async :meth:`lookup_many`."""
+        if not items:
             return []
-        if not self.breaker.closed:
-            self._skipped(len(keys))
-            return [None] * len(keys)
-        with self.telemetry.operation("lookup_many"):
-            try:
-                pipe = aclient.pipeline(transaction=False)
-                for k in keys:
-                    pipe.get(k)
-                raws = await pipe.execute()
-            except CACHE_ERRORS as exc:
-                self._failed("lookup_many", exc, lookups=len(keys))
-                return [None] * len(keys)
-            found = [self._hit_or_miss(r) for r in raws]
-        await self.shared_stats.amaybe_flush()
-        return found
+        plan = self._plan_lookup_many([self.codec.key(p, s) for p, s in items])
+        return await self._arun(
+            plan, "lookup_many", default=[None] * len(items), lookups=len(items)
+        )
 
     def close(self) -> None:
         """Flush the pending stats and close the sync client."""
-        if self._clients.sync_client is not None:
-            self.shared_stats.flush()
-            self._clients.sync_client.close()
+        if self.client is not None:
+            self.flush_stats()
+            self.client.close()
 
     async def aclose(self) -> None:
         """Flush the pending stats and close the async client."""
-        if self._clients.async_client is not None:
-            await self.shared_stats.aflush()
-            await self._clients.async_client.aclose()
+        if self.aclient is not None:
+            await self.aflush_stats()
+            await self.aclient.aclose()
+
+
+_MISS = Tally(misses=1)
+_HIT = Tally(hits=1)
+
+
+def tally_generations(
+    found: Sequence[Sequence[Generation] | None],
+    cost_of: Callable[[Sequence[Generation]], float] | None,
+) -> Tally:
+    """The :class:`Tally` of LLM-cache lookups: hits, misses and what the hits saved."""
+    hits = sum(1 for g in found if g is not None)
+    if len(found) == 1:
+        if not hits:
+            return _MISS
+        if cost_of is None:
+            return _HIT
+    saved = 0.0
+    if cost_of is not None:
+        for gens in found:
+            if gens is None:
+                continue
+            try:
+                saved += float(cost_of(gens))
+            except Exception as exc:  # an estimator bug must not turn a hit into a failure
+                logger.warning("cost_of failed: %s", exc)
+    return Tally(hits=hits, misses=len(found) - hits, saved_usd=saved)
+
+
+def unlink_plan(keys: Sequence[Any], cluster: bool) -> Plan:
+    """UNLINK ``keys`` in batches (per key on a cluster: they span slots)."""
+    for i in range(0, len(keys), _DELETE_BATCH):
+        batch = keys[i : i + _DELETE_BATCH]
+        if cluster:
+            yield Pipe(tuple(("UNLINK", k) for k in batch))
+        else:
+            yield Cmd(("UNLINK", *batch))

@@ -1,0 +1,657 @@
+"""The fail-open executor every cache runs on: one breaker per server, one budget, one
+place where errors are classified, counted and logged.
+
+A cache operation is a *plan*: a generator that yields I/O steps (:class:`Cmd`,
+:class:`Pipe`, :class:`Script`, :class:`Scan`), pauses (:class:`Sleep`), "run the
+user's function now" (:data:`COMPUTE`) and counts (:class:`Tally`), and returns the
+operation's result. It does no I/O itself, so the same plan runs on a sync client
+(:meth:`Executor.run`) and an async one (:meth:`Executor.arun`).
+
+The executor alone owns the failure policy (DESIGN.md, "Faults"):
+
+* **Breaker.** One per server and process (:func:`breaker_for`), shared by every cache
+  on that server. A transient failure (connection refused or reset, timeout) opens it;
+  while open, every I/O step is refused at once (no round trip). After a cooldown
+  (0.25 s at first, doubling while the server stays down, capped at 30 s) one caller's
+  step is let through as the probe; success closes the breaker. One warning per outage,
+  one info line when the server is back.
+* **Budget.** Async steps run under a deadline of ``timeout`` seconds each, whatever the
+  client (a user's client without timeouts included). Sync steps are bounded by the
+  client's socket timeout; clients built by :func:`cache_client_from_url` get the
+  budget as socket timeout, no retries and no health-check PINGs.
+* **Classification.** A failed step is thrown into the plan as :class:`CacheUnavailable`
+  (with the cause chained), so flows that must go on (single-flight computes anyway)
+  can. If it escapes, the operation returns its ``default`` (a miss, a no-op).
+  Permanent errors (ACL, OOM, wrong type, unknown command, no search module, cluster
+  routing) are logged loudly once per cache and reason; any other exception from our
+  own code fails open too, logged once with its traceback. Only the user's own
+  function (:data:`COMPUTE`) may raise through a cache.
+* **Counting.** Spans, the duration histogram, error metrics by reason, hit/miss
+  metrics and the shared stats: all recorded here, from the plan's :class:`Tally`
+  steps and the outcome of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from valkey.exceptions import (
+    ConnectionError as VConnectionError,
+)
+from valkey.exceptions import (
+    ResponseError,
+    ValkeyClusterException,
+    ValkeyError,
+)
+from valkey.exceptions import (
+    TimeoutError as VTimeoutError,
+)
+
+from langgraph_valkey_cache._client import is_async_client, is_cluster, scan_keys
+from langgraph_valkey_cache._stats import SharedStats
+from langgraph_valkey_cache._telemetry import Telemetry
+
+__all__ = [
+    "COMPUTE",
+    "Breaker",
+    "CacheUnavailable",
+    "Call",
+    "Cmd",
+    "Executor",
+    "Pipe",
+    "Plan",
+    "Scan",
+    "Script",
+    "Sleep",
+    "Tally",
+    "breaker_for",
+]
+
+logger = logging.getLogger("langgraph_valkey_cache.cache")
+
+DEFAULT_BUDGET = 0.25
+
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+    _timeout = None
+
+
+# --- plan steps ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cmd:
+    """One command: ``client.execute_command(*args)``. ``node="random"`` routes a
+    keyless command (``FT.*``) to one primary of a cluster."""
+
+    args: tuple[Any, ...]
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pipe:
+    """Several commands in one round trip (never a MULTI: cluster pipelines can't be)."""
+
+    cmds: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script from ``registry`` (a :class:`~._scripts.ScriptRegistry`)."""
+
+    registry: Any
+    name: str
+    keys: Sequence[Any]
+    args: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """Reply: every key matching ``pattern`` (SCAN per primary, never KEYS)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Call a dependency that has a sync and an async form (an embedder, a judge model):
+    the sync driver calls ``sync(*args)``, the async one awaits ``async_(*args)``. Not a
+    server step: no breaker, no budget; an exception it raises is thrown into the plan."""
+
+    sync: Callable[..., Any]
+    async_: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Count outcomes (no I/O): metrics and the shared stats (``stats_key`` overrides
+    the cache's hash, e.g. one per tool)."""
+
+    hits: int = 0
+    misses: int = 0
+    saved_usd: float = 0.0
+    saved_ms: int = 0
+    stored_bytes: int = 0
+    stats_key: str | None = None
+
+
+class _Compute:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "COMPUTE"
+
+
+#: Yielded by a plan: run the user's function now; its result (or exception) comes back.
+COMPUTE = _Compute()
+
+Step = Cmd | Pipe | Script | Scan | Sleep | Call | Tally | _Compute
+Plan = Generator[Any, Any, Any]
+
+
+class CacheUnavailable(Exception):
+    """Thrown into a plan when a step could not run (breaker open, server error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- error classification ----------------------------------------------------------------
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    VConnectionError,
+    VTimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+    TimeoutError,
+)
+_PERMANENT_PREFIXES = (
+    ("NOPERM", "acl"),
+    ("OOM", "oom"),
+    ("WRONGTYPE", "wrongtype"),
+    ("unknown command", "unknown_command"),
+    ("ERR unknown command", "unknown_command"),
+    ("NOSCRIPT", "noscript"),
+    ("CROSSSLOT", "routing"),
+    ("MOVED", "routing"),
+    ("ASK", "routing"),
+    ("CLUSTERDOWN", "cluster_down"),
+    ("TRYAGAIN", "cluster_down"),
+    ("BUSY", "busy"),
+    ("LOADING", "loading"),
+)
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """``(reason, transient)`` for an exception raised while talking to the server."""
+    if isinstance(exc, (VTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return "timeout", True
+    if isinstance(exc, _TRANSIENT):
+        return "unavailable", True
+    if isinstance(exc, RecursionError):  # a client reconnect loop on a dead server
+        return "client_recursion", True
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        for prefix, reason in _PERMANENT_PREFIXES:
+            if text.startswith(prefix) or text.startswith("ERR " + prefix):
+                return reason, reason in ("busy", "loading", "cluster_down")
+        lowered = text.lower()
+        if "unknown command" in lowered and "ft." in lowered:
+            return "no_search_module", False
+        if "index" in lowered and ("not found" in lowered or "no such" in lowered):
+            return "no_index", False
+        return "response_error", False
+    if isinstance(exc, ValkeyClusterException):
+        return "routing", False
+    if isinstance(exc, ValkeyError):
+        return "client_error", False
+    return "bug", False
+
+
+# --- the breaker ---------------------------------------------------------------------
+
+
+class Breaker:
+    """Closed, open until a deadline, or half-open with one probe in flight.
+
+    ``first_cooldown`` doubles on every failed probe up to ``max_cooldown`` and resets
+    when the server answers. Thread-safe; the async driver uses the same object (its
+    operations never block).
+    """
+
+    def __init__(
+        self, name: str = "", first_cooldown: float = 0.25, max_cooldown: float = 30.0
+    ) -> None:
+        if first_cooldown < 0 or max_cooldown < first_cooldown:
+            raise ValueError("cooldowns must satisfy 0 <= first_cooldown <= max_cooldown")
+        self.name = name
+        self.first_cooldown = first_cooldown
+        self.max_cooldown = max_cooldown
+        self._cooldown = first_cooldown
+        self._open_until = 0.0
+        self._down = False  # an outage is in progress (for the once-per-outage warning)
+        self._probing = False
+        self._probe_started = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return not self._down
+
+    def allow(self) -> bool:
+        """May a step go to the server now? (Claims the probe when half-open.)"""
+        if not self._down:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if not self._down:
+                return True
+            if now < self._open_until:
+                return False
+            # a probe that never reported (its task was cancelled) frees the slot
+            if self._probing and now - self._probe_started < max(self._cooldown, 1.0):
+                return False
+            self._probing = True
+            self._probe_started = now
+            return True
+
+    def success(self) -> None:
+        if self._down:
+            with self._lock:
+                was_down = self._down
+                self._down = False
+                self._probing = False
+                self._cooldown = self.first_cooldown
+            if was_down:
+                logger.info("Valkey %s answers again: caching resumed", self.name)
+
+    def failure(self, exc: BaseException, who: str = "cache") -> None:
+        now = time.monotonic()
+        with self._lock:
+            first = not self._down
+            if first:
+                self._cooldown = self.first_cooldown
+            elif self._probing:
+                self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+            self._down = True
+            self._probing = False
+            self._open_until = now + self._cooldown
+        if first:
+            logger.warning(
+                "%s failed, continuing without the cache: Valkey %s unavailable (%s: %s); "
+                "every cache on it fails open until it answers (next try in %.2fs)",
+                who, self.name, type(exc).__name__, exc, self._cooldown,
+            )  # fmt: skip
+
+    def reset(self) -> None:
+        with self._lock:
+            self._down = False
+            self._probing = False
+            self._cooldown = self.first_cooldown
+            self._open_until = 0.0
+
+
+_breakers: dict[str, Breaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def server_name(client: Any) -> str:
+    """A stable name of the server (or cluster) a client talks to."""
+    try:
+        if is_cluster(client):
+            nodes = getattr(client, "startup_nodes", None) or getattr(
+                client.nodes_manager, "startup_nodes", {}
+            )
+            names = nodes.keys() if isinstance(nodes, dict) else [n.name for n in nodes]
+            return "cluster:" + ",".join(sorted(names))
+        kw = client.connection_pool.connection_kwargs
+        if kw.get("path"):
+            return f"unix:{kw['path']}"
+        return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    except Exception:  # an unusual client: one breaker of its own
+        return f"client:{id(client)}"
+
+
+def breaker_for(client: Any) -> Breaker:
+    """The process-wide breaker of the server ``client`` talks to."""
+    name = server_name(client)
+    found = _breakers.get(name)
+    if found is None:
+        with _breakers_lock:
+            found = _breakers.setdefault(name, Breaker(name))
+    return found
+
+
+# --- the executor ----------------------------------------------------------------------
+
+_UNSET: Any = object()
+
+
+class Executor:
+    """Runs cache plans on one client, fail-open.
+
+    Args:
+        client: a sync or async valkey-py client (standalone or cluster).
+        telemetry: the owning cache's spans and metrics.
+        stats: the owning cache's shared stats (``None``: metrics only).
+        timeout: the latency budget of one I/O step in seconds (async: enforced by a
+            deadline; sync: by the client's socket timeout).
+        breaker: defaults to the process-wide breaker of the client's server.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        telemetry: Telemetry,
+        stats: SharedStats | None = None,
+        *,
+        timeout: float = DEFAULT_BUDGET,
+        breaker: Breaker | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        self.client = client
+        self.is_async = is_async_client(client)
+        self.cluster = is_cluster(client)
+        self.telemetry = telemetry
+        self.stats = stats
+        self.timeout = timeout
+        self.breaker = breaker or breaker_for(client)
+        self._logged: set[tuple[str, str]] = set()
+        if not self.is_async:
+            self._warn_unbounded(client)
+
+    def _warn_unbounded(self, client: Any) -> None:
+        try:
+            kw = (
+                client.get_default_node().valkey_connection.connection_pool.connection_kwargs
+                if self.cluster
+                else client.connection_pool.connection_kwargs
+            )
+        except Exception:
+            return
+        if kw.get("socket_timeout") is None:
+            logger.warning(
+                "%s cache: this sync client has no socket_timeout, so a stalled server holds "
+                "each cache call until the OS gives up; build it with "
+                "langgraph_valkey_cache.cache_client_from_url or pass socket_timeout=",
+                self.telemetry.tier,
+            )
+
+    # -- shared bookkeeping (no I/O) ----------------------------------------------------
+
+    def tally(self, t: Tally) -> None:
+        tel = self.telemetry
+        if t.hits:
+            tel.result("hit", t.hits)
+        if t.misses:
+            tel.result("miss", t.misses)
+        if t.saved_usd:
+            tel.saved(t.saved_usd)
+        if t.stored_bytes:
+            tel.stored(t.stored_bytes)
+        if self.stats is not None and (t.hits or t.misses or t.saved_usd or t.saved_ms):
+            self.stats.record(
+                t.stats_key, hits=t.hits, misses=t.misses, saved_usd=t.saved_usd,
+                saved_ms=t.saved_ms,
+            )  # fmt: skip
+
+    def _failed_step(self, op: str, exc: BaseException) -> CacheUnavailable:
+        reason, transient = classify(exc)
+        if transient:
+            self.breaker.failure(exc, f"{self.telemetry.tier} cache {op}")
+        else:
+            self._log_once(op, reason, exc, trace=False)
+        self._count_error(op, reason)
+        err = CacheUnavailable(reason)
+        err.__cause__ = exc
+        return err
+
+    def _count_error(self, op: str, reason: str) -> None:
+        self.telemetry.error(op, reason)
+        if self.stats is not None:
+            self.stats.record(None, errors=1, **{f"errors.{reason}": 1})
+
+    def _log_once(self, op: str, reason: str, exc: BaseException, *, trace: bool) -> None:
+        if (op, reason) in self._logged:
+            logger.debug("%s cache %s failed again (%s): %s", self.telemetry.tier, op, reason, exc)
+            return
+        self._logged.add((op, reason))
+        logger.error(
+            "%s cache %s failed (%s), continuing without the cache: %s: %s",
+            self.telemetry.tier, op, reason, type(exc).__name__, exc,
+            exc_info=exc if trace else None,
+        )  # fmt: skip
+
+    def _failed_run(self, op: str, exc: BaseException, lookups: int) -> None:
+        """The plan raised: a miss (``lookups``) and, for our own bugs, a loud log."""
+        if not isinstance(exc, CacheUnavailable):
+            self._log_once(op, "bug", exc, trace=True)
+            self._count_error(op, "bug")
+        if lookups:
+            self.tally(Tally(misses=lookups))
+
+    # -- sync -------------------------------------------------------------------------------
+
+    def _io(self, step: Any) -> Any:
+        client = self.client
+        t = type(step)
+        if t is Cmd:
+            if step.node is not None and self.cluster:
+                return client.execute_command(*step.args, target_nodes=client.get_random_node())
+            return client.execute_command(*step.args)
+        if t is Pipe:
+            pipe = client.pipeline(transaction=False)
+            for cmd in step.cmds:
+                pipe.execute_command(*cmd)
+            return pipe.execute()
+        if t is Script:
+            return step.registry.bind(client)[step.name](keys=step.keys, args=step.args)
+        if t is Scan:
+            return list(scan_keys(client, step.pattern))
+        raise TypeError(f"unexpected plan step {step!r}")
+
+    def run(
+        self,
+        plan: Plan,
+        op: str,
+        *,
+        default: Any = None,
+        lookups: int = 0,
+        compute: Callable[[], Any] | None = None,
+        fallback: Callable[[Any], Any] | None = None,
+        strict: bool = False,
+    ) -> Any:
+        """Run ``plan``; on any failure of ours, return ``default`` (or, for a plan that
+        computes, ``fallback(value)`` with ``compute()``'s value, computed at most once).
+        ``strict=True`` (clear, invalidate, reading stats): errors raise instead."""
+        tel = self.telemetry
+        span = tel.start(op)
+        start = time.perf_counter()
+        breaker = self.breaker
+        reply: Any = None
+        error: BaseException | None = None
+        computed: Any = _UNSET
+        user_exc: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = plan.send(reply) if error is None else plan.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                reply = error = None
+                t = type(step)
+                if t is Tally:
+                    self.tally(step)
+                elif t is _Compute:
+                    try:
+                        reply = computed = compute()  # type: ignore[misc]
+                    except BaseException as exc:
+                        error = user_exc = exc
+                elif t is Sleep:
+                    time.sleep(step.seconds)
+                elif t is Call:
+                    try:
+                        reply = step.sync(*step.args)
+                    except Exception as exc:
+                        error = exc
+                elif strict:
+                    reply = self._io(step)
+                elif not breaker.allow():
+                    error = CacheUnavailable("breaker_open")
+                else:
+                    try:
+                        reply = self._io(step)
+                    except Exception as exc:
+                        error = self._failed_step(op, exc)
+                    else:
+                        breaker.success()
+        except BaseException as exc:
+            if strict or exc is user_exc or not isinstance(exc, Exception):
+                raise
+            self._failed_run(op, exc, lookups)
+            if compute is None:
+                return default
+            if computed is _UNSET:
+                computed = compute()
+            return fallback(computed) if fallback else computed
+        finally:
+            plan.close()
+            tel.finish(op, start, span)
+
+    # -- async ------------------------------------------------------------------------------
+
+    async def _aio(self, step: Any) -> Any:
+        if not self.is_async:  # a sync client only: its I/O in a worker thread
+            return await asyncio.to_thread(self._io, step)
+        client = self.client
+        t = type(step)
+        if t is Cmd:
+            if step.node is not None and self.cluster:
+                return await client.execute_command(
+                    *step.args, target_nodes=client.get_random_node()
+                )
+            return await client.execute_command(*step.args)
+        if t is Pipe:
+            pipe = client.pipeline(transaction=False)
+            for cmd in step.cmds:
+                pipe.execute_command(*cmd)
+            return await pipe.execute()
+        if t is Script:
+            return await step.registry.bind(client)[step.name](keys=step.keys, args=step.args)
+        if t is Scan:
+            from langgraph_valkey_cache._client import ascan_keys
+
+            return [k async for k in ascan_keys(client, step.pattern)]
+        raise TypeError(f"unexpected plan step {step!r}")
+
+    async def _abounded(self, step: Any) -> Any:
+        if _timeout is not None:
+            async with _timeout(self.timeout):
+                return await self._aio(step)
+        return await asyncio.wait_for(self._aio(step), self.timeout)  # pragma: no cover
+
+    async def arun(
+        self,
+        plan: Plan,
+        op: str,
+        *,
+        default: Any = None,
+        lookups: int = 0,
+        compute: Callable[[], Any] | None = None,
+        fallback: Callable[[Any], Any] | None = None,
+        strict: bool = False,
+    ) -> Any:
+        """Async :meth:`run`: ``compute`` is an async callable; every I/O step has a
+        deadline of ``timeout`` seconds."""
+        tel = self.telemetry
+        span = tel.start(op)
+        start = time.perf_counter()
+        breaker = self.breaker
+        reply: Any = None
+        error: BaseException | None = None
+        computed: Any = _UNSET
+        user_exc: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = plan.send(reply) if error is None else plan.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                reply = error = None
+                t = type(step)
+                if t is Tally:
+                    self.tally(step)
+                elif t is _Compute:
+                    try:
+                        reply = computed = await compute()  # type: ignore[misc]
+                    except BaseException as exc:
+                        error = user_exc = exc
+                elif t is Sleep:
+                    await asyncio.sleep(step.seconds)
+                elif t is Call:
+                    try:
+                        reply = await step.async_(*step.args)
+                    except Exception as exc:
+                        error = exc
+                elif strict:
+                    reply = await self._aio(step)
+                elif not breaker.allow():
+                    error = CacheUnavailable("breaker_open")
+                else:
+                    try:
+                        reply = await self._abounded(step)
+                    except Exception as exc:
+                        error = self._failed_step(op, exc)
+                    else:
+                        breaker.success()
+        except BaseException as exc:
+            if strict or exc is user_exc or not isinstance(exc, Exception):
+                raise
+            self._failed_run(op, exc, lookups)
+            if compute is None:
+                return default
+            if computed is _UNSET:
+                computed = await compute()
+            return fallback(computed) if fallback else computed
+        finally:
+            plan.close()
+            tel.finish(op, start, span)
+
+    # -- stats flush (rides on a normal call) ------------------------------------------------
+
+    def _flush_plan(self, force: bool) -> Plan:
+        stats = self.stats
+        if stats is None:
+            return None
+        pending = stats.take(force, allowed=self.breaker.closed)
+        if not pending:
+            return None
+        try:
+            yield Pipe(stats.commands(pending))
+        except CacheUnavailable:
+            stats.restore(pending)
+        return None
+
+    def maybe_flush(self, force: bool = False) -> None:
+        if self.stats is not None and self.stats.due(force):
+            self.run(self._flush_plan(force), "stats")
+
+    async def amaybe_flush(self, force: bool = False) -> None:
+        if self.stats is not None and self.stats.due(force):
+            await self.arun(self._flush_plan(force), "stats")
