@@ -98,10 +98,23 @@ class ValkeyStore(ValkeyStoreBase):
     def _one(self, call: Call) -> Any:
         if call.script:
             return self._scripts[call.script](keys=list(call.keys), args=list(call.args))
+        if call.each_primary:
+            return self._each_primary(call.args)
         if self._cluster and str(call.args[0]).startswith("FT."):
             # no key to route by: valkey-search answers (and fans out) from any node
             return self.client.execute_command(*call.args, target_nodes=self.client.RANDOM)
         return self.client.execute_command(*call.args)
+
+    def _each_primary(self, args: tuple[Any, ...]) -> list[Any]:
+        nodes = self.client.get_primaries() if self._cluster else [None]
+        replies: list[Any] = []
+        for node in nodes:
+            try:
+                kwargs = {} if node is None else {"target_nodes": node}
+                replies.append(self.client.execute_command(*args, **kwargs))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     def _pipe(self, op: Pipe) -> list[Any]:
         if len(op.calls) == 1:

@@ -90,10 +90,27 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
     async def _one(self, call: Call) -> Any:
         if call.script:
             return await self._scripts[call.script](keys=list(call.keys), args=list(call.args))
+        if call.each_primary:
+            return await self._each_primary(call.args)
         if self._cluster and str(call.args[0]).startswith("FT."):
             # no key to route by: valkey-search answers (and fans out) from any node
             return await self.client.execute_command(*call.args, target_nodes=self.client.RANDOM)
         return await self.client.execute_command(*call.args)
+
+    async def _each_primary(self, args: tuple[Any, ...]) -> list[Any]:
+        """One reply per primary (a ``ResponseError`` as a value), asked concurrently."""
+        import asyncio
+
+        async def ask(node: Any) -> Any:
+            try:
+                if node is None:
+                    return await self.client.execute_command(*args)
+                return await self.client.execute_command(*args, target_nodes=node)
+            except ResponseError as exc:
+                return exc
+
+        nodes = self.client.get_primaries() if self._cluster else [None]
+        return list(await asyncio.gather(*(ask(node) for node in nodes)))
 
     async def _pipe(self, op: Pipe) -> list[Any]:
         if len(op.calls) == 1:

@@ -72,6 +72,9 @@ class Call:
     args: tuple[Any, ...]
     script: str | None = None
     keys: tuple[str, ...] = ()
+    # on a cluster: sent to every primary (alone in its Pipe); the reply is the list of
+    # the primaries' replies, server errors as values
+    each_primary: bool = False
 
 
 @dataclass(frozen=True)
@@ -597,8 +600,7 @@ class ValkeyStoreBase(BaseStore):
         fetched: dict[tuple[str, str], _Row | None] = {}
         while True:
             args = q.knn_query(op.namespace_prefix, clauses, k, blob, self._ef_runtime)
-            (reply,) = yield Pipe([Call(("FT.SEARCH", self.index_name, *args))])
-            _, docs = parse_search(reply)
+            docs = yield from self._plan_ft_search(("FT.SEARCH", self.index_name, *args))
             hits = sorted(
                 (
                     (float(_s(fields.get("dist", 1.0))), self.keys.split_vector(key))
@@ -662,10 +664,65 @@ class ValkeyStoreBase(BaseStore):
                     self._search_ok = False
                     return
                 raise created
-            # a new index over existing docs backfills in the background: wait for it
-            for _ in range(200):
-                (info,) = yield Pipe([Call(("FT.INFO", self.index_name))])
-                if not is_backfilling(parse_info(info)):
-                    break
-                yield Sleep(0.05)
+            yield from self._plan_wait_index()
+        elif self._cluster:
+            # created by another client: the coordinator may not have reached every node
+            yield from self._plan_wait_index()
         self._search_ok = True
+
+    def _plan_wait_index(self) -> Plan:
+        """Wait until the index exists and has indexed the existing docs everywhere.
+
+        A new index over existing docs backfills in the background, and a search meanwhile
+        silently misses docs. FT.INFO is per node: on a cluster every primary is asked
+        (the coordinator also creates the index on the others a moment after FT.CREATE).
+        """
+        assert self.index_name is not None
+        missing = 0
+        for _ in range(200):
+            if not self._cluster:
+                (info,) = yield Pipe([Call(("FT.INFO", self.index_name))])
+                infos: list[Any] = [info]
+            else:
+                (infos,) = yield Pipe([Call(("FT.INFO", self.index_name), each_primary=True)])
+            missing, busy = 0, False
+            for info in infos:
+                if isinstance(info, Exception):
+                    if not is_missing_index_error(info):
+                        raise info
+                    missing += 1
+                elif is_backfilling(parse_info(info)):
+                    busy = True
+            if not missing and not busy:
+                return
+            yield Sleep(0.05)
+        if missing:
+            raise RuntimeError(
+                f"FT index {self.index_name} is missing on {missing} of the cluster's "
+                "primaries: valkey-search must run with its coordinator on a cluster "
+                "(config file line: loadmodule /path/libsearch.so --use-coordinator)"
+            )
+        logger.warning(
+            "FT index %s still backfilling after 10 s: searching anyway", self.index_name
+        )
+
+    def _plan_ft_search(self, cmd: tuple[Any, ...]) -> Plan:
+        """Hits ``[(key, fields)]`` of the FT.SEARCH ``cmd``.
+
+        On a cluster: one ``LOCALONLY`` query per primary, merged here. A fan-out from
+        one node misses writes made inside Lua on the other shards until an FT command
+        reaches them (valkey-search 1.2.1: a search right after a put missed the item
+        about half the time), while a query on each primary sees its own shard's every
+        write. Each shard returns its own top K, so the union holds the global top K,
+        and fewer than K in all means no shard has more.
+        """
+        if not self._cluster:
+            (reply,) = yield Pipe([Call(cmd)])
+            return parse_search(reply)[1]
+        (replies,) = yield Pipe([Call((*cmd, "LOCALONLY"), each_primary=True)])
+        docs: list[tuple[str, dict[str, Any]]] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            docs += parse_search(reply)[1]
+        return docs

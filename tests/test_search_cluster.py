@@ -1,0 +1,107 @@
+"""The store's vector search on a 3-primary Valkey Cluster running valkey-search with its
+coordinator (``search_cluster`` fixture): the same answers as InMemoryStore after a bulk
+load, read-your-writes for a search right after each put, and a search right after an
+index is created over existing data. Runs in CI (``.ci/run``); skipped, with the reason,
+where the search cluster cannot run (see ``search_cluster_unavailable`` in conftest).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langgraph.store.base import PutOp
+from langgraph.store.memory import InMemoryStore
+
+from langgraph_valkey_cache.testing import HashingEmbeddings
+from tests.test_store import FLAVOURS, call, open_store
+from tests.test_store_search import DIMS, QUERIES, _docs, _fill, _index, _same_ranking
+
+pytestmark = [pytest.mark.search_cluster, pytest.mark.cluster, pytest.mark.search]
+
+# HNSW-default: no EF_RUNTIME from the user, so the store's own choice is what is tested
+ALGORITHMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "FLAT": ("FLAT", {}),
+    "HNSW": ("HNSW", {"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 50}),
+    "HNSW-default": ("HNSW", {}),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+async def test_bulk_load_matches_inmemory(
+    flavour: str, algorithm: str, search_cluster_url: str, prefix: str
+) -> None:
+    emb = HashingEmbeddings(DIMS)
+    algo, params = ALGORITHMS[algorithm]
+    async with open_store(
+        flavour,
+        search_cluster_url,
+        prefix=prefix,
+        index=_index(emb),
+        vector_algorithm=algo,
+        vector_params=params,
+    ) as store:
+        await call(store, "setup")
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, _docs(80))
+        for query in QUERIES:
+            for pre in [("mem",), ("mem", "alice"), ("mem", "bob", "x"), ()]:
+                for limit, offset in [(5, 0), (10, 3), (100, 0)]:
+                    ours = await call(store, "search", pre, query=query, limit=limit, offset=offset)
+                    theirs = mem.search(pre, query=query, limit=limit, offset=offset)
+                    _same_ranking(ours, theirs)
+
+
+N_PUTS = 40
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_search_right_after_each_put_finds_it(
+    flavour: str, search_cluster_url: str, prefix: str
+) -> None:
+    """Read-your-writes: each put lands in its own namespace (hash tag), so the puts
+    spread over the three shards, and the very next search must return the new item."""
+    emb = HashingEmbeddings(DIMS)
+    words = "lisbon porto cats dogs coffee tea music chess rain sun ocean bike".split()
+    async with open_store(flavour, search_cluster_url, prefix=prefix, index=_index(emb)) as store:
+        await call(store, "setup")
+        missed: list[int] = []
+        for i in range(N_PUTS):
+            text = f"note {i} about {words[i % len(words)]} and {words[(i * 5 + 3) % len(words)]}"
+            await call(store, "put", ("rw", f"user{i}"), f"k{i}", {"text": text})
+            hits = await call(store, "search", ("rw",), query=text, limit=3)
+            if not hits or (hits[0].key, tuple(hits[0].namespace)) != (f"k{i}", ("rw", f"user{i}")):
+                missed.append(i)
+        assert missed == [], f"{len(missed)}/{N_PUTS} searches missed the item just put: {missed}"
+
+
+TRIALS = 4
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_search_right_after_index_creation_over_existing_data(
+    flavour: str, search_cluster_url: str, prefix: str
+) -> None:
+    """Items written before the FT index exists (no setup, no search yet): the first
+    search creates the index, waits for the backfill of every shard, and then answers
+    as InMemoryStore does. Fresh prefixes, so every trial creates a new index."""
+    emb = HashingEmbeddings(DIMS)
+    failures: list[str] = []
+    for trial in range(TRIALS):
+        async with open_store(
+            flavour, search_cluster_url, prefix=f"{prefix}t{trial}", index=_index(emb)
+        ) as store:
+            mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+            docs = _docs(60, seed=10 + trial)
+            await call(store, "batch", [PutOp(ns, k, v, index=ix) for ns, k, v, ix in docs])
+            for ns, k, v, ix in docs:
+                mem.batch([PutOp(ns, k, v, index=ix)])
+            query = QUERIES[trial % len(QUERIES)]
+            ours = await call(store, "search", ("mem",), query=query, limit=10)
+            theirs = mem.search(("mem",), query=query, limit=10)
+            try:
+                _same_ranking(ours, theirs)
+            except AssertionError as exc:
+                failures.append(f"trial {trial}: {exc}")
+    assert failures == [], f"{len(failures)}/{TRIALS} trials differ: {failures}"
