@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "ValkeyStore": "langgraph_valkey_cache.store",
     "AsyncValkeyStore": "langgraph_valkey_cache.store.aio",
     "client_from_url": "langgraph_valkey_cache._client",
+    "cache_client_from_url": "langgraph_valkey_cache._client",
     "default_serde": "langgraph_valkey_cache._serde",
     "EmbeddedValkey": "langgraph_valkey_cache.embedded",
     "EmbeddedCluster": "langgraph_valkey_cache.embedded",

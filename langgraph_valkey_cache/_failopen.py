@@ -147,6 +147,7 @@ class Tally:
     saved_ms: int = 0
     stored_bytes: int = 0
     stats_key: str | None = None
+    fields: dict[str, int | float] | None = None  # more shared-stats counters
 
 
 class _Compute:
@@ -408,7 +409,7 @@ class Executor:
         if self.stats is not None and (t.hits or t.misses or t.saved_usd or t.saved_ms):
             self.stats.record(
                 t.stats_key, hits=t.hits, misses=t.misses, saved_usd=t.saved_usd,
-                saved_ms=t.saved_ms,
+                saved_ms=t.saved_ms, **(t.fields or {}),
             )  # fmt: skip
 
     def _failed_step(self, op: str, exc: BaseException) -> CacheUnavailable:

@@ -14,6 +14,7 @@ that Lua scripts touching them run on one shard of a cluster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from urllib.parse import quote, unquote
 
@@ -247,6 +248,10 @@ class ToolCacheKeys:
         return f"{self.prefix}:p"
 
 
+#: What the agent middleware appends to a model's llm string (tools, tool choice, settings).
+AGENT_MARKER = "---agent:"
+
+
 class LLMCacheKeys:
     """Keys of the LLM caches (exact, semantic) and of :class:`ValkeyByteStore`.
 
@@ -269,8 +274,12 @@ class LLMCacheKeys:
         self._glob_prefix = glob_escape(prefix)
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def model_digest(llm_string: str) -> str:
-        return digest("llm", llm_string)
+        """``M``: the model part of the llm string only (what precedes
+        :data:`AGENT_MARKER`), so ``invalidate_model(model_llm_string)`` also reaches the
+        entries the agent middleware wrote with tools and settings appended."""
+        return digest("llm", llm_string.split(AGENT_MARKER, 1)[0])
 
     def exact(self, llm_string: str, prompt: str) -> str:
         return f"{self.prefix}:x:{self.model_digest(llm_string)}:{digest(llm_string, prompt)}"

@@ -77,9 +77,15 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
 
 
 def _tracing_on() -> bool:
-    """True once an OpenTelemetry SDK (a real tracer provider) is configured."""
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    """True once spans would go somewhere: an OpenTelemetry SDK provider is configured
+    (or ``_tracer`` was replaced by a real tracer)."""
+    tracer = _tracer
+    if isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):
+        provider = trace.get_tracer_provider()
+        return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return True
 
 
 class Telemetry:

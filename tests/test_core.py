@@ -302,7 +302,10 @@ def test_spans_and_metrics(valkey_url: str, prefix: str) -> None:
         )
         == 2
     )
-    assert sample("langgraph_valkey_cache_errors_total", tier="checkpoint", operation="put") == 1
+    errors = sample(
+        "langgraph_valkey_cache_errors_total", tier="checkpoint", operation="put", reason="error"
+    )
+    assert errors == 1
     assert sample("langgraph_valkey_cache_stored_bytes_total", tier="checkpoint") > 0
 
 

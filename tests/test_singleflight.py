@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache._failopen import Cmd, Plan
 from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, SingleFlight, lease_key
 from langgraph_valkey_cache.testing import count_commands
 
@@ -160,8 +161,8 @@ def test_call_with_custom_layout(sync_client: Any, prefix: str) -> None:
     h = f"{prefix}:h"
     runs = 0
 
-    def lookup() -> str | None:
-        raw = sync_client.hget(h, "v")
+    def lookup() -> Plan:  # plans: the executor sends the commands (fail-open)
+        raw = yield Cmd(("HGET", h, "v"))
         return raw.decode() if raw else None
 
     def compute() -> str:
@@ -170,8 +171,8 @@ def test_call_with_custom_layout(sync_client: Any, prefix: str) -> None:
         time.sleep(0.1)
         return "v"
 
-    def store(value: str) -> None:
-        sync_client.hset(h, "v", value)
+    def store(value: str) -> Plan:
+        yield Cmd(("HSET", h, "v", value))
 
     threads = [
         threading.Thread(target=sf.call, args=(lease_key(h), lookup, compute, store))

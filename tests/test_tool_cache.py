@@ -464,17 +464,29 @@ def test_agent_finishes_when_server_dies(prefix: str, caplog: pytest.LogCaptureF
     server.stop()
 
 
-def test_breaker_closes_after_the_cooldown() -> None:
-    from langgraph_valkey_cache._telemetry import Telemetry
-    from langgraph_valkey_cache.cache.singleflight import Breaker
+def test_breaker_half_open_single_probe_and_growing_cooldown() -> None:
+    from langgraph_valkey_cache._failopen import Breaker
 
-    breaker = Breaker(cooldown=0.1)
-    assert breaker.closed
-    breaker.fail(Telemetry("t", metrics=False), "op", ConnectionError("down"))
-    assert not breaker.closed
-    time.sleep(0.12)
-    assert breaker.closed
-    Breaker(cooldown=0).fail(Telemetry("t", metrics=False), "op", ConnectionError("down"))
+    breaker = Breaker("test", first_cooldown=0.05, max_cooldown=0.2)
+    assert breaker.allow()
+    breaker.failure(ConnectionError("down"))
+    assert not breaker.allow()  # open: nothing goes to the server
+    time.sleep(0.06)
+    assert breaker.allow()  # half-open: one probe...
+    assert not breaker.allow()  # ...and only one
+    breaker.failure(ConnectionError("still down"))  # the probe failed: cooldown doubles
+    assert breaker._cooldown == 0.1
+    time.sleep(0.06)
+    assert not breaker.allow()
+    time.sleep(0.05)
+    assert breaker.allow()
+    breaker.success()  # the server answered: closed, cooldown back to the first
+    assert breaker.allow() and breaker.allow() and breaker._cooldown == 0.05
+    for _ in range(5):  # capped
+        time.sleep(breaker._cooldown + 0.01)
+        assert breaker.allow()
+        breaker.failure(ConnectionError("down"))
+    assert breaker._cooldown == 0.2
 
 
 def test_cached_decorator_sync(tool_cache: ToolCache) -> None:

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
+from langgraph_valkey_cache._failopen import COMPUTE, Plan
 from langgraph_valkey_cache._keys import digest
 from langgraph_valkey_cache._serde import dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache.cache.singleflight import Flight
-from langgraph_valkey_cache.cache.tools import ToolCache, canonical_args
+from langgraph_valkey_cache.cache.tools import ToolCache, canonical_args, fallback_pair
 
 __all__ = ["cached"]
 
@@ -72,9 +73,17 @@ def cached(
         fname = name or f"{func.__module__}.{func.__qualname__}"
         signature = inspect.signature(func)
 
-        def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float | None] | None:
+        def decode(raw: bytes) -> dict[str, Any]:
+            body = tool_cache.serde.loads_typed(unpack_typed(raw))
+            if not isinstance(body, dict) or "v" not in body:
+                raise ValueError("not a cached() entry")
+            return cast(dict[str, Any], body)
+
+        def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan:
+            yield from tool_cache._plan_policies()
             effective = tool_cache.effective_ttl(fname) if ttl is ... else ttl
             if isinstance(effective, str):  # "no-cache"
+                yield COMPUTE
                 return None
             try:
                 bound = signature.bind(*args, **kwargs)
@@ -84,51 +93,38 @@ def cached(
                 )
             except (TypeError, ValueError) as exc:
                 logger.info("%s: arguments not cacheable (%s); running uncached", fname, exc)
+                yield COMPUTE
                 return None
-            return key, effective
+            return (yield from tool_cache._plan_entry(fname, key, effective, decode))
 
-        def encode(value: Any, run_ms: int) -> bytes | None:
+        def ran(box: dict[str, Any], value: Any, start: float) -> tuple[Any, bytes | None]:
+            run_ms = int((time.perf_counter() - start) * 1000)
+            box["value"] = value
             try:
                 typed = dumps_checked(tool_cache.serde, {"v": value, "run_ms": run_ms}, fname)
+                payload: bytes | None = pack_typed(typed)
             except TypeError as exc:
                 logger.info("%s: result not cached: %s", fname, exc)
-                return None
-            return pack_typed(typed)
+                payload = None
+            return {"v": value, "run_ms": run_ms, "cacheable": payload is not None}, payload
 
-        def decode(raw: bytes) -> dict[str, Any]:
-            body = tool_cache.serde.loads_typed(unpack_typed(raw))
-            if not isinstance(body, dict) or "v" not in body:
-                raise ValueError("not a cached() entry")
-            return cast(dict[str, Any], body)
-
-        def account(flight: Flight[dict[str, Any]], run_ms: int, cacheable: bool) -> None:
-            tool_cache._account(fname, flight, run_ms, cacheable)
+        def answer(flight: Flight[dict[str, Any]] | None, box: dict[str, Any]) -> Any:
+            return box["value"] if flight is None else flight.value["v"]
 
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                await tool_cache._arefresh_policies()
-                planned = plan(args, kwargs)
-                if planned is None:
-                    return await func(*args, **kwargs)
-                key, key_ttl = planned
                 box: dict[str, Any] = {}
 
-                async def compute() -> tuple[dict[str, Any], bytes | None]:
+                async def compute() -> tuple[Any, bytes | None]:
                     start = time.perf_counter()
-                    value = await func(*args, **kwargs)
-                    run_ms = int((time.perf_counter() - start) * 1000)
-                    box.update(value=value, run_ms=run_ms)
-                    payload = encode(value, run_ms)
-                    box["cacheable"] = payload is not None
-                    return {"v": value, "run_ms": run_ms}, payload
+                    return ran(box, await func(*args, **kwargs), start)
 
-                with tool_cache.telemetry.operation("cached_call"):
-                    flight = await tool_cache._aflight.run(key, compute, ttl=key_ttl, decode=decode)
-                    account(flight, box.get("run_ms", 0), box.get("cacheable", False))
-                    await tool_cache._aflush()
-                return flight.value["v"]
+                flight = await tool_cache._arun(
+                    plan(args, kwargs), "cached_call", compute=compute, fallback=fallback_pair
+                )
+                return answer(flight, box)
 
             return cast(F, awrapper)
 
@@ -139,27 +135,16 @@ def cached(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            tool_cache._refresh_policies()
-            planned = plan(args, kwargs)
-            if planned is None or tool_cache._flight is None:
-                return func(*args, **kwargs)
-            key, key_ttl = planned
             box: dict[str, Any] = {}
 
-            def compute() -> tuple[dict[str, Any], bytes | None]:
+            def compute() -> tuple[Any, bytes | None]:
                 start = time.perf_counter()
-                value = func(*args, **kwargs)
-                run_ms = int((time.perf_counter() - start) * 1000)
-                box.update(value=value, run_ms=run_ms)
-                payload = encode(value, run_ms)
-                box["cacheable"] = payload is not None
-                return {"v": value, "run_ms": run_ms}, payload
+                return ran(box, func(*args, **kwargs), start)
 
-            with tool_cache.telemetry.operation("cached_call"):
-                flight = tool_cache._flight.run(key, compute, ttl=key_ttl, decode=decode)
-                account(flight, box.get("run_ms", 0), box.get("cacheable", False))
-                tool_cache._flush()
-            return flight.value["v"]
+            flight = tool_cache._run(
+                plan(args, kwargs), "cached_call", compute=compute, fallback=fallback_pair
+            )
+            return answer(flight, box)
 
         return cast(F, wrapper)
 

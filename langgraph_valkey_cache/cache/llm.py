@@ -244,6 +244,12 @@ class ValkeyCache(CacheCore, BaseCache):
         yield tally_generations(found, self.cost_of)
         return found
 
+    def _plan_lookup(self, prompt: str, llm_string: str) -> Plan:
+        """One lookup (the interface the middleware drives, shared with the semantic cache)."""
+        gens = self.codec.decode((yield Cmd(("GET", self.codec.key(prompt, llm_string)))))
+        yield tally_generations((gens,), self.cost_of)
+        return gens
+
     def _plan_update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Plan:
         value = self.codec.encode(return_val)
         yield Cmd(("SET", self.codec.key(prompt, llm_string), value, *self.codec.set_args()))
@@ -260,8 +266,7 @@ class ValkeyCache(CacheCore, BaseCache):
     # -- BaseCache ----------------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        plan = self._plan_lookup_many([self.codec.key(prompt, llm_string)])
-        return self._run(plan, "lookup", default=[None], lookups=1)[0]
+        return self._run(self._plan_lookup(prompt, llm_string), "lookup", lookups=1)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         self._run(self._plan_update(prompt, llm_string, return_val), "update")
@@ -275,8 +280,7 @@ class ValkeyCache(CacheCore, BaseCache):
         self.clear(llm_string=llm_string)
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        plan = self._plan_lookup_many([self.codec.key(prompt, llm_string)])
-        return (await self._arun(plan, "lookup", default=[None], lookups=1))[0]
+        return await self._arun(self._plan_lookup(prompt, llm_string), "lookup", lookups=1)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         await self._arun(self._plan_update(prompt, llm_string, return_val), "update")
@@ -344,10 +348,13 @@ def tally_generations(
 
 
 def unlink_plan(keys: Sequence[Any], cluster: bool) -> Plan:
-    """UNLINK ``keys`` in batches (per key on a cluster: they span slots)."""
+    """UNLINK ``keys`` in batches (per key on a cluster: they span slots); returns how
+    many existed."""
+    deleted = 0
     for i in range(0, len(keys), _DELETE_BATCH):
         batch = keys[i : i + _DELETE_BATCH]
         if cluster:
-            yield Pipe(tuple(("UNLINK", k) for k in batch))
+            deleted += sum(int(n) for n in (yield Pipe(tuple(("UNLINK", k) for k in batch))))
         else:
-            yield Cmd(("UNLINK", *batch))
+            deleted += int((yield Cmd(("UNLINK", *batch))))
+    return deleted

@@ -20,6 +20,7 @@ plus the bound tools, tool choice and model settings. Calls with a ``response_fo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -33,9 +34,18 @@ from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import RunnableConfig
 
-from langgraph_valkey_cache.cache.llm import ValkeyCache, count_result
+from langgraph_valkey_cache._failopen import COMPUTE, Call, Plan
+from langgraph_valkey_cache._plans import arun_plan, run_plan
+from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache.cache.llm import ValkeyCache, tally_generations
 from langgraph_valkey_cache.cache.semantic import ValkeySemanticCache
-from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, SingleFlight, lease_key
+from langgraph_valkey_cache.cache.singleflight import (
+    Flight,
+    FlightOptions,
+    flight_plan,
+    guarded_plan,
+    lease_key,
+)
 
 try:
     from langchain.agents.middleware.types import (
@@ -154,194 +164,94 @@ if AgentMiddleware is not None:
             self.cache = cache
             self.hits = 0
             self.misses = 0
-            sync_client = getattr(getattr(cache, "_clients", None), "sync_client", None)
-            async_client = getattr(getattr(cache, "_clients", None), "async_client", None)
-            telemetry = getattr(cache, "telemetry", None)
-            opts: dict[str, Any] = {
-                "lease_ttl": lease_ttl,
-                "wait_timeout": wait_timeout,
-                "telemetry": telemetry,
-                # one breaker for the cache and its single-flight: one failure skips both
-                "breaker": getattr(cache, "breaker", None),
-            }
-            self._sf = SingleFlight(sync_client, **opts) if single_flight and sync_client else None
-            self._asf = (
-                AsyncSingleFlight(async_client, **opts) if single_flight and async_client else None
-            )
+            self.single_flight = single_flight
+            self.flight = FlightOptions(lease_ttl=lease_ttl, wait_timeout=wait_timeout)
 
         @property
         def name(self) -> str:
             return "ValkeyModelCache"
 
-        def _exact(self) -> ValkeyCache | None:
-            return self.cache if isinstance(self.cache, ValkeyCache) else None
+        def _plan(self, request: Any) -> Plan:
+            """The whole call as one plan: ``COMPUTE`` calls the model (the handler)."""
+            prompt, llm_string = request_key(request)
+            cache = self.cache
+            if isinstance(cache, ValkeyCache) and self.single_flight:
+                flight = yield from flight_plan(
+                    cache.codec.key(prompt, llm_string),
+                    _ttl(cache),
+                    lambda raw: _decoded(cache, raw),
+                    self.flight,
+                    payload_of=lambda response: _payload(cache, response),
+                )
+                # the flight reads the key itself (not through cache.lookup): count here
+                hit = None if flight.computed else [ChatGeneration(message=flight.value.result[0])]
+                yield tally_generations((hit,), cache.cost_of)
+            elif isinstance(cache, (ValkeyCache, ValkeySemanticCache)):
 
-        def _lease(self, prompt: str, llm_string: str) -> str:
-            # the semantic cache's lease: the exact key of this prompt under its prefix
-            assert isinstance(self.cache, ValkeySemanticCache)
-            return lease_key(self.cache.keys.exact(llm_string, prompt))
+                def lookup() -> Plan:
+                    msg = _message_of((yield from cache._plan_lookup(prompt, llm_string)))
+                    return None if msg is None else ModelResponse(result=[msg])
 
-        def _count(self, hit: bool) -> None:
-            if hit:
-                self.hits += 1
-            else:
+                def store(response: Any) -> Plan:
+                    msg = _cacheable(response)
+                    if msg is not None:
+                        yield from cache._plan_update(
+                            prompt, llm_string, [ChatGeneration(message=msg)]
+                        )
+
+                if self.single_flight:
+                    lease = lease_key(cache.codec.key(prompt, llm_string))
+                    flight = yield from guarded_plan(lease, lookup, store, self.flight)
+                else:
+                    found = yield from lookup()
+                    if found is not None:
+                        flight = Flight(found, "hit")
+                    else:
+                        response = yield COMPUTE
+                        yield from store(response)
+                        flight = Flight(response, "leader")
+            else:  # another BaseCache: its own methods, no single-flight
+                found = _message_of((yield Call(cache.lookup, cache.alookup, (prompt, llm_string))))
+                if found is not None:
+                    flight = Flight(ModelResponse(result=[found]), "hit")
+                else:
+                    response = yield COMPUTE
+                    msg = _cacheable(response)
+                    if msg is not None:
+                        gens = [ChatGeneration(message=msg)]
+                        yield Call(cache.update, cache.aupdate, (prompt, llm_string, gens))
+                    flight = Flight(response, "leader")
+            if flight.computed:
                 self.misses += 1
-
-        def _count_exact(self, cache: ValkeyCache, flight: Any) -> None:
-            # the exact flight reads the key itself (not through cache.lookup): count here
-            self._count(not flight.computed)
-            gens = None
-            if not flight.computed:
-                msg = _cacheable(flight.value)
-                gens = None if msg is None else [ChatGeneration(message=msg)]
-            count_result(cache.telemetry, gens, cache.cost_of, cache.shared_stats)
-
-        # sync
+            else:
+                self.hits += 1
+            return flight.value
 
         def wrap_model_call(
             self, request: ModelRequest, handler: Callable[[ModelRequest], Any]
         ) -> Any:
             if request.response_format is not None:
                 return handler(request)
-            prompt, llm_string = request_key(request)
-            exact = self._exact()
-            if exact is not None and self._sf is not None:
-                return self._exact_flight(exact, prompt, llm_string, request, handler)
-            if isinstance(self.cache, ValkeySemanticCache) and self._sf is not None:
-                return self._semantic_flight(prompt, llm_string, request, handler)
-            cached = _message_of(self.cache.lookup(prompt, llm_string))
-            self._count(cached is not None)
-            if cached is not None:
-                return ModelResponse(result=[cached])
-            response = handler(request)
-            msg = _cacheable(response)
-            if msg is not None:
-                self.cache.update(prompt, llm_string, [ChatGeneration(message=msg)])
-            return response
-
-        def _exact_flight(
-            self,
-            cache: ValkeyCache,
-            prompt: str,
-            llm_string: str,
-            request: Any,
-            handler: Callable[[Any], Any],
-        ) -> Any:
-            assert self._sf is not None
-
-            def compute() -> tuple[Any, bytes | None]:
-                response = handler(request)
-                msg = _cacheable(response)
-                payload = None if msg is None else _payload(cache, msg)
-                return response, payload
-
-            flight = self._sf.run(
-                cache.codec.key(prompt, llm_string),
-                compute,
-                ttl=_ttl(cache),
-                decode=lambda raw: _decoded(cache, raw),
-            )
-            self._count_exact(cache, flight)
-            cache.shared_stats.maybe_flush()
-            return flight.value
-
-        def _semantic_flight(
-            self, prompt: str, llm_string: str, request: Any, handler: Callable[[Any], Any]
-        ) -> Any:
-            assert self._sf is not None
-            cache = self.cache
-            box: dict[str, Any] = {}
-
-            def lookup() -> Any:
-                msg = _message_of(cache.lookup(prompt, llm_string))
-                return None if msg is None else ModelResponse(result=[msg])
-
-            def compute() -> Any:
-                box["response"] = response = handler(request)
-                return response
-
-            def store(response: Any) -> None:
-                msg = _cacheable(response)
-                if msg is not None:
-                    cache.update(prompt, llm_string, [ChatGeneration(message=msg)])
-
-            flight = self._sf.call(self._lease(prompt, llm_string), lookup, compute, store)
-            self._count(not flight.computed)
-            return flight.value
-
-        # async
+            plan = self._plan(request)
+            compute = functools.partial(handler, request)
+            if isinstance(self.cache, CacheCore):
+                return self.cache._run(plan, "model_call", compute=compute)
+            return run_plan(plan, lambda step: compute() if step is COMPUTE else _sync_call(step))
 
         async def awrap_model_call(
             self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]
         ) -> Any:
             if request.response_format is not None:
                 return await handler(request)
-            prompt, llm_string = request_key(request)
-            exact = self._exact()
-            if exact is not None and self._asf is not None:
-                return await self._aexact_flight(exact, prompt, llm_string, request, handler)
-            if isinstance(self.cache, ValkeySemanticCache) and self._asf is not None:
-                return await self._asemantic_flight(prompt, llm_string, request, handler)
-            cached = _message_of(await self.cache.alookup(prompt, llm_string))
-            self._count(cached is not None)
-            if cached is not None:
-                return ModelResponse(result=[cached])
-            response = await handler(request)
-            msg = _cacheable(response)
-            if msg is not None:
-                await self.cache.aupdate(prompt, llm_string, [ChatGeneration(message=msg)])
-            return response
+            plan = self._plan(request)
+            compute = functools.partial(handler, request)
+            if isinstance(self.cache, CacheCore):
+                return await self.cache._arun(plan, "model_call", compute=compute)
 
-        async def _aexact_flight(
-            self,
-            cache: ValkeyCache,
-            prompt: str,
-            llm_string: str,
-            request: Any,
-            handler: Callable[[Any], Awaitable[Any]],
-        ) -> Any:
-            assert self._asf is not None
+            async def execute(step: Any) -> Any:
+                return await (compute() if step is COMPUTE else step.async_(*step.args))
 
-            async def compute() -> tuple[Any, bytes | None]:
-                response = await handler(request)
-                msg = _cacheable(response)
-                return response, None if msg is None else _payload(cache, msg)
-
-            flight = await self._asf.run(
-                cache.codec.key(prompt, llm_string),
-                compute,
-                ttl=_ttl(cache),
-                decode=lambda raw: _decoded(cache, raw),
-            )
-            self._count_exact(cache, flight)
-            await cache.shared_stats.amaybe_flush()
-            return flight.value
-
-        async def _asemantic_flight(
-            self,
-            prompt: str,
-            llm_string: str,
-            request: Any,
-            handler: Callable[[Any], Awaitable[Any]],
-        ) -> Any:
-            assert self._asf is not None
-            cache = self.cache
-
-            async def lookup() -> Any:
-                msg = _message_of(await cache.alookup(prompt, llm_string))
-                return None if msg is None else ModelResponse(result=[msg])
-
-            async def compute() -> Any:
-                return await handler(request)
-
-            async def store(response: Any) -> None:
-                msg = _cacheable(response)
-                if msg is not None:
-                    await cache.aupdate(prompt, llm_string, [ChatGeneration(message=msg)])
-
-            flight = await self._asf.call(self._lease(prompt, llm_string), lookup, compute, store)
-            self._count(not flight.computed)
-            return flight.value
+            return await arun_plan(plan, execute)
 
 else:  # pragma: no cover
 
@@ -358,8 +268,13 @@ def _ttl(cache: ValkeyCache) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def _payload(cache: ValkeyCache, msg: AIMessage) -> bytes:
-    return cache.codec.encode([ChatGeneration(message=msg)]).encode()
+def _payload(cache: ValkeyCache, response: Any) -> bytes | None:
+    msg = _cacheable(response)
+    return None if msg is None else cache.codec.encode([ChatGeneration(message=msg)]).encode()
+
+
+def _sync_call(step: Call) -> Any:
+    return step.sync(*step.args)
 
 
 def _decoded(cache: ValkeyCache, raw: bytes) -> Any:

@@ -187,10 +187,19 @@ def _publish(
 
 
 def flight_plan(
-    key: str, ttl: float | None, decode: Callable[[bytes], Any], opts: FlightOptions
+    key: str,
+    ttl: float | None,
+    decode: Callable[[bytes], Any],
+    opts: FlightOptions,
+    payload_of: Callable[[Any], bytes | None] | None = None,
 ) -> Plan:
     """Get ``key`` or compute it once across all workers. ``COMPUTE`` must reply
-    ``(value, payload)``; ``payload`` None means "don't cache this one"."""
+    ``(value, payload)`` (``payload`` None: "don't cache this one"), or just the value
+    when ``payload_of(value)`` makes the payload."""
+
+    def computed(reply: Any) -> tuple[Any, bytes | None]:
+        return (reply, payload_of(reply)) if payload_of is not None else reply
+
     token = uuid.uuid4().hex
     lease_ms = _ms(opts.lease_ttl)
     ttl_ms = None if ttl is None else _ms(ttl)
@@ -201,26 +210,26 @@ def flight_plan(
         try:
             kind, raw = yield lease_step(key, token, lease_ms)
         except CacheUnavailable:
-            value, _ = yield COMPUTE
+            value, _ = computed((yield COMPUTE))
             return Flight(value, "fallback")
         kind = int(kind)
         if kind == 1:
             try:
                 return Flight(decode(raw), "hit" if first else "follower")
             except Exception:  # a stale or foreign entry: recompute, overwrite
-                value, payload = yield COMPUTE
+                value, payload = computed((yield COMPUTE))
                 yield from _publish(key, payload, ttl_ms, token, opts)
                 return Flight(value, "fallback")
         if kind == 2:
             try:
-                value, payload = yield COMPUTE
+                value, payload = computed((yield COMPUTE))
             except BaseException:
                 yield from _publish(key, None, ttl_ms, token, opts)
                 raise
             yield from _publish(key, payload, ttl_ms, token, opts)
             return Flight(value, "leader")
         if kind == 3:
-            value, payload = yield COMPUTE
+            value, payload = computed((yield COMPUTE))
             if payload is not None:
                 yield from _publish(key, payload, ttl_ms, token, opts)
             return Flight(value, "fallback")
@@ -229,7 +238,7 @@ def flight_plan(
         if deadline is None:
             deadline = now + opts.wait_timeout
         if now >= deadline:  # the leader is slow: compute ourselves
-            value, payload = yield COMPUTE
+            value, payload = computed((yield COMPUTE))
             yield from _publish(key, payload, ttl_ms, token, opts)
             return Flight(value, "fallback")
         yield Sleep(min(next(delays), deadline - now))

@@ -17,7 +17,6 @@ adds to the same totals (:class:`~langgraph_valkey_cache._stats.SharedStats`).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import logging
@@ -38,13 +37,14 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 from prometheus_client import CollectorRegistry
 
-from langgraph_valkey_cache._client import ascan_keys, is_async_client, scan_keys
-from langgraph_valkey_cache._keys import ToolCacheKeys, digest, lease_key
+from langgraph_valkey_cache._client import CACHE_TIMEOUT
+from langgraph_valkey_cache._failopen import COMPUTE, CacheUnavailable, Cmd, Pipe, Plan, Scan, Tally
+from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, ToolCacheKeys, digest, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
-from langgraph_valkey_cache._stats import CacheStats, SharedStats
-from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker
-from langgraph_valkey_cache.cache.singleflight import AsyncSingleFlight, Flight, SingleFlight
+from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields
+from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache.cache.llm import unlink_plan
+from langgraph_valkey_cache.cache.singleflight import Flight, FlightOptions, flight_plan
 
 __all__ = [
     "ToolCache",
@@ -58,7 +58,6 @@ __all__ = [
 
 logger = logging.getLogger("langgraph_valkey_cache.cache")
 
-_DELETE_BATCH = 500
 _STAT_FIELDS = ("hits", "misses", "saved_ms", "run_ms", "uncacheable")
 # Names LangGraph injects without an annotation (ToolNode treats "runtime" as injected).
 _ALWAYS_INJECTED = frozenset({"runtime"})
@@ -192,7 +191,7 @@ class _Decision:
 # --- the cache ---------------------------------------------------------------------------
 
 
-class ToolCache:
+class ToolCache(CacheCore):
     """Cache tool results in Valkey, for ``ToolNode`` and ``create_agent``.
 
     A cached result comes back as a ``ToolMessage`` with the *current* call's
@@ -208,8 +207,8 @@ class ToolCache:
     tools are never cached (not even by an override); with ``only`` set, only those tools
     (and tools with a policy) are cached.
 
-    Fail open: on a server error the tool just runs, a warning is logged and an error
-    metric counted; the cache then stays out of the way for ``failure_cooldown`` seconds.
+    Fail open: whatever happens to the server, the tool just runs within the latency
+    budget (``timeout``); errors are logged once and counted by reason.
 
     Args:
         client: sync or async (``valkey.asyncio``) client, standalone or cluster.
@@ -228,17 +227,16 @@ class ToolCache:
         remote_policies: read policies from Valkey as well.
         policy_refresh: seconds between remote policy reads.
         stats_flush_interval: seconds between stats flushes (0: flush on every call).
-        failure_cooldown: after a server error, seconds during which tools run without
-            touching Valkey (one warning per cooldown instead of a timeout per call).
+        timeout: latency budget per cache operation in seconds (see ``ValkeyCache``).
         metrics: ``False`` to disable Prometheus metrics, or a registry.
 
     Example:
         ```python
         from langchain.agents import create_agent
         from langgraph.prebuilt import ToolNode
-        from langgraph_valkey_cache import ToolCache, client_from_url
+        from langgraph_valkey_cache import ToolCache, cache_client_from_url
 
-        cache = ToolCache(client_from_url("valkey://localhost:6379"), ttl=600,
+        cache = ToolCache(cache_client_from_url("valkey://localhost:6379"), ttl=600,
                           policies={"get_weather": 300}, never_cache=["send_email"])
         node = ToolNode(tools, wrap_tool_call=cache.wrap, awrap_tool_call=cache.awrap)
         agent = create_agent(model, tools, middleware=[cache.middleware()])
@@ -251,7 +249,7 @@ class ToolCache:
         client: Any,
         *,
         aclient: Any | None = None,
-        prefix: str = "lgv:tools",
+        prefix: str = DEFAULT_PREFIXES["tools"],
         ttl: float | None = 3600.0,
         policies: Mapping[str, ToolPolicy | float | None] | None = None,
         never_cache: Iterable[str] = (),
@@ -263,18 +261,15 @@ class ToolCache:
         remote_policies: bool = True,
         policy_refresh: float = 5.0,
         stats_flush_interval: float = 1.0,
-        failure_cooldown: float = 5.0,
+        timeout: float = CACHE_TIMEOUT,
         metrics: bool | CollectorRegistry = True,
     ) -> None:
-        if is_async_client(client):
-            if aclient is not None:
-                raise TypeError("client is async already; pass a sync client with aclient=")
-            self.client, self.aclient = None, client
-        else:
-            if aclient is not None and not is_async_client(aclient):
-                raise TypeError("aclient must be a valkey.asyncio client")
-            self.client, self.aclient = client, aclient
         self.keys = ToolCacheKeys(prefix)
+        # per-tool hashes; the default key is only a placeholder, every count names its tool
+        self._init_core(
+            client, aclient, tier="tool_cache", stats_key=self.keys.stats(""), metrics=metrics,
+            timeout=timeout, stats_flush_interval=stats_flush_interval,
+        )  # fmt: skip
         self.ttl = ttl
         self.policies: dict[str, ToolPolicy] = {
             name: p if isinstance(p, ToolPolicy) else ToolPolicy(ttl=p)
@@ -284,31 +279,13 @@ class ToolCache:
         self.only = None if only is None else frozenset(only)
         self.serde = serde or default_serde()
         self.single_flight = single_flight
+        self.flight = FlightOptions(lease_ttl=lease_ttl, wait_timeout=wait_timeout)
         self.remote_policies = remote_policies
         self.policy_refresh = policy_refresh
         self.stats_flush_interval = stats_flush_interval
-        self.telemetry = Telemetry("tool_cache", metrics=metrics)
-        self.breaker = Breaker(failure_cooldown)
-        flight_opts: dict[str, Any] = {
-            "lease_ttl": lease_ttl,
-            "wait_timeout": wait_timeout,
-            "telemetry": self.telemetry,
-            "breaker": self.breaker,
-        }
-        self._flight = SingleFlight(self.client, **flight_opts) if self.client else None
-        self._aflight = AsyncSingleFlight(self.aclient or self.client, **flight_opts)
         self._remote: dict[str, ToolPolicy] = {}
         self._remote_read_at = -math.inf
         self._injected: dict[int, tuple[BaseTool, frozenset[str]]] = {}
-        # per-tool hashes; the default key is only a placeholder, every count names its tool
-        self.shared_stats = SharedStats(
-            self.client,
-            self.keys.stats(""),
-            aclient=self.aclient,
-            flush_interval=stats_flush_interval,
-            breaker=self.breaker,
-            telemetry=self.telemetry,
-        )
 
     # --- decisions (pure) -----------------------------------------------------------------
 
@@ -393,23 +370,12 @@ class ToolCache:
             tool_call_id=request.tool_call["id"],
         )
 
-    def _account(self, name: str, flight: Flight[Any], run_ms: int, cacheable: bool) -> None:
-        if flight.computed:
-            self.telemetry.result("miss")
-            self._count(name, misses=1, run_ms=run_ms, uncacheable=0 if cacheable else 1)
-        else:
-            self.telemetry.result("hit")
-            self._count(name, hits=1, saved_ms=int(flight.value.get("run_ms", 0)))
-
-    def _count(self, name: str, **fields: int) -> None:
-        self.shared_stats.record(self.keys.stats(name), **fields)
-
-    def _policies_due(self) -> bool:
-        return (
-            self.remote_policies
-            and self.breaker.closed
-            and time.monotonic() - self._remote_read_at >= self.policy_refresh
-        )
+    def _ran(self, box: dict[str, Any], result: Any, start: float) -> tuple[Any, bytes | None]:
+        """What ``compute`` replies once the tool ran: ``(summary, payload)``."""
+        run_ms = int((time.perf_counter() - start) * 1000)
+        box["result"] = result
+        payload = self._payload(result, run_ms)
+        return {"run_ms": run_ms, "cacheable": payload is not None}, payload
 
     def _parse_policies(self, raw: Mapping[Any, Any]) -> None:
         remote: dict[str, ToolPolicy] = {}
@@ -421,30 +387,91 @@ class ToolCache:
                 logger.warning("ignoring malformed tool cache policy for %r", name)
         self._remote = remote
 
-    # --- sync -----------------------------------------------------------------------------
+    # --- plans (no I/O) ----------------------------------------------------------------------
 
-    def _sync(self) -> Any:
-        if self.client is None:
-            raise TypeError(
-                "this ToolCache has only an async client: use awrap / ainvoke, or pass a "
-                "sync client too (ToolCache(sync_client, aclient=async_client))"
-            )
-        return self.client
-
-    def _refresh_policies(self) -> None:
-        if not self._policies_due():
+    def _plan_policies(self) -> Plan:
+        """Re-read the remote policies when ``policy_refresh`` has passed."""
+        if not self.remote_policies or time.monotonic() - self._remote_read_at < self.policy_refresh:
             return
         self._remote_read_at = time.monotonic()  # also on failure: retry after the interval
         try:
-            self._parse_policies(self._sync().hgetall(self.keys.policies()))
-        except CACHE_ERRORS as exc:
-            self.breaker.fail(self.telemetry, "policies", exc)
+            raw = yield Cmd(("HGETALL", self.keys.policies()))
+        except CacheUnavailable:
+            return
+        self._parse_policies(raw or {})
 
-    def _flush(self, force: bool = False) -> None:
-        if force:
-            self.shared_stats.flush()
+    def _plan_tool_call(self, request: ToolCallRequest) -> Plan:
+        """Serve the call from the cache or run it (``COMPUTE``) and store the result.
+        Returns a :class:`Flight` (``None``: the call was not cacheable, it just ran)."""
+        yield from self._plan_policies()
+        decision = self._decide(request)
+        if decision is None:
+            yield COMPUTE
+            return None
+        return (yield from self._plan_entry(decision.name, decision.key, decision.ttl, self._load))
+
+    def _plan_entry(
+        self, name: str, key: str, ttl: float | None, load: Callable[[bytes], Any]
+    ) -> Plan:
+        """Get ``key`` or run ``COMPUTE`` (which replies ``(summary, payload)``, the
+        summary holding ``run_ms`` and ``cacheable``) and store it; count per ``name``."""
+        if self.single_flight:
+            flight = yield from flight_plan(key, ttl, load, self.flight)
         else:
-            self.shared_stats.maybe_flush()
+            flight = yield from self._plan_no_flight(key, ttl, load)
+        stats_key = self.keys.stats(name)
+        if flight.computed:
+            summary = flight.value
+            yield Tally(
+                misses=1, stats_key=stats_key,
+                fields={"run_ms": summary["run_ms"], "uncacheable": 0 if summary["cacheable"] else 1},
+            )  # fmt: skip
+        else:
+            yield Tally(hits=1, saved_ms=int(flight.value.get("run_ms", 0)), stats_key=stats_key)
+        return flight
+
+    def _plan_no_flight(self, key: str, ttl: float | None, load: Callable[[bytes], Any]) -> Plan:
+        try:
+            raw = yield Cmd(("GET", key))
+            if raw is not None:
+                return Flight(load(raw), "hit")
+        except CacheUnavailable:
+            summary, _ = yield COMPUTE
+            return Flight(summary, "fallback")
+        except (ValueError, TypeError) as exc:
+            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
+        summary, payload = yield COMPUTE
+        if payload is not None:
+            px = () if ttl is None else ("PX", max(1, int(ttl * 1000)))
+            try:
+                yield Cmd(("SET", key, payload, *px))
+            except CacheUnavailable:
+                pass
+        return Flight(summary, "leader")
+
+    def _plan_invalidate(self, tool: str, args: Mapping[str, Any] | None) -> Plan:
+        if args is not None:
+            key = self.key_for(tool, args)
+            return int((yield Cmd(("DEL", key, lease_key(key)))))
+        keys = yield Scan(self.keys.tool_pattern(tool))
+        return (yield from unlink_plan(keys, self._aexec.cluster))
+
+    def _plan_policy(self, tool: str, policy: ToolPolicy | None) -> Plan:
+        if policy is None:
+            yield Cmd(("HDEL", self.keys.policies(), tool))
+        else:
+            yield Cmd(("HSET", self.keys.policies(), tool, policy.to_json()))
+        self._remote_read_at = -math.inf
+
+    def _plan_stats(self) -> Plan:
+        found = yield Scan(self.keys.stats_pattern())
+        names = sorted({self.keys.stats_name(k) for k in found})
+        raws = yield Pipe(SharedStats.read_commands(self.keys.stats(n) for n in names))
+        if not names:
+            return {}
+        return {n: _stats(n, parse_fields(raw)) for n, raw in zip(names, raws, strict=True)}
+
+    # --- sync -----------------------------------------------------------------------------
 
     def wrap(
         self,
@@ -452,94 +479,38 @@ class ToolCache:
         execute: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
     ) -> ToolMessage | Command[Any]:
         """``ToolNode(wrap_tool_call=...)`` hook: serve from the cache or run and store."""
-        self._sync()
-        self._refresh_policies()
-        decision = self._decide(request)
-        if decision is None:
-            return execute(request)
         box: dict[str, Any] = {}
 
-        def compute() -> tuple[dict[str, Any], bytes | None]:
+        def compute() -> tuple[Any, bytes | None]:
             start = time.perf_counter()
-            result = execute(request)
-            run_ms = int((time.perf_counter() - start) * 1000)
-            box["result"], box["run_ms"] = result, run_ms
-            payload = self._payload(result, run_ms)
-            box["cacheable"] = payload is not None
-            return {"run_ms": run_ms}, payload
+            return self._ran(box, execute(request), start)
 
-        with self.telemetry.operation("tool_call"):
-            assert self._flight is not None
-            if self.single_flight:
-                flight = self._flight.run(
-                    decision.key, compute, ttl=decision.ttl, decode=self._load
-                )
-            else:
-                flight = self._no_flight(decision, compute)
-            self._account(decision.name, flight, box.get("run_ms", 0), box.get("cacheable", False))
-            self._flush()
-        if flight.computed:
+        flight = self._run(
+            self._plan_tool_call(request), "tool_call", compute=compute, fallback=fallback_pair
+        )
+        return self._answer(flight, box, request)
+
+    def _answer(self, flight: Flight[Any] | None, box: dict[str, Any], request: Any) -> Any:
+        if flight is None or flight.computed:
             return box["result"]
         return self._message(flight.value, request)
 
-    def _no_flight(self, decision: _Decision, compute: Callable[[], Any]) -> Flight[Any]:
-        client = self._sync()
-        if not self.breaker.closed:
-            return Flight(compute()[0], "fallback")
-        try:
-            raw = client.get(decision.key)
-            if raw is not None:
-                return Flight(self._load(raw), "hit")
-        except CACHE_ERRORS as exc:
-            self.breaker.fail(self.telemetry, "lookup", exc)
-        except (ValueError, TypeError) as exc:
-            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
-        value, payload = compute()
-        if payload is not None:
-            px = None if decision.ttl is None else max(1, int(decision.ttl * 1000))
-            try:
-                client.set(decision.key, payload, px=px)
-            except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "store", exc)
-        return Flight(value, "leader")
-
     def invalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
         """Drop one call's entry (``args`` given) or every entry of ``tool``; returns count."""
-        client = self._sync()
-        with self.telemetry.operation("invalidate"):
-            if args is not None:
-                key = self.key_for(tool, args)
-                return int(client.delete(key, lease_key(key)))
-            deleted = 0
-            batch: list[Any] = []
-            for found in scan_keys(client, self.keys.tool_pattern(tool)):
-                batch.append(found)
-                if len(batch) >= _DELETE_BATCH:
-                    deleted += int(client.unlink(*batch))
-                    batch = []
-            if batch:
-                deleted += int(client.unlink(*batch))
-            return deleted
+        return self._run_strict(self._plan_invalidate(tool, args), "invalidate")
 
     def set_policy(self, tool: str, ttl: float | None = None, *, enabled: bool = True) -> None:
         """Store a policy in Valkey for every process (``tool="*"`` sets the default)."""
-        self._sync().hset(self.keys.policies(), tool, ToolPolicy(ttl, enabled).to_json())
-        self._remote_read_at = -math.inf
+        self._run_strict(self._plan_policy(tool, ToolPolicy(ttl, enabled)), "set_policy")
 
     def delete_policy(self, tool: str) -> None:
         """Remove a tool's policy from Valkey."""
-        self._sync().hdel(self.keys.policies(), tool)
-        self._remote_read_at = -math.inf
+        self._run_strict(self._plan_policy(tool, None), "delete_policy")
 
-    def stats(self) -> dict[str, ToolStats]:
+    def stats(self) -> dict[str, ToolStats]:  # type: ignore[override]
         """Per-tool counters from Valkey (after flushing this process's)."""
-        self._flush(force=True)
-        client = self._sync()
-        names = sorted(
-            {self.keys.stats_name(k) for k in scan_keys(client, self.keys.stats_pattern())}
-        )
-        raws = self.shared_stats.read_many(self.keys.stats(n) for n in names)
-        return {n: _stats(n, raw) for n, raw in zip(names, raws, strict=True)}
+        self.flush_stats()
+        return self._run_strict(self._plan_stats(), "stats")
 
     def totals(self) -> CacheStats:
         """Hits, misses, hit rate and time saved over all tools and every process."""
@@ -555,135 +526,50 @@ class ToolCache:
         ``high_hit_rate`` -> ``longer_ttl`` (double the TTL: repeats are common, and
         entries expiring sooner than they are reused turn into misses); else ``keep``.
         """
-        self._refresh_policies()
+        self._run(self._plan_policies(), "policies")
         return self._report(self.stats(), min_calls, low_hit_rate, high_hit_rate)
 
     def middleware(self) -> ToolCacheMiddleware:
         """An ``AgentMiddleware`` for ``create_agent(..., middleware=[...])``."""
         return ToolCacheMiddleware(self)
 
-    def flush_stats(self) -> None:
-        """Write this process's pending counters to Valkey now."""
-        self._flush(force=True)
-
     # --- async ----------------------------------------------------------------------------
-
-    async def _a(self, op: Callable[[Any], Any]) -> Any:
-        """Run ``op(client)`` on the async client, or the sync one in a worker thread."""
-        if self.aclient is not None:
-            return await op(self.aclient)
-        return await asyncio.to_thread(op, self.client)
-
-    async def _arefresh_policies(self) -> None:
-        if not self._policies_due():
-            return
-        self._remote_read_at = time.monotonic()
-        try:
-            self._parse_policies(await self._a(lambda c: c.hgetall(self.keys.policies())))
-        except CACHE_ERRORS as exc:
-            self.breaker.fail(self.telemetry, "policies", exc)
-
-    async def _aflush(self, force: bool = False) -> None:
-        if force:
-            await self.shared_stats.aflush()
-        else:
-            await self.shared_stats.amaybe_flush()
 
     async def awrap(
         self,
         request: ToolCallRequest,
         execute: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        """``ToolNode(awrap_tool_call=...)`` hook; async twin of :meth:`wrap`."""
-        await self._arefresh_policies()
-        decision = self._decide(request)
-        if decision is None:
-            return await execute(request)
+        """``ToolNode(awrap_tool_call=...)`` hook: the async form of :meth:`wrap`."""
         box: dict[str, Any] = {}
 
-        async def compute() -> tuple[dict[str, Any], bytes | None]:
+        async def compute() -> tuple[Any, bytes | None]:
             start = time.perf_counter()
-            result = await execute(request)
-            run_ms = int((time.perf_counter() - start) * 1000)
-            box["result"], box["run_ms"] = result, run_ms
-            payload = self._payload(result, run_ms)
-            box["cacheable"] = payload is not None
-            return {"run_ms": run_ms}, payload
+            return self._ran(box, await execute(request), start)
 
-        with self.telemetry.operation("tool_call"):
-            if self.single_flight:
-                flight = await self._aflight.run(
-                    decision.key, compute, ttl=decision.ttl, decode=self._load
-                )
-            else:
-                flight = await self._ano_flight(decision, compute)
-            self._account(decision.name, flight, box.get("run_ms", 0), box.get("cacheable", False))
-            await self._aflush()
-        if flight.computed:
-            return box["result"]
-        return self._message(flight.value, request)
-
-    async def _ano_flight(
-        self, decision: _Decision, compute: Callable[[], Awaitable[Any]]
-    ) -> Flight[Any]:
-        if not self.breaker.closed:
-            return Flight((await compute())[0], "fallback")
-        try:
-            raw = await self._a(lambda c: c.get(decision.key))
-            if raw is not None:
-                return Flight(self._load(raw), "hit")
-        except CACHE_ERRORS as exc:
-            self.breaker.fail(self.telemetry, "lookup", exc)
-        except (ValueError, TypeError) as exc:
-            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
-        value, payload = await compute()
-        if payload is not None:
-            px = None if decision.ttl is None else max(1, int(decision.ttl * 1000))
-            try:
-                await self._a(lambda c: c.set(decision.key, payload, px=px))
-            except CACHE_ERRORS as exc:
-                self.breaker.fail(self.telemetry, "store", exc)
-        return Flight(value, "leader")
+        flight = await self._arun(
+            self._plan_tool_call(request), "tool_call", compute=compute, fallback=fallback_pair
+        )
+        return self._answer(flight, box, request)
 
     async def ainvalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
         """Async :meth:`invalidate`."""
-        if self.aclient is None:
-            return await asyncio.to_thread(self.invalidate, tool, args)
-        client = self.aclient
-        with self.telemetry.operation("invalidate"):
-            if args is not None:
-                key = self.key_for(tool, args)
-                return int(await client.delete(key, lease_key(key)))
-            deleted = 0
-            batch: list[Any] = []
-            async for key in ascan_keys(client, self.keys.tool_pattern(tool)):
-                batch.append(key)
-                if len(batch) >= _DELETE_BATCH:
-                    deleted += int(await client.unlink(*batch))
-                    batch = []
-            if batch:
-                deleted += int(await client.unlink(*batch))
-            return deleted
+        return await self._arun_strict(self._plan_invalidate(tool, args), "invalidate")
 
     async def aset_policy(
         self, tool: str, ttl: float | None = None, *, enabled: bool = True
     ) -> None:
         """Async :meth:`set_policy`."""
-        text = ToolPolicy(ttl, enabled).to_json()
-        await self._a(lambda c: c.hset(self.keys.policies(), tool, text))
-        self._remote_read_at = -math.inf
+        await self._arun_strict(self._plan_policy(tool, ToolPolicy(ttl, enabled)), "set_policy")
 
-    async def astats(self) -> dict[str, ToolStats]:
+    async def adelete_policy(self, tool: str) -> None:
+        """Async :meth:`delete_policy`."""
+        await self._arun_strict(self._plan_policy(tool, None), "delete_policy")
+
+    async def astats(self) -> dict[str, ToolStats]:  # type: ignore[override]
         """Async :meth:`stats`."""
-        if self.aclient is None:
-            return await asyncio.to_thread(self.stats)
-        await self._aflush(force=True)
-        client = self.aclient
-        names = sorted(
-            {self.keys.stats_name(k) async for k in ascan_keys(client, self.keys.stats_pattern())}
-        )
-        raws = await self.shared_stats.aread_many(self.keys.stats(n) for n in names)
-        return {n: _stats(n, raw) for n, raw in zip(names, raws, strict=True)}
+        await self.aflush_stats()
+        return await self._arun_strict(self._plan_stats(), "stats")
 
     async def atotals(self) -> CacheStats:
         """Async :meth:`totals`."""
@@ -693,12 +579,8 @@ class ToolCache:
         self, *, min_calls: int = 10, low_hit_rate: float = 0.05, high_hit_rate: float = 0.3
     ) -> list[ToolEffectiveness]:
         """Async :meth:`tool_effectiveness`."""
-        await self._arefresh_policies()
+        await self._arun(self._plan_policies(), "policies")
         return self._report(await self.astats(), min_calls, low_hit_rate, high_hit_rate)
-
-    async def aflush_stats(self) -> None:
-        """Async :meth:`flush_stats`."""
-        await self._aflush(force=True)
 
     # --- report (pure) ---------------------------------------------------------------------
 
@@ -754,6 +636,11 @@ def _totals(per_tool: Iterable[ToolStats]) -> CacheStats:
     for st in per_tool:
         total += CacheStats(hits=st.hits, misses=st.misses, saved_ms=st.saved_ms)
     return total
+
+
+def fallback_pair(computed: Any) -> Flight[Any]:
+    """The executor's fallback for a plan whose ``COMPUTE`` replies ``(value, payload)``."""
+    return Flight(computed[0], "fallback")
 
 
 # --- middleware ----------------------------------------------------------------------------
