@@ -390,8 +390,8 @@ def test_edge_hits_use_the_threshold_each_lookup_used(
 def test_dead_server_is_skipped_without_embedding(
     emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """After one failure the breaker skips the server and the embedding model: a lookup
-    of a dead cache costs nothing until the cooldown ends."""
+    """After one failure the server's breaker skips the server and the embedding model:
+    a lookup of a dead cache costs nothing until the cooldown ends, then one probe."""
     import logging
     import socket
 
@@ -400,7 +400,7 @@ def test_dead_server_is_skipped_without_embedding(
     port = s.getsockname()[1]
     s.close()
     client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
-    c = _cache(client, emb, prefix, dims=256, failure_cooldown=0.3)
+    c = _cache(client, emb, prefix, dims=256)
     caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
     assert c.lookup(Q, "llm") is None  # setup fails: one warning, breaker open
     embedded = emb.texts_embedded
@@ -412,9 +412,11 @@ def test_dead_server_is_skipped_without_embedding(
     assert emb.texts_embedded == embedded
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    time.sleep(0.3)
-    assert c.lookup(Q, "llm") is None  # tried again after the cooldown
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    time.sleep(c.breaker.first_cooldown + 0.05)
+    assert c.lookup(Q, "llm") is None  # the breaker's probe after the cooldown
+    assert emb.texts_embedded == embedded  # the probe failed: still nothing embedded
+    # one warning per outage, not per probe
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     client.close()
 
 
@@ -431,7 +433,7 @@ async def test_stalled_server_shared_breaker_with_embedding_cache(
 
     server = EmbeddedValkey(search=True).start()
     client = client_from_url(server.url, timeout=0.3, asyncio=True)
-    c = _cache(client, emb, prefix, failure_cooldown=5)
+    c = _cache(client, emb, prefix)
     await c.asetup()
     await c.aupdate(Q, "llm", [Generation(text="Paris")])
     pid = server._proc.pid  # type: ignore[union-attr]
@@ -449,8 +451,12 @@ async def test_stalled_server_shared_breaker_with_embedding_cache(
     assert first < 3 and log.round_trips == 0, (first, log)
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     assert "embedding_cache" in caplog.text  # the vector read timed out first
-    c.breaker.reset()
+    # no reset: the breaker's probe finds the server back and caching resumes
+    deadline = time.monotonic() + 2
+    while await c.alookup(PARAPHRASE, "llm") is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert await c.alookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    assert c.breaker.closed
     await client.aclose()
     server.stop()
 

@@ -8,9 +8,10 @@ Each entry is a HASH ``<prefix>:s:<model digest>:<entry digest>`` with
   (``langchain_core.load.dumps``, read back with an allowlist, as in :class:`ValkeyCache`).
 
 A lookup is one FT.SEARCH, pre-filtered by the TAG so an answer never crosses models,
-parameters, bound tools, system prompts or earlier turns::
+parameters, bound tools, system prompts or earlier turns (``EF_RUNTIME`` always explicit
+for HNSW, see :func:`~langgraph_valkey_cache._search.knn_command`)::
 
-    (@llm:{<tag>})=>[KNN k @vec $vec AS dist]   PARAMS 2 vec <bytes>   DIALECT 2
+    (@llm:{<tag>})=>[KNN k @vec $B EF_RUNTIME ef AS dist]   PARAMS 2 B <bytes>   DIALECT 2
 
 What is embedded (``embed="last_user"``, the default) is the text of the conversation's
 last user turn; every other message (system prompt, earlier turns, and any AI/tool
@@ -19,10 +20,14 @@ anywhere else never share an answer, and an agent's follow-up call after a tool 
 never gets the answer of its first call. ``embed="prompt"`` embeds the whole prompt string.
 
 A candidate at cosine distance ``d`` (``1 - cos``, as the server returns it) is a hit when
-``d <= threshold``; the same float comparison serves the sync and async paths. With a
-``judge`` or ``rerank`` callable, candidates with ``threshold < d <= threshold + band`` are
-decided by it (sync or async callables, with a timeout; ``on_judge_error`` picks what a
-failure means). Observed distances feed :meth:`ValkeySemanticCache.threshold_effectiveness`.
+``d <= threshold``. With a ``judge`` or ``rerank`` callable, candidates with
+``threshold < d <= threshold + band`` are decided by it (sync or async callables, with a
+timeout; ``on_judge_error`` picks what a failure means). Observed distances feed
+:meth:`ValkeySemanticCache.threshold_effectiveness`.
+
+Every operation is one I/O-free plan (see ``_failopen``): its server steps, its embedding
+and judge calls (:class:`~langgraph_valkey_cache._failopen.Call`) and its counts, run by
+the sync or the async executor; nothing here is written twice.
 """
 
 from __future__ import annotations
@@ -47,23 +52,23 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.embeddings import Embeddings
 from langchain_core.outputs import Generation
 
-from langgraph_valkey_cache._client import ascan_keys, client_from_url, scan_keys
-from langgraph_valkey_cache._keys import LLMCacheKeys, digest
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
+from langgraph_valkey_cache._failopen import CacheUnavailable, Call, Cmd, Pipe, Plan, Scan, Tally
+from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys, digest
 from langgraph_valkey_cache._search import (
     SearchModuleMissing,
     escape_tag,
+    hnsw_ef_runtime,
     is_index_exists_error,
-    is_missing_index_error,
     is_unknown_command_error,
+    knn_command,
     pack_vector,
     parse_info,
     parse_search,
 )
-from langgraph_valkey_cache._stats import SharedStatsMixin
-from langgraph_valkey_cache._telemetry import Telemetry
-from langgraph_valkey_cache.cache._failopen import CACHE_ERRORS, Breaker, report_failure
-from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
-from langgraph_valkey_cache.cache.llm import LLMCacheCodec, _ClientPair, count_result
+from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache.cache.llm import LLMCacheCodec, tally_generations, unlink_plan
+from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
 
 __all__ = ["SemanticQuery", "ValkeySemanticCache", "split_prompt"]
 
@@ -73,8 +78,8 @@ Judge = Callable[[str, str], "bool | Awaitable[bool]"]
 Rerank = Callable[[str, list[str]], "int | None | Awaitable[int | None]"]
 
 _HUMAN = {"HumanMessage", "HumanMessageChunk"}
-_DELETE_BATCH = 500
 _STEP = Decimal("0.0001")
+_RETURNED = ("text", "gens")
 _threshold_override: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "valkey_semantic_threshold", default=None
 )
@@ -166,11 +171,12 @@ class _Observation:
     outcome: str  # hit, miss, band_accept, band_reject, band_error
 
 
-class ValkeySemanticCache(SharedStatsMixin, BaseCache):
+class ValkeySemanticCache(CacheCore, BaseCache):
     """Semantic LLM cache on Valkey with valkey-search (FT.* vector index).
 
     Args:
-        client: a sync or async valkey-py client (or both, with ``async_client=``).
+        client: a sync or async valkey-py client, standalone or cluster (or both, with
+            ``async_client=``).
         embeddings: a LangChain ``Embeddings``; its vectors are cached in Valkey
             (``cache_embeddings=True``) so a repeated text is embedded once.
         prefix: key prefix (and index name ``<prefix>:idx``).
@@ -178,9 +184,13 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         ttl: seconds each entry lives; ``None`` keeps entries.
         embed: ``"last_user"`` (default) or ``"prompt"`` (see the module docs).
         dims: vector dimensions; ``None`` asks the embedder once at setup.
-        embeddings_namespace: separates cached vectors of different models (default:
-            :func:`~langgraph_valkey_cache.cache.embeddings.default_namespace`).
         algorithm: ``"HNSW"`` (default) or ``"FLAT"``.
+        ef_runtime: HNSW ``EF_RUNTIME`` of every search (default: see
+            :func:`~langgraph_valkey_cache._search.hnsw_ef_runtime`); always sent for HNSW.
+        cache_embeddings: keep query vectors in a :class:`ValkeyByteStore` under
+            ``<prefix>:emb``.
+        embeddings_namespace: separates cached vectors of different models (default:
+            :func:`~langgraph_valkey_cache.embeddings.default_namespace`).
         category_thresholds / categorize: ``categorize(text)`` names a category whose
             threshold (from ``category_thresholds``) replaces the default.
         judge: ``judge(prompt_text, candidate_text) -> bool`` (sync or async) decides
@@ -193,9 +203,9 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
             nearest band candidate) when the judge fails or times out.
         window: how many lookups :meth:`threshold_effectiveness` looks back on.
         cost_of: ``cost_of(generations) -> USD`` for the ``cost_saved_usd`` metric.
-        failure_cooldown: after a server error, seconds during which lookups are misses
-            and updates no-ops without touching the server or embedding anything (one
-            timeout and one warning per cooldown while it is down or stalled); 0: off.
+        timeout: the latency budget of one server step in seconds (async: a deadline
+            whatever the client; sync: the client's socket timeout, which
+            :func:`~langgraph_valkey_cache.cache_client_from_url` sets to the budget).
         stats_flush_interval: seconds between flushes of this process's hit/miss counts
             to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
 
@@ -205,10 +215,12 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         >>> cache.setup()  # doctest: +SKIP
         >>> set_llm_cache(cache)  # doctest: +SKIP
 
-    Server errors make a lookup a miss and an update a no-op (logged, counted), and the
-    server is then skipped for ``failure_cooldown`` (the embedding cache shares that
-    breaker); ``clear`` raises. A server
-    without the search module makes :meth:`setup` raise :class:`SearchModuleMissing`.
+    Whatever goes wrong with the server (down, stalled, no search module, index dropped),
+    a lookup is a miss and an update a no-op within the budget, and the model is called;
+    while the server's breaker (shared by every cache on it, the embedding cache included)
+    is open, a lookup neither touches the server nor embeds anything. :meth:`setup`
+    raises :class:`SearchModuleMissing` on a server without the search module;
+    ``clear`` and ``drop_index`` raise on errors.
     """
 
     def __init__(
@@ -217,12 +229,13 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         embeddings: Embeddings | None = None,
         *,
         async_client: Any = None,
-        prefix: str = "lgv:llmsem",
+        prefix: str = DEFAULT_PREFIXES["semantic"],
         distance_threshold: float = 0.1,
         ttl: float | None = None,
         embed: Literal["last_user", "prompt"] = "last_user",
         dims: int | None = None,
         algorithm: Literal["HNSW", "FLAT"] = "HNSW",
+        ef_runtime: int | None = None,
         cache_embeddings: bool = True,
         embeddings_namespace: str | None = None,
         category_thresholds: dict[str, float] | None = None,
@@ -236,7 +249,7 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         window: int = 1000,
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
-        failure_cooldown: float = 5.0,
+        timeout: float = CACHE_TIMEOUT,
         stats_flush_interval: float = 1.0,
     ) -> None:
         if embeddings is None:
@@ -251,15 +264,15 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
             raise ValueError("on_judge_error must be 'miss' or 'hit'")
         if band < 0 or rerank_k < 1:
             raise ValueError("band must be >= 0 and rerank_k >= 1")
-        self._clients = _ClientPair(client, async_client, "ValkeySemanticCache")
+        if judge_timeout <= 0:
+            raise ValueError("judge_timeout must be a positive number of seconds")
         self.codec = LLMCacheCodec(prefix, ttl=ttl)
         self.keys: LLMCacheKeys = self.codec.keys
-        self.telemetry = Telemetry("semantic_cache", metrics=metrics)
         self.cost_of = cost_of
-        self.breaker = Breaker(failure_cooldown)
-        self.shared_stats = self._clients.shared_stats(
-            self.keys.stats(), stats_flush_interval, self.breaker, self.telemetry
-        )
+        self._init_core(
+            client, async_client, tier="semantic_cache", stats_key=self.keys.stats(),
+            metrics=metrics, timeout=timeout, stats_flush_interval=stats_flush_interval,
+        )  # fmt: skip
         self.distance_threshold = distance_threshold
         self.embed_mode = embed
         self.dims = dims
@@ -270,33 +283,43 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         self.rerank = rerank
         self.band = band if (judge or rerank) else 0.0
         self.rerank_k = rerank_k if rerank else 1
+        # FLAT rejects EF_RUNTIME; HNSW always gets it (on a cluster, each shard of a
+        # fan-out would otherwise search with ef = K and miss paraphrases)
+        self.ef_runtime = (
+            hnsw_ef_runtime(self.rerank_k, ef_runtime) if algorithm == "HNSW" else None
+        )
         self.judge_timeout = judge_timeout
         self.on_judge_error = on_judge_error
         self.embeddings: Embeddings = embeddings
+        self.embedding_store: ValkeyByteStore | None = None
         if cache_embeddings:
-            store = ValkeyByteStore(
-                self._clients.sync_client,
-                async_client=self._clients.async_client,
-                prefix=f"{prefix}:emb",
-                ttl=ttl,
-                metrics=metrics,
-                breaker=self.breaker,
+            self.embedding_store = ValkeyByteStore(
+                self.client, async_client=self.aclient, prefix=f"{prefix}:emb", ttl=ttl,
+                metrics=metrics, timeout=timeout,
+            )  # fmt: skip
+            self.embeddings = CachedEmbeddings(
+                embeddings, self.embedding_store, namespace=embeddings_namespace
             )
-            self.embeddings = CachedEmbeddings(embeddings, store, namespace=embeddings_namespace)
         self._observations: deque[_Observation] = deque(maxlen=window)
         self._obs_lock = threading.Lock()
         self._ready = False
         self._judge_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, embeddings: Embeddings, **kwargs: Any) -> ValkeySemanticCache:
-        """A cache with a sync and an async client built from ``url``."""
+        """A cache with a sync and an async client built for ``url`` (budget as timeout)."""
+        timeout = kwargs.get("timeout", CACHE_TIMEOUT)
         return cls(
-            client_from_url(url),
+            cache_client_from_url(url, timeout=timeout),
             embeddings,
-            async_client=client_from_url(url, asyncio=True),
+            async_client=cache_client_from_url(url, asyncio=True, timeout=timeout),
             **kwargs,
         )
+
+    @property
+    def cluster(self) -> bool:
+        return (self._exec or self._aexec).cluster
 
     # -- pure helpers -------------------------------------------------------------------
 
@@ -319,23 +342,22 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         tag = digest("sem", llm_string, context)
         return SemanticQuery(text, tag, self._threshold_for(text, distance_threshold), llm_string)
 
-    def _create_args(self, dims: int) -> list[Any]:
+    def _create_args(self, dims: int) -> tuple[Any, ...]:
         algo = [self.algorithm, 6, "TYPE", "FLOAT32", "DIM", dims, "DISTANCE_METRIC", "COSINE"]
-        return [
+        return (
             "FT.CREATE", self.keys.index(), "ON", "HASH",
             "PREFIX", 1, self.keys.semantic_key_prefix(),
             "SCHEMA", "llm", "TAG", "vec", "VECTOR", *algo,
-        ]  # fmt: skip
+        )  # fmt: skip
 
-    def _search_args(self, query: SemanticQuery, vector: Sequence[float]) -> list[Any]:
-        k = self.rerank_k
-        expr = f"(@llm:{{{escape_tag(query.tag)}}})=>[KNN {k} @vec $vec AS dist]"
-        return [
-            "FT.SEARCH", self.keys.index(), expr,
-            "PARAMS", 2, "vec", pack_vector(vector, self.dims),
-            "RETURN", 3, "dist", "text", "gens",
-            "LIMIT", 0, k, "DIALECT", 2,
-        ]  # fmt: skip
+    def _search_args(self, query: SemanticQuery, vector: Sequence[float]) -> tuple[Any, ...]:
+        return tuple(
+            knn_command(
+                self.keys.index(), "vec", f"@llm:{{{escape_tag(query.tag)}}}", self.rerank_k,
+                pack_vector(vector, self.dims), ef_runtime=self.ef_runtime,
+                return_fields=_RETURNED,
+            )
+        )  # fmt: skip
 
     @staticmethod
     def _candidates(reply: Any) -> list[_Candidate]:
@@ -352,26 +374,9 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         out.sort(key=lambda c: c.distance)  # servers may return KNN hits unsorted
         return out
 
-    def _hset_mapping(self, query: SemanticQuery, vector: Sequence[float], value: str) -> dict:
-        return {
-            "llm": query.tag,
-            "vec": pack_vector(vector, self.dims),
-            "text": query.text,
-            "gens": value,
-            "ts": f"{time.time():.3f}",
-        }
-
-    def _observe(
-        self,
-        distance: float | None,
-        threshold: float,
-        outcome: str,
-        gens: list[Generation] | None = None,
-    ) -> list[Generation] | None:
+    def _observe(self, distance: float | None, threshold: float, outcome: str) -> None:
         with self._obs_lock:
             self._observations.append(_Observation(distance, threshold, outcome))
-        count_result(self.telemetry, gens, self.cost_of, self.shared_stats)
-        return gens
 
     def _decide(
         self, query: SemanticQuery, cands: list[_Candidate]
@@ -383,8 +388,8 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         best = cands[0]
         if best.distance <= query.threshold:
             gens = self.codec.decode(best.gens)
-            outcome = "hit" if gens is not None else "miss"
-            return self._observe(best.distance, query.threshold, outcome, gens), []
+            self._observe(best.distance, query.threshold, "hit" if gens is not None else "miss")
+            return gens, []
         band = [c for c in cands if c.distance <= query.threshold + self.band]
         if not band:
             self._observe(best.distance, query.threshold, "miss")
@@ -399,33 +404,11 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
             "band_error" if error else ("band_accept" if choice is not None else "band_reject")
         )
         if choice is None or not 0 <= choice < len(band):
-            return self._observe(band[0].distance, query.threshold, outcome)
+            self._observe(band[0].distance, query.threshold, outcome)
+            return None
         picked = band[choice]
-        return self._observe(
-            picked.distance, query.threshold, outcome, self.codec.decode(picked.gens)
-        )
-
-    # -- setup --------------------------------------------------------------------------
-
-    def _dims(self) -> int:
-        if self.dims is None:
-            self.dims = len(self.embeddings.embed_query("dimension probe"))
-        return self.dims
-
-    async def _adims(self) -> int:
-        if self.dims is None:
-            self.dims = len(await self.embeddings.aembed_query("dimension probe"))
-        return self.dims
-
-    def _created(self, exc: BaseException | None) -> bool:
-        """True when the index already existed (its dimensions are then checked)."""
-        if exc is None:
-            return False
-        if is_unknown_command_error(exc):
-            raise SearchModuleMissing("ValkeySemanticCache") from exc
-        if not is_index_exists_error(exc):
-            raise exc
-        return True
+        self._observe(picked.distance, query.threshold, outcome)
+        return self.codec.decode(picked.gens)
 
     def _check_existing(self, info: Any) -> None:
         found = _vector_dim(parse_info(info).get("attributes"))
@@ -435,380 +418,283 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
                 f"embeddings give {self.dims}: use another prefix for this model"
             )
 
+    # -- plans (no I/O) -----------------------------------------------------------------
+
+    def _plan_dims(self) -> Plan:
+        if self.dims is None:
+            e = self.embeddings
+            self.dims = len((yield Call(e.embed_query, e.aembed_query, ("dimension probe",))))
+        return self.dims
+
+    def _plan_setup(self) -> Plan:
+        """Create the index unless it exists (then check its dimensions)."""
+        index = self.keys.index()
+        # FT._LIST first: an existing index is the common case, and FT.CREATE's "already
+        # exists" would be a loud error on the fail-open path
+        names = yield Cmd(("FT._LIST",), node="random")
+        exists = index in {n.decode() if isinstance(n, bytes) else n for n in names or ()}
+        yield from self._plan_dims()
+        if exists:
+            self._check_existing((yield Cmd(("FT.INFO", index), node="random")))
+        else:
+            yield Cmd(self._create_args(self.dims or 0), node="random")
+        self._ready = True
+
+    def _plan_ready(self) -> Plan:
+        """Before anything is embedded: is the server worth it, and is the index there?"""
+        if not self.breaker.closed:
+            # a recent failure: this PING is refused at once during the cooldown (no
+            # embedding spent on a lookup that cannot run) or is the breaker's probe
+            yield Cmd(("PING",), node="random")
+        if not self._ready:
+            yield from self._plan_setup()
+
+    def _plan_embed(self, texts: list[str]) -> Plan:
+        e = self.embeddings
+        if isinstance(e, CachedEmbeddings):  # one read of every cached vector
+            return (yield Call(e.embed_queries, e.aembed_queries, (texts,)))
+        vectors = []
+        for t in texts:
+            vectors.append((yield Call(e.embed_query, e.aembed_query, (t,))))
+        return vectors
+
+    def _plan_search(self, queries: Sequence[SemanticQuery]) -> Plan:
+        """The FT.SEARCH replies of ``queries`` (setup first when needed)."""
+        yield from self._plan_ready()
+        vectors = yield from self._plan_embed([q.text for q in queries])
+        cmds = [self._search_args(q, v) for q, v in zip(queries, vectors, strict=True)]
+        try:
+            if len(cmds) > 1 and not self.cluster:
+                return (yield Pipe(tuple(cmds)))
+            # FT.* carry no key: on a cluster each goes to a node of its own choosing
+            replies = []
+            for c in cmds:
+                replies.append((yield Cmd(c, node="random")))
+            return replies
+        except CacheUnavailable as exc:
+            if exc.reason == "no_index":  # dropped under us: recreate on the next call
+                self._ready = False
+            raise
+
+    def _plan_judge(self, query: SemanticQuery, band: list[_Candidate]) -> Plan:
+        texts = [c.text for c in band]
+        try:
+            choice = yield Call(self._judge_blocking, self._ajudge, (query.text, texts))
+        except Exception as exc:
+            self._judge_failed(exc)
+            return self._settle(query, band, None, error=True)
+        return self._settle(query, band, choice, error=False)
+
+    def _plan_check(self, queries: Sequence[SemanticQuery]) -> Plan:
+        replies = yield from self._plan_search(queries)
+        found: list[list[Generation] | None] = []
+        for query, reply in zip(queries, replies, strict=True):
+            gens, band = self._decide(query, self._candidates(reply))
+            if band:
+                gens = yield from self._plan_judge(query, band)
+            found.append(gens)
+        yield tally_generations(found, self.cost_of)
+        return found
+
+    def _plan_lookup(
+        self, prompt: str, llm_string: str, distance_threshold: float | None = None
+    ) -> Plan:
+        """One lookup (the interface the middleware drives, shared with ``ValkeyCache``)."""
+        query = self.prepare(prompt, llm_string, distance_threshold)
+        (gens,) = yield from self._plan_check([query])
+        return gens
+
+    def _plan_check_batch(
+        self, prompts: Sequence[str], llm_string: str, distance_threshold: float | None
+    ) -> Plan:
+        return (
+            yield from self._plan_check(
+                [self.prepare(p, llm_string, distance_threshold) for p in prompts]
+            )
+        )
+
+    def _plan_update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Plan:
+        query = self.prepare(prompt, llm_string)
+        value = self.codec.encode(return_val)
+        key = self.keys.semantic(llm_string, query.tag, query.text)
+        yield from self._plan_ready()
+        (vector,) = yield from self._plan_embed([query.text])
+        vec = pack_vector(vector, self.dims)
+        hset = (
+            "HSET", key, "llm", query.tag, "vec", vec, "text", query.text, "gens", value,
+            "ts", f"{time.time():.3f}",
+        )  # fmt: skip
+        if self.codec.ttl_ms is None:
+            yield Cmd(hset)
+        else:
+            # one round trip to the key's node, no MULTI (cluster pipelines refuse it) and
+            # no Lua (valkey-search indexes a script's write late on a cluster); PEXPIRE is
+            # not refused under OOM, so it follows whenever the HSET succeeded
+            yield Pipe((hset, ("PEXPIRE", key, self.codec.ttl_ms)))
+        yield Tally(stored_bytes=len(value) + len(vec))
+
+    def _plan_nearest(self, prompt: str, llm_string: str) -> Plan:
+        (reply,) = yield from self._plan_search([self.prepare(prompt, llm_string)])
+        cands = self._candidates(reply)
+        return cands[0].distance if cands else None
+
+    def _plan_clear(self, llm_string: str | None) -> Plan:
+        keys = yield Scan(self.keys.semantic_pattern(llm_string))
+        yield from unlink_plan(keys, self.cluster)
+
+    def _plan_drop_index(self) -> Plan:
+        self._ready = False
+        yield Cmd(("FT.DROPINDEX", self.keys.index()), node="random")
+
+    # -- setup --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _setup_errors(self) -> Iterator[None]:
+        """What a failed setup means to the caller (the plan's errors arrive raw)."""
+        try:
+            yield
+        except Exception as exc:
+            if is_unknown_command_error(exc):
+                raise SearchModuleMissing("ValkeySemanticCache") from exc
+            if not is_index_exists_error(exc):
+                raise
+            self._ready = True  # another process created it between FT._LIST and FT.CREATE
+
     def setup(self) -> None:
         """Create the FT index (idempotent). Raises ``SearchModuleMissing`` without the
         search module and ``ValueError`` when the existing index has other dimensions."""
-        args = self._create_args(self._dims())
-        client = self._clients.sync()
-        try:
-            client.execute_command(*args)
-        except Exception as exc:
-            if self._created(exc):
-                self._check_existing(client.execute_command("FT.INFO", self.keys.index()))
-        self._ready = True
+        with self._setup_errors():
+            self._run_strict(self._plan_setup(), "setup")
 
     async def asetup(self) -> None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            self.setup()
-            return
-        args = self._create_args(await self._adims())
-        try:
-            await aclient.execute_command(*args)
-        except Exception as exc:
-            if self._created(exc):
-                self._check_existing(await aclient.execute_command("FT.INFO", self.keys.index()))
-        self._ready = True
+        """Async :meth:`setup`."""
+        with self._setup_errors():
+            await self._arun_strict(self._plan_setup(), "setup")
 
-    def _failed(self, operation: str, exc: BaseException, lookups: int = 0) -> None:
-        if is_missing_index_error(exc):
-            # someone dropped the index: the server is fine, so no cooldown; recreate
-            # the index on the next call instead of failing forever
-            self._ready = False
-            report_failure(self.telemetry, operation, exc)
-        else:
-            self.breaker.fail(self.telemetry, operation, exc)
-        self.shared_stats.record(errors=1, misses=lookups)
+    def drop_index(self) -> None:
+        """Drop the FT index (entries stay; ``clear()`` removes them). Raises on errors."""
+        self._run_strict(self._plan_drop_index(), "drop_index")
 
-    def _bypassed(self, lookups: int = 0) -> bool:
-        """True while the breaker is open (a recent server error): count ``lookups``
-        misses, and the caller skips the server and the embedding model."""
-        if self.breaker.closed:
-            return False
-        if lookups:
-            self.telemetry.result("miss", lookups)
-            self.shared_stats.record(misses=lookups)
-        return True
+    async def adrop_index(self) -> None:
+        """Async :meth:`drop_index`."""
+        await self._arun_strict(self._plan_drop_index(), "drop_index")
 
-    def _ensure(self) -> bool:
-        if self._ready:
-            return True
-        try:
-            self.setup()
-        except CACHE_ERRORS as exc:
-            self._failed("setup", exc)
-            return False
-        return True
+    # -- judge / rerank (the two forms of one dependency call) --------------------------
 
-    async def _aensure(self) -> bool:
-        if self._ready:
-            return True
-        try:
-            await self.asetup()
-        except CACHE_ERRORS as exc:
-            self._failed("setup", exc)
-            return False
-        return True
-
-    # -- judge / rerank -----------------------------------------------------------------
-
-    def _call_judge(self, query: SemanticQuery, band: list[_Candidate]) -> int | None:
+    def _judge_target(self, text: str, texts: list[str]) -> tuple[Callable[..., Any], tuple]:
         if self.rerank is not None:
-            texts = [c.text for c in band]
-            return _as_index(_resolve_sync(self.rerank(query.text, texts)))
+            return self.rerank, (text, texts)
         assert self.judge is not None
-        return 0 if _resolve_sync(self.judge(query.text, band[0].text)) else None
+        return self.judge, (text, texts[0])
 
-    def _judge_sync(self, query: SemanticQuery, band: list[_Candidate]) -> list[Generation] | None:
-        if self._judge_pool is None:
-            self._judge_pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="valkey-semantic-judge"
-            )
-        future = self._judge_pool.submit(
-            contextvars.copy_context().run, self._call_judge, query, band
-        )
-        try:
-            choice = future.result(timeout=self.judge_timeout)
-        except Exception as exc:
-            logger.warning("semantic cache judge failed (%s): %s", type(exc).__name__, exc)
-            self.telemetry.error("judge")
-            return self._settle(query, band, None, error=True)
-        return self._settle(query, band, choice, error=False)
-
-    async def _acall_judge(self, query: SemanticQuery, band: list[_Candidate]) -> int | None:
+    def _choice(self, result: Any) -> int | None:
         if self.rerank is not None:
-            fn: Callable[..., Any] = self.rerank
-            args: tuple[Any, ...] = (query.text, [c.text for c in band])
-        else:
-            fn, args = self.judge, (query.text, band[0].text)  # type: ignore[assignment]
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(*args)
-        else:
-            # a user's sync callable may block (an LLM call): keep it off the loop
-            result = await asyncio.to_thread(fn, *args)
-            if inspect.isawaitable(result):
-                result = await result
-        if self.rerank is not None:
-            return _as_index(result)
+            return None if result is None or isinstance(result, bool) else int(result)
         return 0 if result else None
 
-    async def _judge_async(
-        self, query: SemanticQuery, band: list[_Candidate]
-    ) -> list[Generation] | None:
-        try:
-            choice = await asyncio.wait_for(self._acall_judge(query, band), self.judge_timeout)
-        except Exception as exc:
-            logger.warning("semantic cache judge failed (%s): %s", type(exc).__name__, exc)
-            self.telemetry.error("judge")
-            return self._settle(query, band, None, error=True)
-        return self._settle(query, band, choice, error=False)
+    def _ask(self, text: str, texts: list[str]) -> int | None:
+        fn, args = self._judge_target(text, texts)
+        result = fn(*args)
+        if inspect.isawaitable(result):  # an async judge from the sync API (its own loop)
+            result = asyncio.run(_awaited(result))
+        return self._choice(result)
 
-    # -- lookup -------------------------------------------------------------------------
+    def _judge_blocking(self, text: str, texts: list[str]) -> int | None:
+        """Sync form: the judge runs in a worker thread, so its timeout holds even when
+        it blocks (its context variables come along)."""
+        if self._judge_pool is None:
+            with self._pool_lock:
+                if self._judge_pool is None:
+                    self._judge_pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=4, thread_name_prefix="valkey-semantic-judge"
+                    )
+        future = self._judge_pool.submit(contextvars.copy_context().run, self._ask, text, texts)
+        try:
+            return future.result(timeout=self.judge_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError from None
+
+    async def _ajudge(self, text: str, texts: list[str]) -> int | None:
+        """Async form: a coroutine judge is awaited, a sync one runs in a thread (it may
+        block on a model call), both under ``judge_timeout``."""
+        fn, args = self._judge_target(text, texts)
+
+        async def call() -> Any:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args)
+            result = await asyncio.to_thread(fn, *args)
+            return (await result) if inspect.isawaitable(result) else result
+
+        return self._choice(await asyncio.wait_for(call(), self.judge_timeout))
+
+    def _judge_failed(self, exc: BaseException) -> None:
+        timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+        what = f"timed out after {self.judge_timeout:g}s" if timed_out else _describe(exc)
+        policy = "a hit on the nearest candidate" if self.on_judge_error == "hit" else "a miss"
+        logger.warning("semantic cache judge %s; treated as %s (on_judge_error)", what, policy)
+        self.telemetry.error("judge", "timeout" if timed_out else "error")
+
+    # -- BaseCache ----------------------------------------------------------------------
 
     def lookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
-        query = self.prepare(prompt, llm_string, distance_threshold)
-        client = self._clients.sync()
-        if self._bypassed(1):
-            return None
-        with self.telemetry.operation("lookup"):
-            if not self._ensure():
-                self.shared_stats.record(misses=1)
-                return None
-            vector = self.embeddings.embed_query(query.text)
-            if self._bypassed(1):  # the embedding cache just failed
-                return None
-            try:
-                reply = client.execute_command(*self._search_args(query, vector))
-            except CACHE_ERRORS as exc:
-                self._failed("lookup", exc, lookups=1)
-                return None
-            gens, band = self._decide(query, self._candidates(reply))
-            if band:
-                gens = self._judge_sync(query, band)
-        self.shared_stats.maybe_flush()
-        return gens
+        plan = self._plan_lookup(prompt, llm_string, distance_threshold)
+        return self._run(plan, "lookup", lookups=1)
 
     async def alookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            return await asyncio.to_thread(
-                contextvars.copy_context().run,
-                lambda: self.lookup(prompt, llm_string, distance_threshold=distance_threshold),
-            )
-        query = self.prepare(prompt, llm_string, distance_threshold)
-        if self._bypassed(1):
-            return None
-        with self.telemetry.operation("lookup"):
-            if not await self._aensure():
-                self.shared_stats.record(misses=1)
-                return None
-            vector = await self.embeddings.aembed_query(query.text)
-            if self._bypassed(1):
-                return None
-            try:
-                reply = await aclient.execute_command(*self._search_args(query, vector))
-            except CACHE_ERRORS as exc:
-                self._failed("lookup", exc, lookups=1)
-                return None
-            gens, band = self._decide(query, self._candidates(reply))
-            if band:
-                gens = await self._judge_async(query, band)
-        await self.shared_stats.amaybe_flush()
-        return gens
+        plan = self._plan_lookup(prompt, llm_string, distance_threshold)
+        return await self._arun(plan, "lookup", lookups=1)
 
-    def nearest(self, prompt: str, llm_string: str) -> float | None:
-        """The cosine distance of the nearest entry this prompt could hit (diagnostics)."""
-        query = self.prepare(prompt, llm_string)
-        if not self._ready:
-            self.setup()
-        vector = self.embeddings.embed_query(query.text)
-        cands = self._candidates(
-            self._clients.sync().execute_command(*self._search_args(query, vector))
-        )
-        return cands[0].distance if cands else None
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        self._run(self._plan_update(prompt, llm_string, return_val), "update")
 
-    async def anearest(self, prompt: str, llm_string: str) -> float | None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            return await asyncio.to_thread(self.nearest, prompt, llm_string)
-        query = self.prepare(prompt, llm_string)
-        if not self._ready:
-            await self.asetup()
-        vector = await self.embeddings.aembed_query(query.text)
-        cands = self._candidates(await aclient.execute_command(*self._search_args(query, vector)))
-        return cands[0].distance if cands else None
+    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        await self._arun(self._plan_update(prompt, llm_string, return_val), "update")
 
-    # -- batches ------------------------------------------------------------------------
+    def clear(self, **kwargs: Any) -> None:
+        """Delete this cache's entries (``llm_string=...``: one model's); keeps the index
+        and the embedding cache. Raises on errors."""
+        self._run_strict(self._plan_clear(kwargs.get("llm_string")), "clear")
 
-    def _embed_many(self, texts: list[str]) -> list[list[float]]:
-        if isinstance(self.embeddings, CachedEmbeddings):
-            return self.embeddings.embed_queries(texts)
-        return [self.embeddings.embed_query(t) for t in texts]
+    async def aclear(self, **kwargs: Any) -> None:
+        await self._arun_strict(self._plan_clear(kwargs.get("llm_string")), "clear")
 
-    async def _aembed_many(self, texts: list[str]) -> list[list[float]]:
-        if isinstance(self.embeddings, CachedEmbeddings):
-            return await self.embeddings.aembed_queries(texts)
-        return [await self.embeddings.aembed_query(t) for t in texts]
+    def invalidate_model(self, llm_string: str) -> None:
+        """Delete every entry cached for this model configuration."""
+        self.clear(llm_string=llm_string)
+
+    async def ainvalidate_model(self, llm_string: str) -> None:
+        await self.aclear(llm_string=llm_string)
 
     def check_batch(
         self, prompts: Sequence[str], llm_string: str, *, distance_threshold: float | None = None
     ) -> list[list[Generation] | None]:
-        """Look up many prompts: one batched embedding and one pipelined round trip."""
-        if not prompts:
-            return []
-        queries = [self.prepare(p, llm_string, distance_threshold) for p in prompts]
-        client = self._clients.sync()
-        if self._bypassed(len(queries)):
-            return [None] * len(queries)
-        with self.telemetry.operation("check_batch"):
-            if not self._ensure():
-                self.shared_stats.record(misses=len(queries))
-                return [None] * len(queries)
-            vectors = self._embed_many([q.text for q in queries])
-            if self._bypassed(len(queries)):
-                return [None] * len(queries)
-            try:
-                pipe = client.pipeline(transaction=False)
-                for q, v in zip(queries, vectors, strict=True):
-                    pipe.execute_command(*self._search_args(q, v))
-                replies = pipe.execute(raise_on_error=False)
-            except CACHE_ERRORS as exc:
-                self._failed("check_batch", exc, lookups=len(queries))
-                return [None] * len(queries)
-            out: list[list[Generation] | None] = []
-            for q, reply in zip(queries, replies, strict=True):
-                if isinstance(reply, Exception):
-                    self._failed("check_batch", reply, lookups=1)
-                    out.append(None)
-                    continue
-                gens, band = self._decide(q, self._candidates(reply))
-                out.append(self._judge_sync(q, band) if band else gens)
-        self.shared_stats.maybe_flush()
-        return out
+        """Look up many prompts: one read of the cached vectors and one pipelined round
+        trip of searches (one search per round trip on a cluster)."""
+        plan = self._plan_check_batch(prompts, llm_string, distance_threshold)
+        n = len(prompts)
+        return self._run(plan, "check_batch", default=[None] * n, lookups=n) if n else []
 
     async def acheck_batch(
         self, prompts: Sequence[str], llm_string: str, *, distance_threshold: float | None = None
     ) -> list[list[Generation] | None]:
-        aclient = self._clients.async_client
-        if aclient is None:
-            return await asyncio.to_thread(
-                self.check_batch, prompts, llm_string, distance_threshold=distance_threshold
-            )
-        if not prompts:
-            return []
-        queries = [self.prepare(p, llm_string, distance_threshold) for p in prompts]
-        if self._bypassed(len(queries)):
-            return [None] * len(queries)
-        with self.telemetry.operation("check_batch"):
-            if not await self._aensure():
-                self.shared_stats.record(misses=len(queries))
-                return [None] * len(queries)
-            vectors = await self._aembed_many([q.text for q in queries])
-            if self._bypassed(len(queries)):
-                return [None] * len(queries)
-            try:
-                pipe = aclient.pipeline(transaction=False)
-                for q, v in zip(queries, vectors, strict=True):
-                    pipe.execute_command(*self._search_args(q, v))
-                replies = await pipe.execute(raise_on_error=False)
-            except CACHE_ERRORS as exc:
-                self._failed("check_batch", exc, lookups=len(queries))
-                return [None] * len(queries)
-            out: list[list[Generation] | None] = []
-            for q, reply in zip(queries, replies, strict=True):
-                if isinstance(reply, Exception):
-                    self._failed("check_batch", reply, lookups=1)
-                    out.append(None)
-                    continue
-                gens, band = self._decide(q, self._candidates(reply))
-                out.append(await self._judge_async(q, band) if band else gens)
-        await self.shared_stats.amaybe_flush()
-        return out
+        """Async :meth:`check_batch`."""
+        plan = self._plan_check_batch(prompts, llm_string, distance_threshold)
+        n = len(prompts)
+        return await self._arun(plan, "check_batch", default=[None] * n, lookups=n) if n else []
 
-    # -- update / clear -----------------------------------------------------------------
+    def nearest(self, prompt: str, llm_string: str) -> float | None:
+        """The cosine distance of the nearest entry this prompt could hit (diagnostics:
+        raises on errors)."""
+        return self._run_strict(self._plan_nearest(prompt, llm_string), "nearest")
 
-    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        query = self.prepare(prompt, llm_string)
-        value = self.codec.encode(return_val)
-        key = self.keys.semantic(llm_string, query.tag, query.text)
-        client = self._clients.sync()
-        if self._bypassed():
-            return
-        with self.telemetry.operation("update"):
-            if not self._ensure():
-                return
-            vector = self.embeddings.embed_query(query.text)
-            if self._bypassed():
-                return
-            mapping = self._hset_mapping(query, vector, value)
-            try:
-                pipe = client.pipeline(transaction=True)
-                pipe.hset(key, mapping=mapping)
-                if self.codec.ttl_ms is not None:
-                    pipe.pexpire(key, self.codec.ttl_ms)
-                pipe.execute()
-            except CACHE_ERRORS as exc:
-                self._failed("update", exc)
-                return
-            self.telemetry.stored(len(value) + len(mapping["vec"]))
-
-    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            await asyncio.to_thread(self.update, prompt, llm_string, return_val)
-            return
-        query = self.prepare(prompt, llm_string)
-        value = self.codec.encode(return_val)
-        key = self.keys.semantic(llm_string, query.tag, query.text)
-        if self._bypassed():
-            return
-        with self.telemetry.operation("update"):
-            if not await self._aensure():
-                return
-            vector = await self.embeddings.aembed_query(query.text)
-            if self._bypassed():
-                return
-            mapping = self._hset_mapping(query, vector, value)
-            try:
-                pipe = aclient.pipeline(transaction=True)
-                pipe.hset(key, mapping=mapping)
-                if self.codec.ttl_ms is not None:
-                    pipe.pexpire(key, self.codec.ttl_ms)
-                await pipe.execute()
-            except CACHE_ERRORS as exc:
-                self._failed("update", exc)
-                return
-            self.telemetry.stored(len(value) + len(mapping["vec"]))
-
-    def clear(self, **kwargs: Any) -> None:
-        """Delete this cache's entries (``llm_string=...``: one model's); keeps the index
-        and the embedding cache."""
-        client = self._clients.sync()
-        pattern = self.keys.semantic_pattern(kwargs.get("llm_string"))
-        with self.telemetry.operation("clear"):
-            batch: list[Any] = []
-            for key in scan_keys(client, pattern):
-                batch.append(key)
-                if len(batch) >= _DELETE_BATCH:
-                    client.unlink(*batch)
-                    batch = []
-            if batch:
-                client.unlink(*batch)
-
-    async def aclear(self, **kwargs: Any) -> None:
-        aclient = self._clients.async_client
-        if aclient is None:
-            await asyncio.to_thread(self.clear, **kwargs)
-            return
-        pattern = self.keys.semantic_pattern(kwargs.get("llm_string"))
-        with self.telemetry.operation("clear"):
-            batch: list[Any] = []
-            async for key in ascan_keys(aclient, pattern):
-                batch.append(key)
-                if len(batch) >= _DELETE_BATCH:
-                    await aclient.unlink(*batch)
-                    batch = []
-            if batch:
-                await aclient.unlink(*batch)
-
-    def drop_index(self) -> None:
-        """Drop the FT index (entries stay; ``clear()`` removes them)."""
-        self._clients.sync().execute_command("FT.DROPINDEX", self.keys.index())
-        self._ready = False
+    async def anearest(self, prompt: str, llm_string: str) -> float | None:
+        """Async :meth:`nearest`."""
+        return await self._arun_strict(self._plan_nearest(prompt, llm_string), "nearest")
 
     # -- thresholds ---------------------------------------------------------------------
 
@@ -827,7 +713,8 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         Looks at the nearest distance of each of the last ``window`` lookups: how many hit,
         how many missed just above the threshold ("near misses"), how close hits came to
         the threshold, and, when a judge/reranker decided band candidates, how often it
-        accepted them (the only ground truth the cache sees).
+        accepted them (the only ground truth the cache sees). ``edge_hit_rate`` is
+        ``None`` when nothing hit.
         """
         with self._obs_lock:
             obs = list(self._observations)
@@ -861,11 +748,12 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
         ]
         # judged against the threshold each lookup used (per call, per category...)
         edge_hits = [d for d, used in hit_obs if d >= used * 0.8]
+        edge_rate = round(len(edge_hits) / len(hits), 4) if hits else None
         dists = sorted(o.distance for o in obs if o.distance is not None)
         report.update(
             hit_rate=round((len(hits) + len(accepted)) / len(obs), 4),
             near_miss_rate=round(len(near) / len(obs), 4),
-            edge_hit_rate=round(len(edge_hits) / max(1, len(hits)), 4),
+            edge_hit_rate=edge_rate,
             judge_accept_rate=(
                 round(len(accepted) / (len(accepted) + len(rejected)), 4)
                 if accepted or rejected
@@ -895,38 +783,70 @@ class ValkeySemanticCache(SharedStatsMixin, BaseCache):
             else:
                 reasons.append(f"the judge accepted {rate:.0%} of band candidates: band is useful")
             return report
-        if report["near_miss_rate"] >= 0.2 and report["edge_hit_rate"] < 0.5:
+        # what the hits say, in words that are true when there are none
+        if not hits:
+            about_hits = "no lookup hit"
+        elif edge_rate is not None and edge_rate < 0.5:
+            about_hits = "hits sit well inside it"
+        else:
+            about_hits = "many hits are close to it"
+        if report["near_miss_rate"] >= 0.2 and (edge_rate is None or edge_rate < 0.5):
             report["recommendation"] = "loosen"
             report["suggested_threshold"] = _round_up(sorted(near)[int(0.5 * (len(near) - 1))])
             reasons.append(
                 f"{report['near_miss_rate']:.0%} of lookups missed within {margin:.3f} of "
-                "the threshold while hits sit well inside it: likely paraphrases being missed "
+                f"the threshold while {about_hits}: likely paraphrases being missed "
                 "(verify with a judge before loosening in production)"
             )
-        elif report["edge_hit_rate"] >= 0.5 and len(hits) >= 10:
+        elif edge_rate is not None and edge_rate >= 0.5 and len(hits) >= 10:
             report["recommendation"] = "tighten"
             report["suggested_threshold"] = _round_down(threshold * 0.8)
             reasons.append(
-                f"{report['edge_hit_rate']:.0%} of hits are in the top 20% of the threshold: "
+                f"{edge_rate:.0%} of hits are in the top 20% of the threshold: "
                 "many answers are served from borderline matches"
             )
+        elif not hits:
+            reasons.append("no lookup hit and few missed narrowly: nothing to tune yet")
         else:
-            reasons.append("hits sit inside the threshold and few lookups miss narrowly")
+            reasons.append(f"{about_hits} and few lookups miss narrowly")
         return report
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def flush_stats(self) -> None:
+        """Write this process's pending counts (this cache's and its embedding cache's)."""
+        super().flush_stats()
+        if self.embedding_store is not None:
+            self.embedding_store.flush_stats()
+
+    async def aflush_stats(self) -> None:
+        await super().aflush_stats()
+        if self.embedding_store is not None:
+            await self.embedding_store.aflush_stats()
 
     def close(self) -> None:
         """Flush the pending stats, stop the judge pool and close the sync client."""
         if self._judge_pool is not None:
             self._judge_pool.shutdown(wait=False)
-        if self._clients.sync_client is not None:
-            self.shared_stats.flush()
-            self._clients.sync_client.close()
+        if self.client is not None:
+            self.flush_stats()
+            self.client.close()
 
     async def aclose(self) -> None:
         """Flush the pending stats and close the async client."""
-        if self._clients.async_client is not None:
-            await self.shared_stats.aflush()
-            await self._clients.async_client.aclose()
+        if self.aclient is not None:
+            await self.aflush_stats()
+            await self.aclient.aclose()
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _describe(exc: BaseException) -> str:
+    """``failed (Type: message)``, never an empty message (a bare TimeoutError has none)."""
+    text = str(exc) or repr(exc)
+    return f"failed ({type(exc).__name__}: {text})"
 
 
 def _round_up(distance: float) -> float:
@@ -938,18 +858,6 @@ def _round_up(distance: float) -> float:
 def _round_down(distance: float) -> float:
     """``distance`` rounded down to 4 decimals (a tightened threshold stays tighter)."""
     return float(Decimal(repr(distance)).quantize(_STEP, rounding=ROUND_FLOOR))
-
-
-def _resolve_sync(result: Any) -> Any:
-    """A sync caller's view of a judge result: awaitables run on a private loop (this
-    runs in the judge worker thread, never on the caller's loop)."""
-    if inspect.isawaitable(result):
-
-        async def _await() -> Any:
-            return await result
-
-        return asyncio.run(_await())
-    return result
 
 
 def _vector_dim(node: Any) -> int | None:
@@ -982,9 +890,3 @@ def _vector_dim(node: Any) -> int | None:
         if "vec" in names:
             return search(flat)
     return None
-
-
-def _as_index(result: Any) -> int | None:
-    if result is None or isinstance(result, bool):
-        return None
-    return int(result)
