@@ -568,3 +568,170 @@ def test_lazy_setup_and_recovery_after_index_drop(
         set_llm_cache(None)
         c.clear()
         c.drop_index()
+
+
+async def test_no_search_module_lookups_fail_open_with_one_loud_log(
+    valkey_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server without valkey-search: model calls go through (sync and async), every
+    lookup is a miss and every update a no-op, logged loudly once per operation and
+    counted under the reason ``no_search_module`` in stats()."""
+    import logging
+
+    sync = client_from_url(valkey_url)
+    aclient = client_from_url(valkey_url, asyncio=True)
+    c = ValkeySemanticCache(
+        sync, HashingEmbeddings(8), async_client=aclient, prefix=prefix, metrics=False, dims=8
+    )
+    caplog.set_level(logging.ERROR, "langgraph_valkey_cache")
+    model = FakeMessagesListChatModel(responses=[AIMessage("one"), AIMessage("two")], cache=c)
+    assert model.invoke(Q).content == "one"
+    assert (await model.ainvoke(Q)).content == "two"
+    first = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    for _ in range(3):
+        assert c.lookup(Q, "llm") is None
+        assert await c.alookup(Q, "llm") is None
+        c.update(Q, "llm", [Generation(text="x")])
+        await c.aupdate(Q, "llm", [Generation(text="x")])
+        assert c.check_batch([Q, OTHER], "llm") == [None, None]
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert first and all("no_search_module" in m for m in loud), loud
+    # once per (client, operation): sync and async lookup/update, check_batch
+    assert len(loud) == 5 and len(first) == 4, loud
+    stats = c.stats()
+    assert stats.misses == 2 + 3 * 4 and stats.hits == 0
+    assert stats.errors_by_reason.get("no_search_module") == stats.errors > 0
+    with pytest.raises(SearchModuleMissing):
+        await c.asetup()
+    sync.close()
+    await aclient.aclose()
+
+
+async def test_cluster_client_without_search_fails_open(cluster_url: str, prefix: str) -> None:
+    """Issue 8: on a cluster client, update() raised ("transaction is deprecated in
+    cluster mode") and the async FT commands raised "Missing key": now every operation
+    is routed, and a cluster without valkey-search is a plain miss."""
+    sync = client_from_url(cluster_url)
+    aclient = client_from_url(cluster_url, asyncio=True)
+    c = ValkeySemanticCache(
+        sync, HashingEmbeddings(8), async_client=aclient, prefix=prefix, metrics=False, dims=8
+    )
+    c.update(Q, "llm", [Generation(text="Paris")])
+    await c.aupdate(Q, "llm", [Generation(text="Paris")])
+    assert c.lookup(Q, "llm") is None and await c.alookup(Q, "llm") is None
+    assert await c.acheck_batch([Q, OTHER], "llm") == [None, None]
+    with pytest.raises(SearchModuleMissing):
+        c.setup()
+    c.clear()
+    await c.aclear()
+    sync.close()
+    await aclient.aclose()
+
+
+def test_threshold_effectiveness_without_hits_says_so(
+    sclient: Any, emb: HashingEmbeddings, prefix: str
+) -> None:
+    """Only near misses: the report must not claim that hits "sit well inside" the
+    threshold (there are none), and has no edge-hit rate to give."""
+    c = _cache(sclient, emb, prefix, distance_threshold=0.03)
+    c.setup()
+    c.update(Q, "llm", [Generation(text="Paris")])
+    for _ in range(20):
+        assert c.lookup(PARAPHRASE, "llm") is None  # ~0.04: a near miss
+    report = c.threshold_effectiveness()
+    assert report["hit_rate"] == 0.0 and report["edge_hit_rate"] is None
+    assert report["recommendation"] == "loosen"
+    text = " ".join(report["reasons"])
+    assert "well inside" not in text and "no lookup hit" in text
+    # nothing near either: keep, and say there is nothing to judge by
+    far = _cache(sclient, emb, prefix, distance_threshold=0.03)
+    for _ in range(20):
+        assert far.lookup("How do I bake bread?", "llm") is None
+    report = far.threshold_effectiveness()
+    assert report["recommendation"] == "keep"
+    assert "hits sit" not in " ".join(report["reasons"])
+    c.drop_index()
+
+
+async def test_judge_timeout_warning_says_what_happened(
+    sclient: Any,
+    aclient: Any,
+    emb: HashingEmbeddings,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A judge timeout used to log "judge failed (TimeoutError): " and nothing else."""
+    import logging
+
+    async def slow(prompt: str, candidate: str) -> bool:
+        await asyncio.sleep(1)
+        return True
+
+    def blocking(prompt: str, candidate: str) -> bool:
+        time.sleep(1)
+        return True
+
+    base = _cache(sclient, emb, prefix)
+    base.setup()
+    base.update(Q, "llm", [Generation(text="Paris")])
+    kw: dict[str, Any] = {"distance_threshold": 0.01, "band": 0.2, "judge_timeout": 0.2}
+    caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
+    for client, judge in (
+        (aclient, slow),
+        (sclient, slow),
+        (aclient, blocking),
+        (sclient, blocking),
+    ):
+        caplog.clear()
+        c = _cache(client, emb, prefix, judge=judge, **kw)
+        start = time.perf_counter()
+        if client is aclient:
+            assert await c.alookup(PARAPHRASE, "llm") is None
+        else:
+            assert c.lookup(PARAPHRASE, "llm") is None
+        assert time.perf_counter() - start < 0.9
+        (record,) = [r for r in caplog.records if "judge" in r.getMessage()]
+        assert "timed out after 0.2s" in record.getMessage()
+        assert "treated as a miss" in record.getMessage()
+    base.drop_index()
+
+
+def test_hnsw_searches_send_ef_runtime(sclient: Any, prefix: str) -> None:
+    """EF_RUNTIME is always explicit for HNSW (a cluster fan-out would otherwise search
+    each shard with ef = K) and never sent for FLAT, which rejects it."""
+    emb = HashingEmbeddings(8)
+    for algorithm, kw, expected in (
+        ("HNSW", {}, " EF_RUNTIME 100 "),
+        ("HNSW", {"ef_runtime": 40}, " EF_RUNTIME 40 "),
+        ("FLAT", {}, None),
+    ):
+        c = _cache(sclient, emb, f"{prefix}{algorithm}{len(kw)}", algorithm=algorithm, dims=8, **kw)
+        query = " ".join(str(a) for a in c._search_args(c.prepare(Q, "llm"), [1.0] * 8))
+        if expected is None:
+            assert "EF_RUNTIME" not in query
+        else:
+            assert expected in query
+        c.setup()  # the server takes the query either way
+        c.update(Q, "llm", [Generation(text="Paris")])
+        assert c.lookup(Q, "llm") == [Generation(text="Paris")]
+        c.drop_index()
+
+
+async def test_one_client_serves_both_apis(search_url: str, prefix: str) -> None:
+    """A sync client only: the async methods run its steps in a worker thread. An async
+    client only: the sync methods say how to fix it."""
+    sync = client_from_url(search_url)
+    c = _cache(sync, HashingEmbeddings(64), prefix)
+    await c.asetup()
+    await c.aupdate(Q, "llm", [Generation(text="Paris")])
+    assert await c.alookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    assert c.lookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    aclient = client_from_url(search_url, asyncio=True)
+    only_async = _cache(aclient, HashingEmbeddings(64), prefix)
+    with pytest.raises(TypeError, match="async"):
+        only_async.lookup(Q, "llm")
+    assert await only_async.alookup(PARAPHRASE, "llm") == [Generation(text="Paris")]
+    await only_async.aclear()
+    await only_async.adrop_index()
+    sync.close()
+    await aclient.aclose()
