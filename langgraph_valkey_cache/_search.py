@@ -8,22 +8,40 @@ and documents read by field name; RESP2 and RESP3 replies both parsed.
 
 from __future__ import annotations
 
+import math
+import numbers
+import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
+    "DEFAULT_EF_RUNTIME",
+    "EF_PER_K",
+    "MAX_KNN_K",
     "SearchModuleMissing",
     "escape_tag",
+    "filter_command",
+    "hnsw_ef_runtime",
     "is_backfilling",
     "is_index_exists_error",
     "is_missing_index_error",
     "is_unknown_command_error",
+    "is_zero_vector",
+    "knn_command",
     "pack_vector",
     "parse_info",
     "parse_search",
 ]
 
 _TAG_SPECIAL = set(",.<>{}[]\"':;!@#$%^&*()-+=~|/\\ ")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+#: EF_RUNTIME floor of an HNSW KNN (see :func:`hnsw_ef_runtime`).
+DEFAULT_EF_RUNTIME = 100
+#: EF_RUNTIME per requested neighbour above the floor.
+EF_PER_K = 2
+#: valkey-search 1.2 rejects a larger KNN K.
+MAX_KNN_K = 10_000
 
 
 class SearchModuleMissing(RuntimeError):
@@ -42,13 +60,110 @@ def escape_tag(value: str) -> str:
     return "".join("\\" + c if c in _TAG_SPECIAL else c for c in value)
 
 
-def pack_vector(vector: Sequence[float], dims: int | None = None) -> bytes:
-    """FLOAT32 little-endian bytes of exactly ``dims`` values."""
-    import struct
+def pack_vector(vector: Sequence[float], dims: int | None = None, what: str = "vector") -> bytes:
+    """FLOAT32 little-endian bytes of exactly ``dims`` finite values.
 
+    Raises ``ValueError`` naming ``what`` (e.g. the item and field a vector embeds) on a
+    wrong dimension, a NaN or infinity, or a value beyond FLOAT32's range: the server
+    would index such a vector and answer NaN distances (valkey-search) or drop it
+    (RediSearch), so it is refused before anything is written.
+    """
     if dims is not None and len(vector) != dims:
-        raise ValueError(f"vector has {len(vector)} dimensions, index expects {dims}")
-    return struct.pack(f"<{len(vector)}f", *vector)
+        raise ValueError(f"{what} has {len(vector)} dimensions, the index expects {dims}")
+    try:
+        # fsum is exact: finite iff every value is (NaN and inf propagate)
+        total = math.fsum(vector)
+        blob = struct.pack(f"<{len(vector)}f", *vector)
+    except (OverflowError, ValueError, struct.error, TypeError) as exc:
+        _raise_bad_value(vector, what, exc)
+    if not math.isfinite(total):
+        _raise_bad_value(vector, what, None)
+    return blob
+
+
+def _raise_bad_value(vector: Sequence[float], what: str, exc: BaseException | None) -> NoReturn:
+    for i, v in enumerate(vector):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            raise TypeError(f"{what}: value {i} is {type(v).__name__}, not a float") from exc
+        if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+            raise ValueError(
+                f"{what}: value {i} is {float(v)!r}; vectors must be finite FLOAT32 numbers"
+            ) from exc
+    raise ValueError(f"{what}: not a vector of finite FLOAT32 numbers") from exc
+
+
+def is_zero_vector(vector: Sequence[float]) -> bool:
+    """No direction, so no cosine: RediSearch skips such a doc, valkey-search scores it 0."""
+    return not any(vector)
+
+
+def hnsw_ef_runtime(k: int, override: int | None = None) -> int:
+    """``EF_RUNTIME`` for an HNSW KNN of ``k``: ``override`` if given, else
+    ``max(DEFAULT_EF_RUNTIME, EF_PER_K * k)``.
+
+    valkey-search's own default is 10 whatever K is (recall@10 ~0.66 for a filtered
+    KNN over 10k x 384), and on a cluster each shard of a fan-out would search with
+    ef = K; 100 gives ~1.0 at 10 and the candidate list must exceed K.
+    """
+    if override is not None:
+        ef = int(override)
+        if ef <= 0:
+            raise ValueError(f"EF_RUNTIME must be a positive int, got {override!r}")
+        return ef
+    return max(DEFAULT_EF_RUNTIME, EF_PER_K * k)
+
+
+def knn_command(
+    index: str,
+    vector_field: str,
+    filter_expr: str,
+    k: int,
+    vector: bytes,
+    *,
+    ef_runtime: int | None,
+    return_fields: Sequence[str] = (),
+    distance_alias: str = "dist",
+) -> list[Any]:
+    """The whole ``FT.SEARCH`` command of a filtered KNN, in the dialect both servers take.
+
+    Args:
+        index: the FT index name.
+        vector_field: the VECTOR attribute (``@`` not included).
+        filter_expr: a non-empty pre-filter (valkey-search rejects a bare ``*``; use a
+            TAG every doc has); values inline and escaped (:func:`escape_tag`).
+        k: neighbours wanted, at most :data:`MAX_KNN_K` (valkey-search's limit).
+        vector: the query, from :func:`pack_vector`.
+        ef_runtime: for an HNSW field always a number (:func:`hnsw_ef_runtime`); ``None``
+            for FLAT, which rejects it.
+        return_fields: hash fields returned with each hit besides the distance, so no
+            second round trip fetches them.
+        distance_alias: the name the distance is returned under.
+
+    Hits come back unsorted on RediSearch: sort by the distance on the client.
+    """
+    if not 0 < k <= MAX_KNN_K:
+        raise ValueError(f"KNN k must be in 1..{MAX_KNN_K}, got {k}")
+    if not filter_expr.strip():
+        raise ValueError("a KNN needs a pre-filter expression (no bare '*' on valkey-search)")
+    ef = f" EF_RUNTIME {int(ef_runtime)}" if ef_runtime is not None else ""
+    returned = [distance_alias, *return_fields]
+    return [
+        "FT.SEARCH",
+        index,
+        f"({filter_expr})=>[KNN {int(k)} @{vector_field} $B{ef} AS {distance_alias}]",
+        "PARAMS",
+        2,
+        "B",
+        vector,
+        "RETURN",
+        len(returned),
+        *returned,
+        "LIMIT",
+        0,
+        int(k),
+        "DIALECT",
+        2,
+    ]
 
 
 def _s(value: Any) -> Any:
@@ -117,3 +232,26 @@ def is_backfilling(info: dict[str, Any]) -> bool:
         if name in info and str(_s(info[name])).strip() not in ("0", "0.0", "False", "false"):
             return True
     return False
+
+
+def filter_command(
+    index: str, filter_expr: str, return_fields: Sequence[str], limit: int = MAX_KNN_K
+) -> list[Any]:
+    """``FT.SEARCH`` of every doc matching ``filter_expr`` (no KNN), returning
+    ``return_fields``: the exact pass over a candidate set an HNSW KNN could not
+    exhaust (HNSW can leave a few nodes unreachable). valkey-search 1.1+."""
+    if not filter_expr.strip():
+        raise ValueError("a filter expression is required (no bare '*' on valkey-search)")
+    return [
+        "FT.SEARCH",
+        index,
+        f"({filter_expr})",
+        "RETURN",
+        len(return_fields),
+        *return_fields,
+        "LIMIT",
+        0,
+        int(limit),
+        "DIALECT",
+        2,
+    ]

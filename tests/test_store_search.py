@@ -6,6 +6,7 @@ that writes memories in one thread and recalls them by query in another."""
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -153,7 +154,8 @@ async def test_filters_pushed_down_and_post_filtered(
         with count_commands() as log:
             got = await call(store, "search", ("mem",), query="alice", filter={"n": 9}, limit=3)
         assert got and all(i.value["n"] == 9 for i in got)
-        assert log.round_trips == 2  # one FT.SEARCH, one pipeline fetching the items
+        # one FT.SEARCH returning whole items (vector docs carry the item's fields)
+        assert log.round_trips == 1 and log.commands == ["FT.SEARCH"]
 
 
 @pytest.mark.search
@@ -222,6 +224,100 @@ async def test_bad_input_writes_nothing(flavour: str, search_url: str, prefix: s
             await call(store, "put", ("a",), "k", {"text": "hello"})
         assert await call(store, "get", ("a",), "k") is None
         assert await call(store, "list_namespaces") == []
+
+
+def _server_url(request: pytest.FixtureRequest, server: str) -> str:
+    """An FT server (one of FT_SERVERS, marked ``search``) or the plain one."""
+    if server == "plain":
+        return str(request.getfixturevalue("valkey_url"))
+    request.applymarker(pytest.mark.search)
+    return ft_server_url(request, server)
+
+
+class _PoisonedEmbeddings(HashingEmbeddings):
+    """HashingEmbeddings, except that texts containing a poison word embed badly."""
+
+    BAD: dict[str, Any] = {
+        "nanword": lambda v: [float("nan"), *v[1:]],
+        "infword": lambda v: [*v[:-1], float("-inf")],
+        "hugeword": lambda v: [1e39, *v[1:]],  # finite in float64, not in FLOAT32
+        "shortword": lambda v: v[:-1],
+        "zeroword": lambda v: [0.0] * len(v),
+    }
+
+    def _vector(self, text: str) -> list[float]:
+        v = super()._vector(text)
+        for word, spoil in self.BAD.items():
+            if word in text:
+                return list(spoil(v))
+        return v
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("server", [*FT_SERVERS, "plain"])
+@pytest.mark.parametrize(
+    ("word", "error"),
+    [
+        ("nanword", "value 0 is nan"),
+        ("infword", f"value {DIMS - 1} is -inf"),
+        ("hugeword", "value 0 is 1e[+]39"),
+        ("shortword", f"has {DIMS - 1} dimensions, the index expects {DIMS}"),
+    ],
+)
+async def test_bad_vectors_refused_naming_item_and_field_before_any_write(
+    flavour: str, server: str, word: str, error: str, request: pytest.FixtureRequest, prefix: str
+) -> None:
+    url = _server_url(request, server)
+    emb = _PoisonedEmbeddings(DIMS)
+    index = {"dims": DIMS, "embed": emb, "fields": ["title", "body"]}
+    async with open_store(flavour, url, prefix=prefix, index=index) as store:
+        await call(store, "setup")
+        await call(store, "put", ("ok",), "before", {"title": "alice", "body": "lisbon"})
+        raw = client_from_url(url)
+        keys_before = sorted(raw.scan_iter(match=f"{prefix}:*"))
+        batch = [
+            PutOp(("ok",), "fine", {"title": "bob", "body": "porto"}),
+            PutOp(("user", "a:b"), "k/1", {"title": "bob", "body": f"porto {word}"}),
+        ]
+        with pytest.raises(ValueError, match=error) as info:
+            await call(store, "batch", batch)
+        # names the item (namespace and key) and the field
+        assert "('user', 'a:b')/'k/1'" in str(info.value) and "'body'" in str(info.value)
+        assert sorted(raw.scan_iter(match=f"{prefix}:*")) == keys_before  # nothing written
+        assert await call(store, "get", ("ok",), "fine") is None
+        # the query is checked too, before anything is sent
+        with count_commands() as log:
+            with pytest.raises(ValueError, match=r"embedding of query 'alice .*word'"):
+                await call(store, "search", ("ok",), query=f"alice {word}")
+        assert log.round_trips == 0
+        raw.close()
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("server", [*FT_SERVERS, "plain"])
+async def test_zero_vectors_unscored_alike_and_scores_finite(
+    flavour: str, server: str, request: pytest.FixtureRequest, prefix: str
+) -> None:
+    """A zero vector has no cosine: RediSearch skips such a doc and valkey-search would
+    score it 0 against everything, so it is not written and the item comes back
+    unscored on every server; a zero query vector is refused."""
+    url = _server_url(request, server)
+    emb = _PoisonedEmbeddings(DIMS)
+    async with open_store(flavour, url, prefix=prefix, index=_index(emb)) as store:
+        await call(store, "setup")
+        await call(store, "put", ("z",), "zero", {"text": "zeroword"})
+        await call(store, "put", ("z",), "half", {"text": "alice", "meta": {"title": "zeroword"}})
+        await call(store, "put", ("z",), "far", {"text": "ocean bike"})
+        hits = await call(store, "search", ("z",), query="alice", limit=10)
+        assert [(h.key, h.score is None) for h in hits] == [
+            ("half", False),
+            ("far", False),
+            ("zero", True),
+        ]
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert all(math.isfinite(h.score) for h in hits if h.score is not None)
+        with pytest.raises(ValueError, match="all zeros"):
+            await call(store, "search", ("z",), query="zeroword")
 
 
 @pytest.mark.search

@@ -57,7 +57,9 @@ for i = 11, 10 + 2 * nf do shared[#shared + 1] = ARGV[i] end
 local vb = vbase(vpre, space, vpost)
 for j = 0, nv - 1 do
   local vk = vb .. k .. ':' .. j
-  redis.call('HSET', vk, 'vec', ARGV[11 + 2 * nf + j], unpack(shared))
+  -- the item's fields too, so a KNN returns whole items in its one reply
+  redis.call('HSET', vk, 'vec', ARGV[11 + 2 * nf + j], 'v', ARGV[7], 'c', created, 'u', us,
+    't', ARGV[8], unpack(shared))
   if ttl > 0 then redis.call('PEXPIRE', vk, ttl) end
 end
 if ttl > 0 then

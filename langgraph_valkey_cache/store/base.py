@@ -7,8 +7,15 @@ sync and async share every behaviour and every round trip is visible here.
 
 Data layout: see :class:`langgraph_valkey_cache._keys.StoreKeys`. Round trips: a batch
 of N gets is 1; N puts 1 (+1 when a namespace appears, +2 when one empties); a search
-without query 2; a vector search 3 (FT.SEARCH, item fetch, registry) plus a retry when
-post-filtering left fewer than ``limit`` hits and more exist; ``list_namespaces`` 2.
+without query 2; a vector search 1: one FT.SEARCH KNN returning whole items (each
+vector doc carries a copy of its item's ``v``/``c``/``u``/``t``, written by the same
+script), plus a retry with a larger K when post-filtering left fewer than ``limit``
+hits and more exist, one exact pass when an HNSW KNN returned fewer than K, 2 for
+unscored fill-ins when still short, 1 for a TTL refresh; ``list_namespaces`` 2.
+
+Vectors are checked before anything is written: a NaN, an infinity, a value beyond
+FLOAT32 or a wrong dimension raises ``ValueError`` naming the item and field (or the
+query); zero vectors are not written (no cosine), so scores are always finite.
 """
 
 from __future__ import annotations
@@ -46,10 +53,15 @@ from langgraph_valkey_cache._client import is_cluster, require_bytes_client
 from langgraph_valkey_cache._keys import StoreKeys, decode, digest, encode
 from langgraph_valkey_cache._scripts import ScriptRegistry
 from langgraph_valkey_cache._search import (
+    MAX_KNN_K,
+    filter_command,
+    hnsw_ef_runtime,
     is_backfilling,
     is_index_exists_error,
     is_missing_index_error,
     is_unknown_command_error,
+    is_zero_vector,
+    knn_command,
     pack_vector,
     parse_info,
     parse_search,
@@ -103,6 +115,11 @@ class Sleep:
 
 PlanOp = Pipe | Embed | Sleep
 Plan = Generator[PlanOp, Any, Any]
+# a put ready to send: (op, encoded namespace, JSON value or None to delete,
+# [(field path, text to embed)])
+_Prepared = tuple[PutOp, str, str | None, list[tuple[str, str]]]
+# item fields every vector doc carries, so a KNN returns whole items (one round trip)
+_ITEM_FIELDS = ("v", "c", "u", "t")
 
 
 @dataclass
@@ -130,6 +147,10 @@ class _Row:
         return Item(**kwargs)  # type: ignore[arg-type]
 
 
+# marks a KNN hit whose vector doc lacks the item's fields (written by older code)
+_LEGACY = _Row("", "", {}, 0, 0, 0, 0)
+
+
 def op_name(ops: Sequence[Op]) -> str:
     """Telemetry name of a batch: the op kind when all ops share one."""
     kinds = {type(op) for op in ops}
@@ -149,6 +170,14 @@ def _s(value: Any) -> str:
 
 def _b(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("latin-1")
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        f = float(_s(value))
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _dt(us: int) -> datetime:
@@ -231,7 +260,13 @@ class ValkeyStoreBase(BaseStore):
             )
         self.vector_algorithm = algorithm
         self.vector_params = {k.upper(): v for k, v in (vector_params or {}).items()}
-        self._ef_runtime = self.vector_params.get("EF_RUNTIME") if algorithm == "HNSW" else None
+        ef = self.vector_params.get("EF_RUNTIME")
+        if ef is not None:
+            if algorithm != "HNSW":
+                raise ValueError("vector_params['EF_RUNTIME'] applies to HNSW only")
+            hnsw_ef_runtime(1, ef)  # validates
+        # None: derived from each query's k (hnsw_ef_runtime)
+        self._ef_override: int | None = None if ef is None else int(ef)
         self.index_config: IndexConfig | None = None
         self.embeddings: Any = None
         self._fields: list[tuple[str, Any]] = []
@@ -263,7 +298,7 @@ class ValkeyStoreBase(BaseStore):
     def _cached(self, embeddings: Any, cache: Any, prefix: str) -> Any:
         """Route embeddings through the shared embedding cache (``CachedEmbeddings``)."""
         from langgraph_valkey_cache._client import is_async_client
-        from langgraph_valkey_cache.cache.embeddings import CachedEmbeddings, ValkeyByteStore
+        from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
 
         if cache is True:
             side = "async_client" if is_async_client(self.client) else "client"
@@ -351,7 +386,7 @@ class ValkeyStoreBase(BaseStore):
 
     # -- puts -----------------------------------------------------------------------
 
-    def _prepare_put(self, op: PutOp) -> tuple[PutOp, str, str | None, list[str]]:
+    def _prepare_put(self, op: PutOp) -> _Prepared:
         ns = self.keys.ns(op.namespace)
         if op.value is None:
             return op, ns, None, []
@@ -367,19 +402,19 @@ class ValkeyStoreBase(BaseStore):
             ) from exc
         if op.ttl is not None and (not isinstance(op.ttl, (int, float)) or op.ttl <= 0):
             raise ValueError(f"ttl must be a positive number of minutes or None, got {op.ttl!r}")
-        texts: list[str] = []
+        texts: list[tuple[str, str]] = []  # (field path, text)
         if self.embeddings is not None and op.index is not False:
             paths = (
                 self._fields
                 if op.index is None
                 else [(p, tokenize_path(p) if p != "$" else p) for p in op.index]
             )
-            for _, tokens in paths:
-                texts.extend(get_text_at_path(op.value, tokens))
+            for path, tokens in paths:
+                texts.extend((path, t) for t in get_text_at_path(op.value, tokens))
         return op, ns, text, texts
 
-    def _plan_puts(self, prepared: list[tuple[PutOp, str, str | None, list[str]]]) -> Plan:
-        all_texts = [t for *_, texts in prepared for t in texts]
+    def _plan_puts(self, prepared: list[_Prepared]) -> Plan:
+        all_texts = [t for *_, texts in prepared for _, t in texts]
         vectors: list[list[float]] = []
         if all_texts:
             vectors = yield Embed(all_texts)
@@ -387,7 +422,15 @@ class ValkeyStoreBase(BaseStore):
                 raise ValueError(
                     f"embedder returned {len(vectors)} vectors for {len(all_texts)} texts"
                 )
-        blobs = [pack_vector(v, self.dims) for v in vectors]
+        # every vector checked before anything is written
+        blobs: list[bytes | None] = []
+        fields = ((op, path) for op, _, _, texts in prepared for path, _ in texts)
+        for (op, path), v in zip(fields, vectors, strict=True):
+            what = f"embedding of item {op.namespace}/{op.key!r}, field {path!r}"
+            blob = pack_vector(v, self.dims, what)
+            # a zero vector has no cosine: RediSearch would skip it, valkey-search score
+            # it 0 against everything; not written, so the item's text is unscored alike
+            blobs.append(None if is_zero_vector(v) else blob)
         calls: list[Call] = []
         pos = 0
         for op, ns, text, texts in prepared:
@@ -398,7 +441,7 @@ class ValkeyStoreBase(BaseStore):
             if text is None:
                 calls.append(self._script("delete", item, vpre, vpost, ukey, xkey, k))
                 continue
-            mine = blobs[pos : pos + len(texts)]
+            mine = [b for b in blobs[pos : pos + len(texts)] if b is not None]
             pos += len(texts)
             shared = ["nsp", q.ns_tags(op.namespace), *self.filter_fields.doc_fields(op.value)]  # type: ignore[arg-type]
             ttl_ms = int(op.ttl * 60_000) if op.ttl else 0
@@ -494,10 +537,16 @@ class ValkeyStoreBase(BaseStore):
     def _plan_search(self, op: SearchOp) -> Plan:
         if op.query and self.embeddings is not None:
             (vector,) = yield Embed([op.query], query=True)
+            blob = pack_vector(vector, self.dims, f"embedding of query {op.query!r}")
+            if is_zero_vector(vector):
+                raise ValueError(
+                    f"embedding of query {op.query!r} is all zeros: cosine similarity is "
+                    "undefined for it"
+                )
             if self._search_ok is None:
                 yield from self._plan_setup()
             if self._search_ok:
-                return (yield from self._plan_knn(op, vector))
+                return (yield from self._plan_knn(op, vector, blob))
             if not self._warned:
                 self._warned = True
                 logger.warning(
@@ -580,52 +629,73 @@ class ValkeyStoreBase(BaseStore):
         best: dict[tuple[str, str], tuple[float, _Row]] = {}
         for score, (row, _) in zip(scores, flat, strict=True):
             k = (row.ns, row.key)
+            if not math.isfinite(score):  # a NaN vector stored by older code
+                continue
             if k not in best or score > best[k][0]:
                 best[k] = (score, row)
         ranked = sorted(best.values(), key=lambda sr: -sr[0])
         kept = ranked[op.offset : op.offset + op.limit]
         page: list[tuple[float | None, _Row]] = list(kept)
         if len(page) < op.limit:
-            page += [(None, r) for r in rows if not any(r.vectors)][: op.limit - len(page)]
+            unscored = [r for r in rows if (r.ns, r.key) not in best]
+            page += [(None, r) for r in unscored][: op.limit - len(page)]
         yield from self._plan_refresh([r for _, r in page], op.refresh_ttl)
         return [r.item(self.keys, score=s, search=True) for s, r in page]
 
-    def _plan_knn(self, op: SearchOp, vector: list[float]) -> Plan:
+    def _plan_knn(self, op: SearchOp, vector: Sequence[float], blob: bytes) -> Plan:
+        """One FT.SEARCH returning whole items (vector docs carry the item's fields), so
+        one round trip; more only when post-filtering left fewer than ``limit`` hits
+        (K grows), when an HNSW KNN returned fewer than K (an exact pass, below), for
+        docs written before the fields were copied, and for a TTL refresh."""
         assert self.index_name is not None
-        blob = pack_vector(vector, self.dims)
-        clauses = self.filter_fields.pushdown(op.filter)
+        expr = q.knn_filter(op.namespace_prefix, self.filter_fields.pushdown(op.filter))
         want = op.offset + op.limit
         # one vector doc per item is the common case; grown below if hits collapse
-        k = max(want * (3 if op.filter else 1), 1)
+        k = min(max(want * (3 if op.filter else 1), 1), MAX_KNN_K)
         fetched: dict[tuple[str, str], _Row | None] = {}
         while True:
-            args = q.knn_query(op.namespace_prefix, clauses, k, blob, self._ef_runtime)
-            docs = yield from self._plan_ft_search(("FT.SEARCH", self.index_name, *args))
-            hits = sorted(
-                (
-                    (float(_s(fields.get("dist", 1.0))), self.keys.split_vector(key))
-                    for key, fields in docs
-                ),
-                key=lambda h: h[0],
+            ef = None  # FLAT rejects EF_RUNTIME
+            if self.vector_algorithm == "HNSW":
+                ef = hnsw_ef_runtime(k, self._ef_override)
+            cmd = knn_command(
+                self.index_name, "vec", expr, k, blob, ef_runtime=ef, return_fields=_ITEM_FIELDS
             )
+            docs = yield from self._plan_ft_search(tuple(cmd))
+            hits: list[tuple[float, str, str, dict[str, Any]]] = []
+            for key, fields in docs:
+                dist = _finite(fields.get("dist"))
+                if dist is not None:  # a NaN distance (a vector stored by older code)
+                    hits.append((dist, *self.keys.split_vector(key), fields))
+            # ties in a stable order, so both servers page alike
+            hits.sort(key=lambda h: (h[0], h[1], h[2]))
             ranked: list[tuple[float, tuple[str, str]]] = []
             seen: set[tuple[str, str]] = set()
-            for dist, ident in hits:
-                if ident not in seen:
-                    seen.add(ident)
-                    ranked.append((dist, ident))
-            missing = [ident for _, ident in ranked if ident not in fetched]
-            if missing:
-                got = yield from self._plan_mget([(ns, key, False) for ns, key in missing])
-                fetched.update(zip(missing, got, strict=True))
+            for dist, ns, key, fields in hits:
+                ident = (ns, key)
+                if ident in seen:  # another of the item's vectors, farther
+                    continue
+                seen.add(ident)
+                ranked.append((dist, ident))
+                if ident not in fetched:
+                    fetched[ident] = self._row_of(ns, key, fields)
+            yield from self._plan_legacy(fetched)
             kept: list[tuple[float | None, _Row]] = []
             for dist, ident in ranked:
                 row = fetched.get(ident)
                 if row is not None and q.matches(row.value, op.filter):
                     kept.append((1.0 - dist, row))
-            if len(kept) >= want or len(docs) < k:
+            exhausted = len(docs) < k
+            if len(kept) >= want or exhausted or k >= MAX_KNN_K:
                 break
-            k *= 4
+            k = min(k * 4, MAX_KNN_K)
+        if exhausted and self.vector_algorithm == "HNSW":
+            # HNSW returned fewer than K: every candidate it could reach. Its graph can
+            # leave nodes unreachable (on valkey-search, up to a third of 250
+            # near-duplicate texts), so the candidate set, known now to be small (< K),
+            # is ranked exactly instead: one more round trip, bounded by K docs.
+            exact = yield from self._plan_exact(expr, vector, op.filter)
+            if exact is not None:
+                kept = exact
         page = kept[op.offset : want]
         if len(page) < op.limit:
             extra = yield from self._plan_scan(
@@ -634,6 +704,71 @@ class ValkeyStoreBase(BaseStore):
             page += [(None, r) for r in extra][: op.limit - len(page)]
         yield from self._plan_refresh([r for _, r in page], op.refresh_ttl)
         return [r.item(self.keys, score=s, search=True) for s, r in page]
+
+    def _plan_legacy(self, fetched: dict[tuple[str, str], _Row | None]) -> Plan:
+        """Fetch the items of vector docs written before they carried the item's fields."""
+        missing = [ident for ident, row in fetched.items() if row is _LEGACY]
+        if missing:
+            got = yield from self._plan_mget([(ns, key, False) for ns, key in missing])
+            fetched.update(zip(missing, got, strict=True))
+
+    def _plan_exact(
+        self, expr: str, vector: Sequence[float], filter: dict[str, Any] | None
+    ) -> Plan:
+        """Every candidate doc matching ``expr`` (one FT.SEARCH), ranked by exact cosine
+        on the client; None when the server cannot list them (valkey-search 1.0) or
+        there are more than one reply may hold."""
+        assert self.index_name is not None
+        cmd = filter_command(self.index_name, expr, ("vec", *_ITEM_FIELDS), MAX_KNN_K)
+        (reply,) = yield Pipe([Call(tuple(cmd))], return_errors=True)
+        if isinstance(reply, Exception):
+            logger.debug("exact pass unavailable: %s", reply)
+            return None
+        total, docs = parse_search(reply)
+        if total > len(docs):
+            return None
+        size = 4 * (self.dims or 0)
+        flat = [
+            (*self.keys.split_vector(key), fields)
+            for key, fields in docs
+            if isinstance(fields.get("vec"), bytes) and len(fields["vec"]) == size
+        ]
+        scores = _cosine(vector, [f["vec"] for _, _, f in flat])
+        best: dict[tuple[str, str], float] = {}
+        fetched: dict[tuple[str, str], _Row | None] = {}
+        for score, (ns, key, fields) in zip(scores, flat, strict=True):
+            ident = (ns, key)
+            if not math.isfinite(score):
+                continue
+            if ident not in best or score > best[ident]:
+                best[ident] = score
+            if ident not in fetched:
+                fetched[ident] = self._row_of(ns, key, fields)
+        yield from self._plan_legacy(fetched)
+        kept: list[tuple[float | None, _Row]] = []
+        for ident, score in sorted(best.items(), key=lambda x: (-x[1], x[0])):
+            row = fetched.get(ident)
+            if row is not None and q.matches(row.value, filter):
+                kept.append((score, row))
+        return kept
+
+    def _row_of(self, ns: str, key: str, fields: dict[str, Any]) -> _Row | None:
+        """The item from a KNN hit's returned fields; ``_LEGACY`` when they are absent."""
+        if "v" not in fields:
+            return _LEGACY
+        try:
+            return _Row(
+                ns,
+                key,
+                json.loads(fields["v"]),
+                int(fields["c"]),
+                int(fields["u"]),
+                int(fields["t"]),
+                1,
+                self.keys.space,
+            )
+        except (KeyError, TypeError, ValueError):
+            return _LEGACY
 
     # -- setup ----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ __all__ = [
     "FilterFields",
     "does_match",
     "index_schema",
-    "knn_query",
+    "knn_filter",
     "matches",
     "ns_tag",
     "ns_tags",
@@ -141,33 +141,10 @@ def index_schema(
     return ["ON", "HASH", "PREFIX", 1, prefix, "SCHEMA", *schema]
 
 
-def knn_query(
-    namespace_prefix: Sequence[str],
-    clauses: Sequence[str],
-    k: int,
-    blob: bytes,
-    ef_runtime: int | None = None,
-) -> list[Any]:
-    """``FT.SEARCH`` arguments after the index name (DIALECT 2, vector and K as PARAMS)."""
-    pre = " ".join([f"@nsp:{{{escape_tag(ns_tag(namespace_prefix))}}}", *clauses])
-    ef = f" EF_RUNTIME {int(ef_runtime)}" if ef_runtime else ""
-    return [
-        f"({pre})=>[KNN $K @vec $B{ef} AS dist]",
-        "PARAMS",
-        4,
-        "K",
-        k,
-        "B",
-        blob,
-        "RETURN",
-        1,
-        "dist",
-        "LIMIT",
-        0,
-        k,
-        "DIALECT",
-        2,
-    ]
+def knn_filter(namespace_prefix: Sequence[str], clauses: Sequence[str]) -> str:
+    """The KNN pre-filter: the namespace prefix TAG (every doc has one) and pushed-down
+    clauses. The KNN itself is built by :func:`langgraph_valkey_cache._search.knn_command`."""
+    return " ".join([f"@nsp:{{{escape_tag(ns_tag(namespace_prefix))}}}", *clauses])
 
 
 # -- exact semantics (InMemoryStore's) ------------------------------------------------
