@@ -11,10 +11,12 @@ The executor alone owns the failure policy (DESIGN.md, "Faults"):
 
 * **Breaker.** One per server and process (:func:`breaker_for`), shared by every cache
   on that server. A transient failure (connection refused or reset, timeout) opens it;
-  while open, every I/O step is refused at once (no round trip). After a cooldown
-  (0.25 s at first, doubling while the server stays down, capped at 30 s) one caller's
-  step is let through as the probe; success closes the breaker. One warning per outage,
-  one info line when the server is back.
+  while open, every I/O step is refused at once (no round trip). After a cooldown one
+  caller's step is let through as the probe (half-open); success closes the breaker.
+  The cooldown starts at 0.25 s and doubles, up to 2 s, only while probes time out
+  (each costs its caller the budget); a refused connection costs nothing, so a dead
+  server is probed every 0.25 s. Caching therefore resumes within 2 s of the server's
+  return. One warning per outage, one info line when the server is back.
 * **Budget.** Async steps run under a deadline of ``timeout`` seconds each, whatever the
   client (a user's client without timeouts included). Sync steps are bounded by the
   client's socket timeout; clients built by :func:`cache_client_from_url` get the
@@ -43,12 +45,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from valkey.exceptions import (
-    ConnectionError as VConnectionError,
-)
-from valkey.exceptions import (
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
     ResponseError,
     ValkeyClusterException,
     ValkeyError,
+)
+from valkey.exceptions import (
+    ConnectionError as VConnectionError,
 )
 from valkey.exceptions import (
     TimeoutError as VTimeoutError,
@@ -206,14 +212,23 @@ def classify(exc: BaseException) -> tuple[str, bool]:
         return "unavailable", True
     if isinstance(exc, RecursionError):  # a client reconnect loop on a dead server
         return "client_recursion", True
+    if isinstance(exc, NoPermissionError):
+        return "acl", False
+    if isinstance(exc, OutOfMemoryError):
+        return "oom", False
+    if isinstance(exc, (BusyLoadingError, ReadOnlyError)):
+        return "loading" if isinstance(exc, BusyLoadingError) else "readonly", True
     if isinstance(exc, ResponseError):
         text = str(exc)
+        if "No permissions" in text or "NOPERM" in text:
+            return "acl", False
+        lowered = text.lower()
+        # before the prefixes: valkey-py strips "ERR ", so this starts "unknown command"
+        if "unknown command" in lowered and "ft." in lowered:
+            return "no_search_module", False
         for prefix, reason in _PERMANENT_PREFIXES:
             if text.startswith(prefix) or text.startswith("ERR " + prefix):
                 return reason, reason in ("busy", "loading", "cluster_down")
-        lowered = text.lower()
-        if "unknown command" in lowered and "ft." in lowered:
-            return "no_search_module", False
         if "index" in lowered and ("not found" in lowered or "no such" in lowered):
             return "no_index", False
         return "response_error", False
@@ -236,7 +251,7 @@ class Breaker:
     """
 
     def __init__(
-        self, name: str = "", first_cooldown: float = 0.25, max_cooldown: float = 30.0
+        self, name: str = "", first_cooldown: float = 0.25, max_cooldown: float = 2.0
     ) -> None:
         if first_cooldown < 0 or max_cooldown < first_cooldown:
             raise ValueError("cooldowns must satisfy 0 <= first_cooldown <= max_cooldown")
@@ -281,14 +296,19 @@ class Breaker:
             if was_down:
                 logger.info("Valkey %s answers again: caching resumed", self.name)
 
-    def failure(self, exc: BaseException, who: str = "cache") -> None:
+    def failure(self, exc: BaseException, who: str = "cache", slow: bool = True) -> None:
+        """A step failed. ``slow``: it cost its caller the budget (a timeout), so the
+        next probe waits longer; a fast failure (connection refused) costs nothing and
+        is retried after ``first_cooldown`` again."""
         now = time.monotonic()
         with self._lock:
             first = not self._down
             if first:
                 self._cooldown = self.first_cooldown
-            elif self._probing:
+            elif self._probing and slow:
                 self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+            elif not slow:
+                self._cooldown = self.first_cooldown
             self._down = True
             self._probing = False
             self._open_until = now + self._cooldown
@@ -373,7 +393,7 @@ class Executor:
         self.stats = stats
         self.timeout = timeout
         self.breaker = breaker or breaker_for(client)
-        self._logged: set[tuple[str, str]] = set()
+        self._logged: set[str] = set()  # reasons logged loudly already (once each)
         if not self.is_async:
             self._warn_unbounded(client)
 
@@ -415,7 +435,7 @@ class Executor:
     def _failed_step(self, op: str, exc: BaseException) -> CacheUnavailable:
         reason, transient = classify(exc)
         if transient:
-            self.breaker.failure(exc, f"{self.telemetry.tier} cache {op}")
+            self.breaker.failure(exc, f"{self.telemetry.tier} cache {op}", reason == "timeout")
         else:
             self._log_once(op, reason, exc, trace=False)
         self._count_error(op, reason)
@@ -429,10 +449,10 @@ class Executor:
             self.stats.record(None, errors=1, **{f"errors.{reason}": 1})
 
     def _log_once(self, op: str, reason: str, exc: BaseException, *, trace: bool) -> None:
-        if (op, reason) in self._logged:
+        if reason in self._logged:
             logger.debug("%s cache %s failed again (%s): %s", self.telemetry.tier, op, reason, exc)
             return
-        self._logged.add((op, reason))
+        self._logged.add(reason)
         logger.error(
             "%s cache %s failed (%s), continuing without the cache: %s: %s",
             self.telemetry.tier, op, reason, type(exc).__name__, exc,
@@ -513,6 +533,7 @@ class Executor:
                         error = exc
                 elif strict:
                     reply = self._io(step)
+                    breaker.success()
                 elif not breaker.allow():
                     error = CacheUnavailable("breaker_open")
                 else:
@@ -544,6 +565,9 @@ class Executor:
         t = type(step)
         if t is Cmd:
             if step.node is not None and self.cluster:
+                # the async cluster client learns its nodes on its first command: before
+                # that get_random_node() has none to pick (a no-op once initialised)
+                await client.initialize()
                 return await client.execute_command(
                     *step.args, target_nodes=client.get_random_node()
                 )
@@ -612,6 +636,7 @@ class Executor:
                         error = exc
                 elif strict:
                     reply = await self._aio(step)
+                    breaker.success()
                 elif not breaker.allow():
                     error = CacheUnavailable("breaker_open")
                 else:
@@ -640,7 +665,7 @@ class Executor:
         stats = self.stats
         if stats is None:
             return None
-        pending = stats.take(force, allowed=self.breaker.closed)
+        pending = stats.take(force)
         if not pending:
             return None
         try:

@@ -19,7 +19,9 @@ from langgraph_valkey_cache import (
 )
 from langgraph_valkey_cache.__main__ import main
 from langgraph_valkey_cache._client import client_from_url
-from langgraph_valkey_cache._stats import CacheStats, SharedStats
+from langgraph_valkey_cache._failopen import Executor
+from langgraph_valkey_cache._stats import CacheStats, SharedStats, read_hashes
+from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import HashingEmbeddings, count_commands
 
@@ -197,20 +199,23 @@ def test_flush_fails_open_and_keeps_the_counts(prefix: str) -> None:
     server = EmbeddedValkey().start()
     client = client_from_url(server.url, timeout=0.3)
     try:
-        cache = ValkeyCache(client, prefix=prefix, metrics=False, failure_cooldown=0.2)
+        cache = ValkeyCache(client, prefix=prefix, metrics=False)
         cache.update("q", "model", [Generation(text="a")])
         assert cache.lookup("q", "model") is not None
         server.kill()
-        cache.flush_stats()  # no raise: the hit stays pending
-        assert cache.shared_stats.pending == {f"{prefix}:stats": {"hits": 1}}
+        cache.flush_stats()  # no raise: the hit stays pending (and the failure is counted)
+        assert cache.shared_stats.pending == {
+            f"{prefix}:stats": {"hits": 1, "errors": 1, "errors.unavailable": 1}
+        }
         assert cache.lookup("q", "model") is None  # the breaker is open: a miss, counted
         server.stop()
         server = EmbeddedValkey(port=server.port).start()
         import time
 
-        time.sleep(0.2)
+        time.sleep(0.3)  # the breaker's first cooldown
         stats = cache.stats()
-        assert (stats.hits, stats.misses, stats.errors) == (1, 1, 0)
+        assert (stats.hits, stats.misses, stats.errors) == (1, 1, 1)
+        assert stats.errors_by_reason == {"unavailable": 1}
     finally:
         client.close()
         server.stop()
@@ -218,17 +223,21 @@ def test_flush_fails_open_and_keeps_the_counts(prefix: str) -> None:
 
 def test_shared_stats_many_hashes_one_round_trip(valkey_url: str, prefix: str) -> None:
     client = client_from_url(valkey_url)
-    stats = SharedStats(client, f"{prefix}:a", flush_interval=3600)
+    stats = SharedStats(f"{prefix}:a", flush_interval=3600)
+    executor = Executor(client, Telemetry("t", metrics=False), stats)
     stats.record(hits=2, saved_usd=0.5)
     stats.record(f"{prefix}:b", misses=1, saved_ms=30)
-    stats.maybe_flush()  # not due
-    assert stats.read() == {}
+    executor.maybe_flush()  # not due
+    assert read_hashes(client, [f"{prefix}:a"]) == [{}]
     client.ping()
     with count_commands() as log:
-        stats.flush()
+        executor.maybe_flush(force=True)
     assert log.round_trips == 1
-    assert stats.read() == {"hits": 2, "saved_usd": 0.5}
-    assert stats.read_many([f"{prefix}:b", f"{prefix}:c"]) == [{"misses": 1, "saved_ms": 30}, {}]
+    assert read_hashes(client, [f"{prefix}:a", f"{prefix}:b", f"{prefix}:c"]) == [
+        {"hits": 2, "saved_usd": 0.5},
+        {"misses": 1, "saved_ms": 30},
+        {},
+    ]
     client.close()
 
 

@@ -474,7 +474,11 @@ def test_breaker_half_open_single_probe_and_growing_cooldown() -> None:
     time.sleep(0.06)
     assert breaker.allow()  # half-open: one probe...
     assert not breaker.allow()  # ...and only one
-    breaker.failure(ConnectionError("still down"))  # the probe failed: cooldown doubles
+    breaker.failure(ConnectionError("refused"), slow=False)  # cost nothing: no growth
+    assert breaker._cooldown == 0.05
+    time.sleep(0.06)
+    assert breaker.allow()
+    breaker.failure(TimeoutError("stalled"))  # the probe timed out: cooldown doubles
     assert breaker._cooldown == 0.1
     time.sleep(0.06)
     assert not breaker.allow()
