@@ -270,11 +270,13 @@ class EmbeddedCluster:
     """A Valkey Cluster of ``primaries`` nodes, slots split evenly, no replicas.
 
     Built without valkey-cli: ``CLUSTER ADDSLOTSRANGE`` on each node, then ``CLUSTER
-    MEET``, then wait for ``cluster_state:ok`` everywhere.
+    MEET``, then wait for ``cluster_state:ok`` everywhere. ``search`` is passed to each
+    node (:class:`EmbeddedValkey`): the module answers FT.* on each node alone, with
+    no coordinator (for that, :class:`EmbeddedSearchCluster`).
     """
 
-    def __init__(self, primaries: int = 3) -> None:
-        self.nodes = [EmbeddedValkey(cluster=True) for _ in range(primaries)]
+    def __init__(self, primaries: int = 3, *, search: bool | str = False) -> None:
+        self.nodes = [EmbeddedValkey(cluster=True, search=search) for _ in range(primaries)]
 
     @property
     def url(self) -> str:

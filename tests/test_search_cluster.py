@@ -7,12 +7,15 @@ where the search cluster cannot run (see ``search_cluster_unavailable`` in conft
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 from langgraph.store.base import PutOp
 from langgraph.store.memory import InMemoryStore
 
+from langgraph_valkey_cache import ValkeyStore
+from langgraph_valkey_cache.embedded import EmbeddedCluster
 from langgraph_valkey_cache.testing import HashingEmbeddings
 from tests.test_store import FLAVOURS, call, open_store
 from tests.test_store_search import DIMS, QUERIES, _docs, _fill, _index, _same_ranking
@@ -105,3 +108,14 @@ async def test_search_right_after_index_creation_over_existing_data(
             except AssertionError as exc:
                 failures.append(f"trial {trial}: {exc}")
     assert failures == [], f"{len(failures)}/{TRIALS} trials differ: {failures}"
+
+
+def test_cluster_without_coordinator_is_a_clear_error(search_cluster_url: str) -> None:
+    """valkey-search loaded on each node without ``--use-coordinator``: FT.CREATE stays on
+    one node, and setup says what to fix after its wait (~10 s) instead of failing later
+    with "index not found" on some searches."""
+    with EmbeddedCluster(3, search=os.environ["VALKEY_SEARCH_MODULE"]) as lone:
+        emb = HashingEmbeddings(DIMS)
+        with ValkeyStore.from_conn_string(lone.url, index=_index(emb)) as store:
+            with pytest.raises(RuntimeError, match="--use-coordinator"):
+                store.setup()
