@@ -49,12 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with ValkeySaver.from_conn_string(args.url, prefix=args.prefix) as saver:
         if args.command == "threads":
-            seen: set[str] = set()
-            for tup in saver.list(None):
-                thread = tup.config["configurable"]["thread_id"]
-                if thread not in seen:
-                    seen.add(thread)
-                    print(thread)
+            # names only: a SCAN of the thread markers, no checkpoint is read
+            for name in sorted(saver.thread_ids()):
+                print(name)
         else:
             config: RunnableConfig = {"configurable": {"thread_id": args.thread_id}}
             for tup in saver.list(config):

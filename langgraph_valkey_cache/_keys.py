@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from urllib.parse import quote, unquote
 
 __all__ = [
@@ -32,15 +33,37 @@ __all__ = [
 
 _SAFE = "-_.~"
 _GLOB_SPECIAL = set("*?[]\\")
+# exactly the characters ``quote(safe=_SAFE)`` leaves alone: such a part encodes to itself
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
+@functools.lru_cache(maxsize=4096)
+def _quote(part: str) -> str:
+    try:
+        return quote(part, safe=_SAFE)
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{part!r} cannot be stored in a key: it is not valid Unicode text "
+            f"(a lone surrogate at position {exc.start})"
+        ) from None
 
 
 def encode(part: str) -> str:
-    """Percent-encode one key part (injective, separator- and glob-free)."""
+    """Percent-encode one key part (injective, separator- and glob-free).
+
+    A part made only of ``[A-Za-z0-9_.~-]`` (UUIDs, versions, most names) is its own
+    encoding and is returned as is; others are quoted once and memoised (the hot
+    path sees the same channel and namespace names on every call). A string that is
+    not valid Unicode (a lone surrogate) raises ``ValueError``.
+    """
     if not isinstance(part, str):
         raise TypeError(f"key parts must be str, got {type(part).__name__}")
-    return quote(part, safe=_SAFE)
+    if _PLAIN(part):
+        return part
+    return _quote(part)
 
 
+@functools.lru_cache(maxsize=4096)
 def decode(part: str) -> str:
     """Invert :func:`encode`."""
     return unquote(part)
@@ -108,7 +131,9 @@ class CheckpointKeys:
     Per thread ``T`` (encoded) under prefix ``P``:
 
     - ``P:{T}:ns``         SET of encoded checkpoint namespaces (also the thread marker)
-    - ``P:{T}:runs``       HASH run_id -> ``ns/id`` list (for ``delete_for_runs``)
+    - ``P:{T}:runs``       ZSET, all scores 0, members ``<run>,<ns>,<id>`` (run and
+                           namespace encoded): one run's checkpoints are one
+                           ``ZRANGEBYLEX [<run>, (<run>-`` (``encode`` never yields ``,``)
     - ``P:{T}:t``          short-lived marker: all namespaces' expiry refreshed recently
     - ``P:{T}:i:<ns>``     ZSET of checkpoint ids, all score 0 (lexicographic = time order)
     - ``P:{T}:c:<ns>``     HASH id -> checkpoint record
@@ -116,10 +141,12 @@ class CheckpointKeys:
     - ``P:{T}:w:<ns>``     HASH ``<id>:<task>:<idx>`` -> pending write
     - ``P:{T}:d:<ns>``     HASH id -> comma-joined write fields of that checkpoint
 
-    The Lua scripts derive the per-namespace keys from the thread base ``P:{T}:``
-    and the encoded namespace, so these names are defined here and in
-    ``_scripts.py``'s ``nskey`` helper only.
+    Scripts get these names in ``KEYS`` (:meth:`script_keys`, :meth:`thread_keys`);
+    only the scripts that walk a whole thread derive the keys of namespaces they
+    discover from ``P:{T}:ns``, with ``_scripts.py``'s ``nskey`` helper (same names).
     """
+
+    NS_KINDS = ("i", "c", "b", "w", "d")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = validate_prefix(prefix)
@@ -130,6 +157,22 @@ class CheckpointKeys:
 
     def marker(self, thread_id: str) -> str:
         return self.base(thread_id) + "ns"
+
+    def thread_keys(self, thread_id: str) -> tuple[str, str, str]:
+        """``(namespaces set, run index, refresh marker)`` of a thread."""
+        base = self.base(thread_id)
+        return base + "ns", base + "runs", base + "t"
+
+    def script_keys(self, thread_id: str, ns: str) -> tuple[str, ...]:
+        """The ``KEYS`` of a one-namespace script: :meth:`thread_keys`, then the
+        namespace's ``i, c, b, w, d`` keys (``ns`` already encoded)."""
+        base = self.base(thread_id)
+        return (
+            base + "ns",
+            base + "runs",
+            base + "t",
+            *(f"{base}{kind}:{ns}" for kind in self.NS_KINDS),
+        )
 
     def thread_from_marker(self, key: str | bytes) -> str:
         text = key.decode() if isinstance(key, bytes) else key

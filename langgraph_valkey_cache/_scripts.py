@@ -1,10 +1,30 @@
 """Lua scripts, registered once per client and shared by sync and async code.
 
 Scripts make multi-key writes atomic on standalone and cluster alike (a cluster
-pipeline cannot be a transaction). Each checkpoint script gets the thread's marker
-key as ``KEYS[1]`` (for routing) and touches only keys with the same ``{thread}``
-hash tag, whose names it derives from the thread base ``P:{T}:`` exactly as
-:class:`langgraph_valkey_cache._keys.CheckpointKeys` documents.
+pipeline cannot be a transaction). All keys of a checkpoint thread share its
+``{thread}`` hash tag, so every script runs on one shard.
+
+``KEYS`` (slot-migration safety: the server checks declared keys, so a script never
+runs against a half-migrated slot's missing keys):
+
+* one-namespace scripts (``put``, ``put_writes``, ``get``, ``list`` of one namespace,
+  ``history``) get :meth:`CheckpointKeys.script_keys`: ``ns, runs, t`` of the thread,
+  then ``i, c, b, w, d`` of the namespace. Every key they touch is declared, except
+  the other namespaces' keys the throttled TTL refresh extends (at most once per
+  ttl/10; only with a TTL).
+* thread-wide scripts (``delete_thread``, ``delete_runs``, ``prune``, ``dump``,
+  ``load``, ``list`` of all namespaces) get :meth:`CheckpointKeys.thread_keys` and
+  derive the keys of the namespaces they find in ``P:{T}:ns`` (no client could name
+  them without a read first). They are O(size of the thread) and block the shard
+  while they run: admin operations, not the hot path. ``put``, ``put_writes`` and
+  ``get`` are O(channels + writes of one checkpoint) (plus O(namespaces) once per
+  ttl/10 with a TTL); ``list`` is O(namespaces x page); ``history`` O(ancestors walked).
+
+Arguments are plain ``ARGV`` entries. Measured on the hot path: what made valkey-py's
+packing slow was ``str`` arguments (each one encoded per call), so keys and fields are
+sent as ``bytes`` built once; framing all arguments into one (parsed in Lua) saved the
+client ~3 us per ``put`` but cost the server ~8 us, so it is not done. (The server's
+``cmsgpack`` cannot decode msgpack's binary type, so it cannot carry the blobs.)
 """
 
 from __future__ import annotations
@@ -14,10 +34,21 @@ from typing import Any
 
 __all__ = ["CHECKPOINT_SCRIPTS", "SINGLE_FLIGHT_SCRIPTS", "ScriptRegistry"]
 
-# Shared helpers, prepended to every checkpoint script.
+# Shared helpers, prepended to every checkpoint script. KEYS[1] is always the thread's
+# namespace set ``P:{T}:ns``, KEYS[2] its run index, KEYS[3] its refresh marker.
 _PRELUDE = r"""
 local NSK = {'i', 'c', 'b', 'w', 'd'}
-local function nskey(base, kind, ns) return base .. kind .. ':' .. ns end
+local base = string.sub(KEYS[1], 1, -3)
+local function nskey(kind, ns) return base .. kind .. ':' .. ns end
+-- the keys of a namespace the script discovered (not declared)
+local function nskeys(ns)
+  return {i = nskey('i', ns), c = nskey('c', ns), b = nskey('b', ns),
+          w = nskey('w', ns), d = nskey('d', ns)}
+end
+-- the declared keys of a one-namespace script
+local function declared()
+  return {i = KEYS[4], c = KEYS[5], b = KEYS[6], w = KEYS[7], d = KEYS[8]}
+end
 local function split(s, sep)
   local out = {}
   if not s or s == '' then return out end
@@ -49,149 +80,145 @@ local function header(rec)
   return parts[1], parts[2], split(parts[3], ','), split(parts[4], ',')
 end
 -- slide the expiry of every key of the thread together. The thread-level keys and the
--- namespace just used are refreshed on every call; all namespaces (a graph that fans
--- out to subgraphs makes many) at most every ttl/10, so the cost stays bounded while
--- no key of an active thread can expire.
-local function touch(base, ttl, ns)
+-- namespace just used (ks) are refreshed on every call; all namespaces (a graph that
+-- fans out to subgraphs makes many) at most every ttl/10, so the cost stays bounded
+-- while no key of an active thread can expire.
+local function touch(ttl, ks)
   if ttl <= 0 then return end
-  redis.call('PEXPIRE', base .. 'ns', ttl)
-  redis.call('PEXPIRE', base .. 'runs', ttl)
-  if ns then
-    for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(base, k, ns), ttl) end
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  if ks then
+    for _, k in ipairs(NSK) do redis.call('PEXPIRE', ks[k], ttl) end
   end
-  if redis.call('SET', base .. 't', '1', 'NX', 'PX', math.max(1, math.floor(ttl / 10))) then
-    for _, n in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
-      for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(base, k, n), ttl) end
+  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', math.max(1, math.floor(ttl / 10))) then
+    for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+      for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(k, n), ttl) end
     end
   end
 end
-local function load_tuple(base, ns, id, rec)
+local function load_tuple(ks, ns, id, rec)
   local _, _, fields = header(rec)
-  local blobs = hmget(nskey(base, 'b', ns), fields)
-  local wf = split(redis.call('HGET', nskey(base, 'd', ns), id), ',')
-  local writes = hmget(nskey(base, 'w', ns), wf)
+  local blobs = hmget(ks.b, fields)
+  local writes = hmget(ks.w, split(redis.call('HGET', ks.d, id), ','))
   -- false (missing) cannot travel inside a reply array reliably: use ''
   for i = 1, #fields do if not blobs[i] then blobs[i] = '' end end
   return {ns, id, rec, blobs, writes}
 end
-local function delete_checkpoint(base, ns, id)
-  redis.call('ZREM', nskey(base, 'i', ns), id)
-  redis.call('HDEL', nskey(base, 'c', ns), id)
-  local wf = split(redis.call('HGET', nskey(base, 'd', ns), id), ',')
-  hdel(nskey(base, 'w', ns), wf)
-  redis.call('HDEL', nskey(base, 'd', ns), id)
+local function delete_checkpoint(ks, id)
+  redis.call('ZREM', ks.i, id)
+  redis.call('HDEL', ks.c, id)
+  hdel(ks.w, split(redis.call('HGET', ks.d, id), ','))
+  redis.call('HDEL', ks.d, id)
 end
 -- drop blobs no remaining checkpoint of the namespace refers to; forget empty namespaces
-local function gc_namespace(base, ns)
-  local ids = redis.call('ZRANGE', nskey(base, 'i', ns), 0, -1)
+local function gc_namespace(ns, ks)
+  local ids = redis.call('ZRANGE', ks.i, 0, -1)
   if #ids == 0 then
-    for _, k in ipairs(NSK) do redis.call('DEL', nskey(base, k, ns)) end
-    redis.call('SREM', base .. 'ns', ns)
+    for _, k in ipairs(NSK) do redis.call('DEL', ks[k]) end
+    redis.call('SREM', KEYS[1], ns)
     return
   end
   local used = {}
-  for _, id in ipairs(ids) do
-    local rec = redis.call('HGET', nskey(base, 'c', ns), id)
+  for _, rec in ipairs(hmget(ks.c, ids)) do
     if rec then
       local _, _, fields = header(rec)
       for _, f in ipairs(fields) do used[f] = true end
     end
   end
   local drop = {}
-  for _, f in ipairs(redis.call('HKEYS', nskey(base, 'b', ns))) do
+  for _, f in ipairs(redis.call('HKEYS', ks.b)) do
     if not used[f] then drop[#drop + 1] = f end
   end
-  hdel(nskey(base, 'b', ns), drop)
+  hdel(ks.b, drop)
 end
+-- run index member: run,ns,id
+local function run_range(run) return '[' .. run .. ',', '(' .. run .. '-' end
 -- keep the run index in step with the checkpoints that still exist
-local function gc_runs(base)
-  local flat = redis.call('HGETALL', base .. 'runs')
-  for i = 1, #flat, 2 do
-    local kept = {}
-    for _, entry in ipairs(split(flat[i + 1], ',')) do
-      local slash = string.find(entry, '/', 1, true)
-      local ns, id = string.sub(entry, 1, slash - 1), string.sub(entry, slash + 1)
-      if redis.call('HEXISTS', nskey(base, 'c', ns), id) == 1 then kept[#kept + 1] = entry end
-    end
-    if #kept == 0 then redis.call('HDEL', base .. 'runs', flat[i])
-    else redis.call('HSET', base .. 'runs', flat[i], table.concat(kept, ',')) end
+local function gc_runs()
+  local drop = {}
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local p = split(m, ',')
+    if redis.call('HEXISTS', nskey('c', p[2]), p[3]) == 0 then drop[#drop + 1] = m end
+  end
+  for i = 1, #drop, 500 do
+    redis.call('ZREM', KEYS[2], unpack(drop, i, math.min(i + 499, #drop)))
   end
 end
-local function delete_thread(base)
-  for _, ns in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
-    for _, k in ipairs(NSK) do redis.call('DEL', nskey(base, k, ns)) end
+local function delete_thread()
+  for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    for _, k in ipairs(NSK) do redis.call('DEL', nskey(k, ns)) end
   end
-  redis.call('DEL', base .. 'ns', base .. 'runs', base .. 't')
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 end
 """
 
-# ARGV: base, ns, id, record, run, ttl_ms, then blob field/value pairs.
+# ARGV: id, record, run, ttl_ms, ns, then blob field/value pairs.
 # Order matters: blobs, record, then the index entry, so even a script error
 # part-way (scripts are not rolled back) never leaves a checkpoint without its blobs.
 _PUT = r"""
-local base, ns, id, rec, run, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-for k = 7, #ARGV, 1000 do
-  redis.call('HSET', nskey(base, 'b', ns), unpack(ARGV, k, math.min(k + 999, #ARGV)))
+local id, rec, run, ttl, ns = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local ks = declared()
+for k = 6, #ARGV, 1000 do
+  redis.call('HSET', ks.b, unpack(ARGV, k, math.min(k + 999, #ARGV)))
 end
-local ckey = nskey(base, 'c', ns)
-local created = 1 - redis.call('HEXISTS', ckey, id)
+local created = 1 - redis.call('HEXISTS', ks.c, id)
 if run ~= '' and created == 1 then
-  local cur = redis.call('HGET', base .. 'runs', run)
-  local entry = ns .. '/' .. id
-  redis.call('HSET', base .. 'runs', run, cur and (cur .. ',' .. entry) or entry)
+  redis.call('ZADD', KEYS[2], 0, run .. ',' .. ns .. ',' .. id)
 end
-redis.call('SADD', base .. 'ns', ns)
-redis.call('HSET', ckey, id, rec)
+redis.call('SADD', KEYS[1], ns)
+redis.call('HSET', ks.c, id, rec)
 -- the index entry is the commit point: "latest" and listings only see complete records
-redis.call('ZADD', nskey(base, 'i', ns), 0, id)
-touch(base, ttl, ns)
+redis.call('ZADD', ks.i, 0, id)
+touch(ttl, ks)
 return created
 """
 
-# ARGV: base, ns, id, ttl_ms, then field/value/overwrite triples
+# ARGV: id, ttl_ms, ns, then field, value, overwrite ('0'/'1') triples
 _PUT_WRITES = r"""
-local base, ns, id, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local wkey = nskey(base, 'w', ns)
+local id, ttl, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ks = declared()
 local added = {}
-for k = 5, #ARGV, 3 do
+for k = 4, #ARGV, 3 do
   local cmd = (ARGV[k + 2] == '1') and 'HSET' or 'HSETNX'
-  if redis.call(cmd, wkey, ARGV[k], ARGV[k + 1]) == 1 then added[#added + 1] = ARGV[k] end
+  if redis.call(cmd, ks.w, ARGV[k], ARGV[k + 1]) == 1 then added[#added + 1] = ARGV[k] end
 end
 if #added > 0 then
-  local dkey = nskey(base, 'd', ns)
-  local cur = redis.call('HGET', dkey, id)
+  local cur = redis.call('HGET', ks.d, id)
   local joined = table.concat(added, ',')
-  redis.call('HSET', dkey, id, (cur and cur ~= '') and (cur .. ',' .. joined) or joined)
-  redis.call('SADD', base .. 'ns', ns)
+  redis.call('HSET', ks.d, id, (cur and cur ~= '') and (cur .. ',' .. joined) or joined)
+  redis.call('SADD', KEYS[1], ns)
 end
-touch(base, ttl, ns)
+touch(ttl, ks)
 return #added
 """
 
-# ARGV: base, ns, id ('' = latest), refresh_ttl_ms
+# ARGV: ns, id ('' = latest), refresh_ttl_ms
 _GET = r"""
-local base, ns, id, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ns, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ks = declared()
 if id == '' then
-  local top = redis.call('ZREVRANGEBYLEX', nskey(base, 'i', ns), '+', '-', 'LIMIT', 0, 1)
+  local top = redis.call('ZREVRANGEBYLEX', ks.i, '+', '-', 'LIMIT', 0, 1)
   if #top == 0 then return false end
   id = top[1]
 end
-local rec = redis.call('HGET', nskey(base, 'c', ns), id)
+local rec = redis.call('HGET', ks.c, id)
 if not rec then return false end
-touch(base, ttl, ns)
-return load_tuple(base, ns, id, rec)
+touch(ttl, ks)
+return load_tuple(ks, ns, id, rec)
 """
 
-# ARGV: base, one_ns ('1'/'0'), ns, before ('' = none), limit, refresh_ttl_ms
+# ARGV: one_ns ('1'/'0'), ns, before ('' = none), limit, refresh_ttl_ms
+# KEYS: script_keys (one namespace) or thread_keys (all namespaces).
 # Returns {tuples, cursor}: cursor is the last candidate id when more may follow.
 _LIST = r"""
-local base, one, ns, before = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local nss = (one == '1') and {ns} or redis.call('SMEMBERS', base .. 'ns')
+local one, ns, before = ARGV[1], ARGV[2], ARGV[3]
+local limit, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local nss = (one == '1') and {ns} or redis.call('SMEMBERS', KEYS[1])
 local max = (before == '') and '+' or ('(' .. before)
-local cands = {}
+local cands, kss = {}, {}
 for _, n in ipairs(nss) do
-  for _, id in ipairs(redis.call('ZREVRANGEBYLEX', nskey(base, 'i', n), max, '-', 'LIMIT', 0, limit)) do
+  kss[n] = (one == '1') and declared() or nskeys(n)
+  for _, id in ipairs(redis.call('ZREVRANGEBYLEX', kss[n].i, max, '-', 'LIMIT', 0, limit)) do
     cands[#cands + 1] = {id, n}
   end
 end
@@ -202,52 +229,51 @@ end)
 local out = {}
 for i = 1, math.min(limit, #cands) do
   local id, n = cands[i][1], cands[i][2]
-  local rec = redis.call('HGET', nskey(base, 'c', n), id)
-  if rec then out[#out + 1] = load_tuple(base, n, id, rec) end
+  local rec = redis.call('HGET', kss[n].c, id)
+  if rec then out[#out + 1] = load_tuple(kss[n], n, id, rec) end
 end
-if #out > 0 then touch(base, ttl) end
+if #out > 0 then touch(ttl) end
 local cursor = (#cands >= limit) and cands[limit][1] or ''
 return {out, cursor}
 """
 
 _DELETE_THREAD = r"""
-delete_thread(ARGV[1])
+delete_thread()
 return 1
 """
 
-# ARGV: base, run ids...
+# ARGV: encoded run ids
 _DELETE_RUNS = r"""
-local base = ARGV[1]
 local touched, n = {}, 0
-for k = 2, #ARGV do
-  for _, entry in ipairs(split(redis.call('HGET', base .. 'runs', ARGV[k]), ',')) do
-    local slash = string.find(entry, '/', 1, true)
-    local ns, id = string.sub(entry, 1, slash - 1), string.sub(entry, slash + 1)
-    delete_checkpoint(base, ns, id)
-    touched[ns] = true
+for k = 1, #ARGV do
+  local lo, hi = run_range(ARGV[k])
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], lo, hi)) do
+    local p = split(m, ',')
+    delete_checkpoint(nskeys(p[2]), p[3])
+    touched[p[2]] = true
     n = n + 1
   end
-  redis.call('HDEL', base .. 'runs', ARGV[k])
+  redis.call('ZREMRANGEBYLEX', KEYS[2], lo, hi)
 end
-for ns, _ in pairs(touched) do gc_namespace(base, ns) end
+for ns, _ in pairs(touched) do gc_namespace(ns, nskeys(ns)) end
 return n
 """
 
-# ARGV: base, strategy
+# ARGV: strategy
 # keep_latest keeps, per namespace, the latest checkpoint and every ancestor up to the
 # nearest one holding a stored blob for each delta channel (named in the latest
 # record's header) that the latest lacks: DeltaChannel state stays reconstructible.
 _PRUNE = r"""
-local base, strategy = ARGV[1], ARGV[2]
-if strategy == 'delete' then delete_thread(base); return 1 end
+local strategy = ARGV[1]
+if strategy == 'delete' then delete_thread(); return 1 end
 local function chan(f) return string.sub(f, 1, string.find(f, ':', 1, true) - 1) end
-for _, ns in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
-  local ckey, bkey = nskey(base, 'c', ns), nskey(base, 'b', ns)
-  local top = redis.call('ZREVRANGEBYLEX', nskey(base, 'i', ns), '+', '-', 'LIMIT', 0, 1)
+for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local ks = nskeys(ns)
+  local top = redis.call('ZREVRANGEBYLEX', ks.i, '+', '-', 'LIMIT', 0, 1)
   if #top > 0 then
     local keep, remaining, cursor = {}, nil, top[1]
     while cursor and cursor ~= '' do
-      local rec = redis.call('HGET', ckey, cursor)
+      local rec = redis.call('HGET', ks.c, cursor)
       if not rec then break end
       keep[cursor] = true
       local parent, _, fields, deltas = header(rec)
@@ -258,96 +284,97 @@ for _, ns in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
         for _, f in ipairs(fields) do if delta[chan(f)] then remaining[chan(f)] = true end end
       end
       for _, f in ipairs(fields) do
-        if remaining[chan(f)] and redis.call('HEXISTS', bkey, f) == 1 then remaining[chan(f)] = nil end
+        if remaining[chan(f)] and redis.call('HEXISTS', ks.b, f) == 1 then remaining[chan(f)] = nil end
       end
       if next(remaining) == nil then break end
       cursor = parent
     end
-    for _, id in ipairs(redis.call('ZRANGE', nskey(base, 'i', ns), 0, -1)) do
-      if not keep[id] then delete_checkpoint(base, ns, id) end
+    for _, id in ipairs(redis.call('ZRANGE', ks.i, 0, -1)) do
+      if not keep[id] then delete_checkpoint(ks, id) end
     end
   end
-  gc_namespace(base, ns)
+  gc_namespace(ns, ks)
 end
-gc_runs(base)
+gc_runs()
 return 1
 """
 
-# ARGV: base. Returns the whole thread as one msgpack document.
+# Returns the whole thread as one msgpack document.
 _DUMP = r"""
-local base = ARGV[1]
-local out = {redis.call('HGETALL', base .. 'runs')}
-for _, ns in ipairs(redis.call('SMEMBERS', base .. 'ns')) do
+local out = {redis.call('ZRANGE', KEYS[2], 0, -1)}
+for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local ks = nskeys(ns)
   out[#out + 1] = {
     ns,
-    redis.call('ZRANGE', nskey(base, 'i', ns), 0, -1),
-    redis.call('HGETALL', nskey(base, 'c', ns)),
-    redis.call('HGETALL', nskey(base, 'b', ns)),
-    redis.call('HGETALL', nskey(base, 'w', ns)),
-    redis.call('HGETALL', nskey(base, 'd', ns)),
+    redis.call('ZRANGE', ks.i, 0, -1),
+    redis.call('HGETALL', ks.c),
+    redis.call('HGETALL', ks.b),
+    redis.call('HGETALL', ks.w),
+    redis.call('HGETALL', ks.d),
   }
 end
 return cmsgpack.pack(out)
 """
 
-# ARGV: base, dump, ttl_ms. Merges a dumped thread into this thread.
+# ARGV: dump, ttl_ms. Merges a dumped thread into this thread.
 _LOAD = r"""
-local base, ttl = ARGV[1], tonumber(ARGV[3])
-local data = cmsgpack.unpack(ARGV[2])
+local ttl = tonumber(ARGV[2])
+local data = cmsgpack.unpack(ARGV[1])
 local function hset_flat(key, flat)
   for i = 1, #flat, 1000 do redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat))) end
 end
 local runs = data[1]
-for i = 1, #runs, 2 do
-  local cur = redis.call('HGET', base .. 'runs', runs[i])
-  redis.call('HSET', base .. 'runs', runs[i], cur and (cur .. ',' .. runs[i + 1]) or runs[i + 1])
+for i = 1, #runs, 500 do
+  local args = {}
+  for j = i, math.min(i + 499, #runs) do args[#args + 1] = 0; args[#args + 1] = runs[j] end
+  redis.call('ZADD', KEYS[2], unpack(args))
 end
 for j = 2, #data do
   local d = data[j]
   local ns = d[1]
-  redis.call('SADD', base .. 'ns', ns)
-  for _, id in ipairs(d[2]) do redis.call('ZADD', nskey(base, 'i', ns), 0, id) end
-  hset_flat(nskey(base, 'c', ns), d[3])
-  hset_flat(nskey(base, 'b', ns), d[4])
-  hset_flat(nskey(base, 'w', ns), d[5])
-  hset_flat(nskey(base, 'd', ns), d[6])
-  touch(base, ttl, ns)
+  local ks = nskeys(ns)
+  redis.call('SADD', KEYS[1], ns)
+  for _, id in ipairs(d[2]) do redis.call('ZADD', ks.i, 0, id) end
+  hset_flat(ks.c, d[3])
+  hset_flat(ks.b, d[4])
+  hset_flat(ks.w, d[5])
+  hset_flat(ks.d, d[6])
+  touch(ttl, ks)
 end
-touch(base, ttl)
+touch(ttl)
 return #data - 1
 """
 
-# ARGV: base, ns, id ('' = latest), encoded channel names...
+# ARGV: id ('' = latest), encoded channel names...
 # Walks the parent chain of the target from its parent; returns per ancestor
 # {id, record, blobs (only requested, still-unseeded channels; '' if none), writes}
 # until every requested channel found a stored blob.
 _HISTORY = r"""
-local base, ns, id = ARGV[1], ARGV[2], ARGV[3]
-local ckey, bkey = nskey(base, 'c', ns), nskey(base, 'b', ns)
+local id = ARGV[1]
+local ks = declared()
 if id == '' then
-  local top = redis.call('ZREVRANGEBYLEX', nskey(base, 'i', ns), '+', '-', 'LIMIT', 0, 1)
+  local top = redis.call('ZREVRANGEBYLEX', ks.i, '+', '-', 'LIMIT', 0, 1)
   if #top == 0 then return {} end
   id = top[1]
 end
-local rec = redis.call('HGET', ckey, id)
+local rec = redis.call('HGET', ks.c, id)
 if not rec then return {} end
 local remaining, left = {}, 0
-for k = 4, #ARGV do remaining[ARGV[k]] = true; left = left + 1 end
+for k = 2, #ARGV do remaining[ARGV[k]] = true; left = left + 1 end
 local out = {}
 local cursor = header(rec)
 while cursor and cursor ~= '' and left > 0 do
-  local r = redis.call('HGET', ckey, cursor)
+  local r = redis.call('HGET', ks.c, cursor)
   if not r then break end
   local parent, _, fields = header(r)
   local blobs = {}
   for i, f in ipairs(fields) do
     local ch = string.sub(f, 1, string.find(f, ':', 1, true) - 1)
     local v = false
-    if remaining[ch] then v = redis.call('HGET', bkey, f) end
+    if remaining[ch] then v = redis.call('HGET', ks.b, f) end
     blobs[i] = v or ''
   end
-  local wf = split(redis.call('HGET', nskey(base, 'd', ns), cursor), ',')
-  out[#out + 1] = {cursor, r, blobs, hmget(nskey(base, 'w', ns), wf)}
+  out[#out + 1] = {cursor, r, blobs, hmget(ks.w, split(redis.call('HGET', ks.d, cursor), ','))}
   for i, f in ipairs(fields) do
     local ch = string.sub(f, 1, string.find(f, ':', 1, true) - 1)
     if remaining[ch] and blobs[i] ~= '' then remaining[ch] = nil; left = left - 1 end

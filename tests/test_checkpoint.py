@@ -30,7 +30,8 @@ from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
 from langgraph_valkey_cache import AsyncValkeySaver, ValkeySaver
-from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache._client import client_from_url, scan_keys
+from langgraph_valkey_cache._keys import glob_escape
 from langgraph_valkey_cache._serde import strict_serde
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import count_commands
@@ -538,3 +539,209 @@ def test_next_version_is_monotonic_string(valkey_url: str) -> None:
     assert v1 < v2 and v2.startswith("0" * 31 + "2.")
     assert empty_checkpoint()["v"] >= 1
     _ = uuid.uuid4()
+
+
+# -- data integrity ---------------------------------------------------------------------
+
+
+def test_metadata_strings_survive_exactly(any_url: str, prefix: str) -> None:
+    """NUL and non-ASCII text in metadata come back as written, and filters find them
+    (LangGraph's own metadata helper deletes NUL characters; we store msgpack)."""
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    texts = {"nul": "a\x00b", "edge": "\x00", "uni": "ユ\x00ー", "nested": {"x": ["\x00y"]}}
+    config = {**_cfg("nul"), "metadata": {"from_config": "c\x00d"}}
+    cp = generate_checkpoint(channel_values={"v": "v\x00w"}, channel_versions={"v": 1})
+    stored = saver.put(config, cp, generate_metadata(**texts), {"v": 1})
+    saver.put_writes(stored, [("v", "w\x00x")], "task\x00id", "path\x00")
+    tup = saver.get_tuple(stored)
+    for key, value in texts.items():
+        assert tup.metadata[key] == value
+    assert tup.metadata["from_config"] == "c\x00d"
+    assert tup.checkpoint["channel_values"] == {"v": "v\x00w"}
+    assert tup.pending_writes == [("task\x00id", "v", "w\x00x")]
+    for flt in ({"nul": "a\x00b"}, {"from_config": "c\x00d"}, {"nested": {"x": ["\x00y"]}}):
+        assert [t.config for t in saver.list(_cfg("nul"), filter=flt)] == [stored], flt
+    assert list(saver.list(_cfg("nul"), filter={"nul": "ab"})) == []
+    client.close()
+
+
+def test_unstorable_strings_are_refused_naming_them(valkey_url: str, prefix: str) -> None:
+    """A lone surrogate cannot be UTF-8 encoded (msgpack would silently write ``?``):
+    refused with a ValueError that names the string's role, before anything is written."""
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    bad = "x\ud800y"
+    cp = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
+    cases: list[tuple[str, Any]] = [
+        ("thread_id", lambda: saver.put(_cfg(bad), cp, generate_metadata(), {"a": 1})),
+        ("checkpoint_ns", lambda: saver.put(_cfg("t", bad), cp, generate_metadata(), {"a": 1})),
+        ("checkpoint metadata", lambda: saver.put(_cfg("t"), cp, generate_metadata(k=bad), {})),
+        ("checkpoint metadata", lambda: saver.put(_cfg("t"), cp, {"parents": {bad: "1"}}, {})),
+        ("run_id", lambda: saver.put(_cfg("t"), cp, generate_metadata(run_id=bad), {})),
+        (
+            "channel name",
+            lambda: saver.put(
+                _cfg("t"),
+                generate_checkpoint(channel_values={bad: 1}, channel_versions={bad: 1}),
+                generate_metadata(),
+                {bad: 1},
+            ),
+        ),
+        ("thread_id", lambda: saver.get_tuple(_cfg(bad))),
+        ("thread_id", lambda: saver.delete_thread(bad)),
+        ("run_id", lambda: saver.delete_for_runs([bad])),
+    ]
+    for what, call in cases:
+        with pytest.raises(ValueError, match=what):
+            call()
+    assert list(client.scan_iter(match=prefix + "*")) == []
+    stored = saver.put(_cfg("t"), cp, generate_metadata(), {"a": 1})
+    for what, args in (
+        ("task_id", ([("a", 1)], bad, "")),
+        ("task_path", ([("a", 1)], "task", bad)),
+        ("write channel", ([(bad, 1)], "task", "")),
+    ):
+        with pytest.raises(ValueError, match=what):
+            saver.put_writes(stored, *args)
+    assert saver.get_tuple(stored).pending_writes == []
+    client.close()
+
+
+# -- run index and delete_for_runs ------------------------------------------------------
+
+
+def _graph_with_subgraph(saver: Any) -> Any:
+    def sub_step(state: State) -> dict[str, Any]:
+        return {"log": ["sub"]}
+
+    sub = StateGraph(State)
+    sub.add_node("sub_step", sub_step)
+    sub.add_edge(START, "sub_step")
+    sub.add_edge("sub_step", END)
+    b = StateGraph(State)
+    b.add_node("first", lambda s: {"log": ["first"]})
+    b.add_node("sub", sub.compile())
+    b.add_edge(START, "first")
+    b.add_edge("first", "sub")
+    b.add_edge("sub", END)
+    return b.compile(checkpointer=saver)
+
+
+@pytest.mark.parametrize("where", ["metadata", "configurable"])
+def test_delete_for_runs_finds_langgraphs_run_id(any_url: str, prefix: str, where: str) -> None:
+    """LangGraph records a run's id in each checkpoint's metadata ``run_id``, copied from
+    ``config["metadata"]["run_id"]`` or ``config["configurable"]["run_id"]`` (the API
+    server sets both); subgraph checkpoints carry it too."""
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    graph = _graph_with_subgraph(saver)
+    runs = [str(uuid.uuid4()) for _ in range(3)]
+    for i, run in enumerate(runs):
+        thread = "shared" if i < 2 else "other"
+        config: dict[str, Any] = {"configurable": {"thread_id": thread}}
+        if where == "metadata":
+            config["metadata"] = {"run_id": run}
+        else:
+            config["configurable"]["run_id"] = run
+        graph.invoke({"log": []}, config)
+
+    def run_ids() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for tup in saver.list(None):
+            found.setdefault(tup.metadata.get("run_id"), set()).add(
+                tup.config["configurable"]["checkpoint_ns"].split(":")[0]
+            )
+        return found
+
+    assert run_ids() == {run: {"", "sub"} for run in runs}
+    latest = graph.get_state({"configurable": {"thread_id": "shared"}}).values
+    index = saver.keys.thread_keys("shared")[1]
+    assert client.type(index) == b"zset"
+    assert client.zcard(index) == sum(1 for _ in saver.list(_cfg("shared", ns=None)))
+    saver.delete_for_runs([runs[0], str(uuid.uuid4())])
+    assert run_ids() == {run: {"", "sub"} for run in runs[1:]}
+    # the thread's latest state is run 2's, untouched by deleting run 1's checkpoints
+    assert graph.get_state({"configurable": {"thread_id": "shared"}}).values == latest
+    saver.delete_for_runs(runs[1:])
+    assert list(saver.list(None)) == []
+    assert list(client.scan_iter(match=prefix + "*")) == []  # blobs, writes, indexes too
+    client.close()
+
+
+def test_run_index_grows_by_one_member_per_checkpoint(valkey_url: str, prefix: str) -> None:
+    """The run index is a sorted set: a put adds one member, it never rewrites a list."""
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    parent: str | None = None
+    index = saver.keys.thread_keys("long")[1]
+    for i in range(50):
+        cp = generate_checkpoint(channel_values={"a": i}, channel_versions={"a": i + 1})
+        meta = generate_metadata(run_id="the-run", step=i)
+        parent = saver.put(_cfg("long", cid=parent), cp, meta, {"a": i + 1})["configurable"][
+            "checkpoint_id"
+        ]
+        assert client.zcard(index) == i + 1
+    assert max(len(m) for m in client.zrange(index, 0, -1)) < 100
+    saver.prune(["long"])
+    assert client.zcard(index) == 1
+    saver.delete_for_runs(["the-run"])
+    assert saver.get_tuple(_cfg("long")) is None
+    client.close()
+
+
+# -- scripts: declared keys, NOSCRIPT ---------------------------------------------------
+
+
+def test_hot_path_scripts_declare_every_key_they_touch(any_url: str, prefix: str) -> None:
+    """Slot-migration safety: every key put/put_writes/get create or read is in KEYS."""
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix, ttl={"default_ttl": 5, "refresh_on_read": True})
+    cp = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
+    conf = {**_cfg("decl", "sub:1"), "metadata": {"run_id": "r"}}
+    declared: set[bytes] = set()
+    for plan in (
+        saver._plan_put(conf, cp, generate_metadata(), {"a": 1}),
+        saver._plan_put_writes(_cfg("decl", "sub:1", cp["id"]), [("a", 2)], "task", ""),
+        saver._plan_get_tuple(_cfg("decl", "sub:1")),
+    ):
+        op = next(plan)
+        assert len(op.keys) == 8
+        declared |= {k if isinstance(k, bytes) else k.encode() for k in op.keys}
+        saver._execute(op)
+    pattern = glob_escape(saver.keys.base("decl")) + "*"
+    written = set(scan_keys(client, pattern))
+    assert written and written <= declared, written - declared
+    client.close()
+
+
+def test_scripts_are_reloaded_after_a_script_flush(any_url: str, prefix: str) -> None:
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    configs = _put_chain(saver, "flush", 2)
+    client.script_flush()  # e.g. a restarted or failed-over server
+    saver.put_writes(configs[-1], [("a", 5)], "task")
+    assert saver.get_tuple(_cfg("flush")).pending_writes == [("task", "a", 5)]
+    client.close()
+
+
+# -- CLI --------------------------------------------------------------------------------
+
+
+def test_cli_threads_lists_names_without_reading_checkpoints(
+    valkey_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langgraph_valkey_cache.__main__ import main
+
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    names = ["t-1", "t:2", "t 3", "ユ"]
+    for name in names:
+        _put_chain(saver, name, 3)
+    _put_chain(saver, "t-1", 2, ns="child:1")
+    assert sorted(saver.thread_ids()) == sorted(names)
+    with count_commands() as log:
+        assert main(["--url", valkey_url, "--prefix", prefix, "threads"]) == 0
+    assert capsys.readouterr().out.splitlines() == sorted(names)
+    assert set(log.commands) <= {"SCAN", "PING"}, log.commands  # no script, no read
+    client.close()

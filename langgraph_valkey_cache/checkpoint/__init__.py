@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
 )
+from valkey.exceptions import NoScriptError
 
 from langgraph_valkey_cache._client import client_from_url, is_async_client, scan_keys
 from langgraph_valkey_cache._plans import iter_plan, run_plan
@@ -85,7 +87,13 @@ class ValkeySaver(ValkeySaverBase):
 
     def _execute(self, op: Op) -> Any:
         if isinstance(op, Script):
-            return self._scripts[op.name](keys=[op.key], args=list(op.args))
+            # EVALSHA straight from the client: valkey-py's Script.__call__ adds ~10 us
+            script, keys = self._scripts[op.name], op.keys
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *op.args)
+            except NoScriptError:  # a restarted or failed-over server: load it once
+                script.sha = self.client.script_load(script.script)
+                return self.client.evalsha(script.sha, len(keys), *keys, *op.args)
         if isinstance(op, ScanThreads):
             return [
                 self._thread_from_marker(k)
@@ -137,6 +145,11 @@ class ValkeySaver(ValkeySaverBase):
         task_path: str = "",
     ) -> None:
         self._run(self._plan_put_writes(config, writes, task_id, task_path), "put_writes")
+
+    def thread_ids(self) -> builtins.list[str]:
+        """Every thread id with checkpoints under this saver's prefix, without reading
+        any checkpoint (``SCAN`` of the thread markers, per primary on a cluster)."""
+        return self._run(self._plan_thread_ids(), "thread_ids")
 
     def delete_thread(self, thread_id: str) -> None:
         self._run(self._plan_delete_thread(thread_id), "delete_thread")
@@ -195,6 +208,9 @@ class ValkeySaver(ValkeySaverBase):
         task_path: str = "",
     ) -> None:
         await self._in_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def athread_ids(self) -> builtins.list[str]:
+        return await self._in_thread(self.thread_ids)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._in_thread(self.delete_thread, thread_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     DeltaChannelHistory,
 )
+from valkey.exceptions import NoScriptError
 
 from langgraph_valkey_cache._client import (
     aclose_client,
@@ -79,7 +81,13 @@ class AsyncValkeySaver(ValkeySaverBase):
 
     async def _execute(self, op: Op) -> Any:
         if isinstance(op, Script):
-            return await self._scripts[op.name](keys=[op.key], args=list(op.args))
+            # EVALSHA straight from the client: valkey-py's Script.__call__ adds ~10 us
+            script, keys = self._scripts[op.name], op.keys
+            try:
+                return await self.client.evalsha(script.sha, len(keys), *keys, *op.args)
+            except NoScriptError:  # a restarted or failed-over server: load it once
+                script.sha = await self.client.script_load(script.script)
+                return await self.client.evalsha(script.sha, len(keys), *keys, *op.args)
         if isinstance(op, ScanThreads):
             return [
                 self._thread_from_marker(k)
@@ -138,6 +146,11 @@ class AsyncValkeySaver(ValkeySaverBase):
         task_path: str = "",
     ) -> None:
         await self._run(self._plan_put_writes(config, writes, task_id, task_path), "put_writes")
+
+    async def athread_ids(self) -> builtins.list[str]:
+        """Every thread id with checkpoints under this saver's prefix, without reading
+        any checkpoint (``SCAN`` of the thread markers, per primary on a cluster)."""
+        return await self._run(self._plan_thread_ids(), "thread_ids")
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._run(self._plan_delete_thread(thread_id), "delete_thread")
@@ -205,6 +218,9 @@ class AsyncValkeySaver(ValkeySaverBase):
         task_path: str = "",
     ) -> None:
         self._sync(self.aput_writes(config, writes, task_id, task_path))
+
+    def thread_ids(self) -> builtins.list[str]:
+        return self._sync(self.athread_ids())
 
     def delete_thread(self, thread_id: str) -> None:
         self._sync(self.adelete_thread(thread_id))

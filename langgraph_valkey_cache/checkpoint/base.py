@@ -25,6 +25,7 @@ from typing import Any, cast
 import ormsgpack
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
+    EXCLUDED_METADATA_KEYS,
     WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
@@ -34,7 +35,6 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
     PendingWrite,
     get_checkpoint_id,
-    get_serializable_checkpoint_metadata,
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
@@ -51,14 +51,15 @@ __all__ = ["ValkeySaverBase", "TTLConfig"]
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _REGISTRY = ScriptRegistry(CHECKPOINT_SCRIPTS)
 _LIST_PAGE = 100
+_KEY_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
 class Script:
-    """Run checkpoint script ``name`` on the thread whose marker key is ``key``."""
+    """Run checkpoint script ``name`` with ``keys`` (all of one thread) and ``args``."""
 
     name: str
-    key: str
+    keys: tuple[str | bytes, ...]
     args: tuple[Any, ...]
 
 
@@ -90,6 +91,69 @@ def _matches(metadata: CheckpointMetadata, filter: dict[str, Any] | None) -> boo
     return not filter or all(metadata.get(k) == v for k, v in filter.items())  # type: ignore[misc]
 
 
+def _invalid_text(value: str, what: str, exc: UnicodeEncodeError) -> ValueError:
+    return ValueError(
+        f"{what} {value!r} cannot be stored: it is not valid Unicode text "
+        f"(a lone surrogate at position {exc.start})"
+    )
+
+
+def _text(value: str, what: str) -> str:
+    """``value``, or ``ValueError`` naming it if UTF-8 cannot represent it (a lone
+    surrogate: msgpack would silently turn it into ``?``)."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise _invalid_text(value, what, exc) from None
+    return value
+
+
+def _key_part(value: str, what: str) -> str:
+    """:func:`encode` with an error that names what the string was."""
+    try:
+        return encode(value)
+    except ValueError:
+        raise ValueError(
+            f"{what} {value!r} cannot be stored: it is not valid Unicode text (a lone surrogate)"
+        ) from None
+
+
+def _check_texts(value: Any, what: str) -> None:
+    """Refuse any string inside ``value`` (dict keys too) that UTF-8 cannot represent."""
+    if isinstance(value, str):
+        _text(value, what)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                _text(k, f"{what} key")
+            _check_texts(v, f"{what}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_texts(v, f"{what}[{i}]")
+
+
+def checkpoint_metadata(config: RunnableConfig, metadata: CheckpointMetadata) -> dict[str, Any]:
+    """The metadata to store: ``metadata`` plus the config's scalar ``metadata`` and
+    ``configurable`` entries, as LangGraph's ``get_serializable_checkpoint_metadata``
+    merges them, but every string kept exactly (LangGraph's helper deletes NUL
+    characters, which Postgres text cannot hold; msgpack can). A string that cannot
+    be stored at all raises ``ValueError`` naming its key."""
+    out: dict[str, Any] = dict(metadata)
+    out.pop("writes", None)
+    for extra in (config.get("metadata"), config.get("configurable")):
+        if not extra:
+            continue
+        for key, v in extra.items():
+            if key in out or key in EXCLUDED_METADATA_KEYS or key.startswith("__"):
+                continue
+            if isinstance(v, (str, int, bool, float)):
+                out[key] = v
+    _check_texts(out, "checkpoint metadata")
+    return out
+
+
 class ValkeySaverBase(BaseCheckpointSaver[str]):
     """Shared state and plans of :class:`ValkeySaver` and :class:`AsyncValkeySaver`."""
 
@@ -116,8 +180,13 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             )
         self._ttl_ms = int(default_ttl * 60_000) if default_ttl else 0
         self._read_ttl_ms = self._ttl_ms if self.ttl.get("refresh_on_read") else 0
+        self._ttl_arg = str(self._ttl_ms).encode()
+        self._read_ttl_arg = str(self._read_ttl_ms).encode()
         self._scripts = _REGISTRY.bind(client)
         self._telemetry = Telemetry("checkpoint", metrics=metrics)
+        # (thread_id, ns) -> (encoded ns, script keys as bytes): the hot path names the
+        # same thread and namespace on every call, so their keys are built once
+        self._key_cache: dict[tuple[str, str], tuple[str, tuple[bytes, ...]]] = {}
 
     # -- config parsing -------------------------------------------------------------
 
@@ -138,29 +207,43 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             raise TypeError(f"thread_id must be a str, int or UUID, got {type(thread_id).__name__}")
         return str(thread_id)
 
-    def _script(self, name: str, thread_id: str, *args: Any) -> Script:
-        base = self.keys.base(thread_id)
-        return Script(name, base + "ns", (base, *args))
+    def _ns_keys(self, thread_id: str, ns: str) -> tuple[str, tuple[bytes, ...]]:
+        """``(encoded ns, KEYS of a one-namespace script)``, memoised."""
+        found = self._key_cache.get((thread_id, ns))
+        if found is None:
+            _key_part(thread_id, "thread_id")
+            ns_enc = _key_part(ns, "checkpoint_ns")
+            found = (ns_enc, tuple(k.encode() for k in self.keys.script_keys(thread_id, ns_enc)))
+            if len(self._key_cache) >= _KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            self._key_cache[(thread_id, ns)] = found
+        return found
+
+    def _thread_script(self, name: str, thread_id: str, *args: Any) -> Script:
+        _key_part(thread_id, "thread_id")
+        return Script(name, self.keys.thread_keys(thread_id), args)
 
     # -- encoding ---------------------------------------------------------------------
+
+    def _blob_field(self, channel: str, version: Any) -> str:
+        return _key_part(channel, "channel name") + ":" + encode(str(version))
 
     def _record(
         self,
         checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
+        metadata: dict[str, Any],
         parent_id: str,
+        run: str,
     ) -> bytes:
         c = checkpoint.copy()
         c.pop("channel_values", None)  # type: ignore[misc]
         ctyped = dumps_checked(self.serde, c, "checkpoint")
         mtyped = dumps_checked(self.serde, metadata, "checkpoint metadata")
-        run_id = metadata.get("run_id")
         counters = metadata.get("counters_since_delta_snapshot") or {}
-        fields = ",".join(
-            self.keys.blob_field(ch, ver) for ch, ver in checkpoint["channel_versions"].items()
-        )
-        deltas = ",".join(encode(str(ch)) for ch in counters)
-        head = "\t".join([parent_id, encode(str(run_id)) if run_id else "", fields, deltas])
+        field = self._blob_field
+        fields = ",".join([field(ch, ver) for ch, ver in checkpoint["channel_versions"].items()])
+        deltas = ",".join([_key_part(str(ch), "channel name") for ch in counters])
+        head = "\t".join((parent_id, run, fields, deltas))
         body = ormsgpack.packb([ctyped[0], bytes(ctyped[1]), mtyped[0], bytes(mtyped[1])])
         return head.encode() + b"\n" + body
 
@@ -229,24 +312,26 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         thread_id = self._thread_id(config)
         configurable = config["configurable"]
         ns = configurable.get("checkpoint_ns", "") or ""
+        ns_enc, keys = self._ns_keys(thread_id, ns)
         cid = _check_id(checkpoint.get("id"), "checkpoint id")
         parent_id = configurable.get("checkpoint_id") or ""
         if parent_id:
             _check_id(parent_id, "parent checkpoint id")
-        meta = get_serializable_checkpoint_metadata(config, metadata)
+        meta = checkpoint_metadata(config, metadata)
+        run_id = meta.get("run_id")
+        run = _key_part(str(run_id), "run_id") if run_id else ""
         values = checkpoint.get("channel_values", {})
-        blob_args: list[Any] = []
+        # bytes throughout: valkey-py then packs each argument without encoding it
+        args = [cid.encode(), b"", run.encode(), self._ttl_arg, ns_enc.encode()]
+        stored = 0
         for ch, ver in new_versions.items():
             if ch in values:
-                typed = dumps_checked(self.serde, values[ch], f"value of channel {ch!r}")
-                blob_args += [self.keys.blob_field(ch, ver), pack_typed(typed)]
-        rec = self._record(checkpoint, meta, parent_id)
-        run_id = meta.get("run_id")
-        yield self._script(
-            "put", thread_id, encode(ns), cid, rec,
-            encode(str(run_id)) if run_id else "", self._ttl_ms, *blob_args,
-        )  # fmt: skip
-        self._telemetry.stored(len(rec) + sum(len(a) for a in blob_args[1::2]))
+                blob = pack_typed(dumps_checked(self.serde, values[ch], f"value of channel {ch!r}"))
+                args += (self._blob_field(ch, ver).encode(), blob)
+                stored += len(blob)
+        rec = args[1] = self._record(checkpoint, meta, parent_id, run)
+        yield Script("put", keys, tuple(args))
+        self._telemetry.stored(len(rec) + stored)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
     def _plan_put_writes(
@@ -259,27 +344,36 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         thread_id = self._thread_id(config)
         configurable = config["configurable"]
         ns = configurable.get("checkpoint_ns", "") or ""
+        ns_enc, keys = self._ns_keys(thread_id, ns)
         cid = _check_id(configurable.get("checkpoint_id"), "checkpoint id")
         if not writes:
             return None
-        args: list[Any] = []
+        task = str(task_id)
+        prefix = f"{encode(cid)}:{_key_part(task, 'task_id')}:"
+        _text(task_path, "task_path")
+        args = [cid.encode(), self._ttl_arg, ns_enc.encode()]
+        stored = 0
         for idx, (channel, value) in enumerate(writes):
             widx = WRITES_IDX_MAP.get(channel, idx)
             t, b = dumps_checked(self.serde, value, f"write to channel {channel!r}")
-            packed = ormsgpack.packb([str(task_id), widx, task_path, channel, t, bytes(b)])
-            args += [self.keys.write_field(cid, str(task_id), widx), packed, 1 if widx < 0 else 0]
-        yield self._script("put_writes", thread_id, encode(ns), cid, self._ttl_ms, *args)
-        self._telemetry.stored(sum(len(a) for a in args[1::3]))
+            packed = ormsgpack.packb(
+                [task, widx, task_path, _text(channel, "write channel"), t, bytes(b)]
+            )
+            args += ((prefix + str(widx)).encode(), packed, b"1" if widx < 0 else b"0")
+            stored += len(packed)
+        yield Script("put_writes", keys, tuple(args))
+        self._telemetry.stored(stored)
         return None
 
     def _plan_get_tuple(self, config: RunnableConfig) -> Plan:
         thread_id = self._thread_id(config)
         configurable = config["configurable"]
         ns = configurable.get("checkpoint_ns", "") or ""
+        ns_enc, keys = self._ns_keys(thread_id, ns)
         cid = get_checkpoint_id(config) or ""
         if cid:
             _check_id(cid, "checkpoint id")
-        reply = yield self._script("get", thread_id, encode(ns), cid, self._read_ttl_ms)
+        reply = yield Script("get", keys, (ns_enc.encode(), cid.encode(), self._read_ttl_arg))
         return self._parse_tuple(thread_id, reply) if reply else None
 
     def _plan_list_thread(
@@ -293,11 +387,15 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
     ) -> Plan:
         """Emit a thread's checkpoints newest first; returns how many were emitted."""
         emitted = 0
+        keys: tuple[str | bytes, ...]
+        if ns is not None:
+            ns_enc, keys = self._ns_keys(thread_id, ns)
+        else:
+            _key_part(thread_id, "thread_id")
+            ns_enc, keys = "", self.keys.thread_keys(thread_id)
         if checkpoint_id and ns is not None:
             # one known checkpoint: a single read
-            reply = yield self._script(
-                "get", thread_id, encode(ns), checkpoint_id, self._read_ttl_ms
-            )
+            reply = yield Script("get", keys, (ns_enc, checkpoint_id, self._read_ttl_ms))
             if reply and (not before or checkpoint_id < before):
                 tup = self._parse_tuple(thread_id, reply)
                 if _matches(tup.metadata, filter):
@@ -308,9 +406,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         cursor = before
         while limit is None or emitted < limit:
             page_size = min(limit - emitted, _LIST_PAGE) if (exact and limit) else _LIST_PAGE
-            reply = yield self._script(
-                "list", thread_id, "1" if ns is not None else "0", encode(ns or ""),
-                cursor, page_size, self._read_ttl_ms,
+            reply = yield Script(
+                "list", keys,
+                ("1" if ns is not None else "0", ns_enc, cursor, page_size, self._read_ttl_ms),
             )  # fmt: skip
             tuples, cursor = reply[0], _str(reply[1]) if reply[1] else ""
             for raw in tuples:
@@ -352,42 +450,47 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                     break
         return None
 
+    def _plan_thread_ids(self) -> Plan:
+        threads = yield ScanThreads()
+        return threads
+
     def _plan_delete_thread(self, thread_id: str) -> Plan:
-        yield self._script(
-            "delete_thread", self._thread_id({"configurable": {"thread_id": thread_id}})
-        )
+        tid = self._thread_id({"configurable": {"thread_id": thread_id}})
+        yield self._thread_script("delete_thread", tid)
 
     def _plan_delete_for_runs(self, run_ids: Sequence[str]) -> Plan:
         if not run_ids:
             return None
-        runs = [encode(str(r)) for r in run_ids]
+        runs = [_key_part(str(r), "run_id") for r in run_ids]
         threads = yield ScanThreads()
         for thread_id in threads:
-            yield self._script("delete_runs", thread_id, *runs)
+            yield self._thread_script("delete_runs", thread_id, *runs)
         return None
 
     def _plan_copy_thread(self, source_thread_id: str, target_thread_id: str) -> Plan:
         src = self._thread_id({"configurable": {"thread_id": source_thread_id}})
         dst = self._thread_id({"configurable": {"thread_id": target_thread_id}})
-        dump = yield self._script("dump", src)
-        yield self._script("load", dst, dump, self._ttl_ms)
+        dump = yield self._thread_script("dump", src)
+        yield self._thread_script("load", dst, dump, self._ttl_ms)
 
     def _plan_prune(self, thread_ids: Sequence[str], strategy: str) -> Plan:
         if strategy not in ("keep_latest", "delete"):
             raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
         for thread_id in thread_ids:
             tid = self._thread_id({"configurable": {"thread_id": thread_id}})
-            yield self._script("prune", tid, strategy)
+            yield self._thread_script("prune", tid, strategy)
 
     def _plan_delta_history(self, config: RunnableConfig, channels: Sequence[str]) -> Plan:
         if not channels:
             return {}
         thread_id = self._thread_id(config)
         ns = config["configurable"].get("checkpoint_ns", "") or ""
+        _, keys = self._ns_keys(thread_id, ns)
         cid = get_checkpoint_id(config) or ""
-        ancestors = yield self._script(
-            "history", thread_id, encode(ns), cid, *(encode(str(c)) for c in channels)
-        )
+        if cid:
+            _check_id(cid, "checkpoint id")
+        chans = [_key_part(str(c), "channel name") for c in channels]
+        ancestors = yield Script("history", keys, (cid, *chans))
         collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
         seeds: dict[str, Any] = {}
         remaining = set(channels)
