@@ -459,6 +459,21 @@ class Executor:
             exc_info=exc if trace else None,
         )  # fmt: skip
 
+    def _recoverable(
+        self,
+        exc: BaseException,
+        user_exc: BaseException | None,
+        strict: bool,
+        op: str,
+        lookups: int,
+    ) -> bool:
+        """Should a plan that raised ``exc`` fail open? (Never the user's own exception,
+        a strict plan's, or a ``BaseException`` such as cancellation.)"""
+        if strict or exc is user_exc or not isinstance(exc, Exception):
+            return False
+        self._failed_run(op, exc, lookups)
+        return True
+
     def _failed_run(self, op: str, exc: BaseException, lookups: int) -> None:
         """The plan raised: a miss (``lookups``) and, for our own bugs, a loud log."""
         if not isinstance(exc, CacheUnavailable):
@@ -544,9 +559,8 @@ class Executor:
                     else:
                         breaker.success()
         except BaseException as exc:
-            if strict or exc is user_exc or not isinstance(exc, Exception):
+            if not self._recoverable(exc, user_exc, strict, op, lookups):
                 raise
-            self._failed_run(op, exc, lookups)
             if compute is None:
                 return default
             if computed is _UNSET:
@@ -647,9 +661,8 @@ class Executor:
                     else:
                         breaker.success()
         except BaseException as exc:
-            if strict or exc is user_exc or not isinstance(exc, Exception):
+            if not self._recoverable(exc, user_exc, strict, op, lookups):
                 raise
-            self._failed_run(op, exc, lookups)
             if compute is None:
                 return default
             if computed is _UNSET:

@@ -29,7 +29,7 @@ from langgraph_valkey_cache._failopen import Call, Cmd, Pipe, Plan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, digest
 from langgraph_valkey_cache._keys import LLMCacheKeys as _Keys
 from langgraph_valkey_cache._plans import arun_plan, run_plan
-from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore
 
 __all__ = ["CachedEmbeddings", "ValkeyByteStore", "default_namespace"]
 

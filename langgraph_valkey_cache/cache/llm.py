@@ -27,7 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generati
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
 from langgraph_valkey_cache._failopen import Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
-from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore
 
 __all__ = ["LLMCacheCodec", "ValkeyCache", "normalize_whitespace", "tally_generations"]
 
@@ -306,18 +306,6 @@ class ValkeyCache(CacheCore, BaseCache):
         return await self._arun(
             plan, "lookup_many", default=[None] * len(items), lookups=len(items)
         )
-
-    def close(self) -> None:
-        """Flush the pending stats and close the sync client."""
-        if self.client is not None:
-            self.flush_stats()
-            self.client.close()
-
-    async def aclose(self) -> None:
-        """Flush the pending stats and close the async client."""
-        if self.aclient is not None:
-            await self.aflush_stats()
-            await self.aclient.aclose()
 
 
 _MISS = Tally(misses=1)

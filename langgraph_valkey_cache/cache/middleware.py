@@ -36,7 +36,7 @@ from langchain_core.runnables import RunnableConfig
 
 from langgraph_valkey_cache._failopen import COMPUTE, Call, Plan
 from langgraph_valkey_cache._plans import arun_plan, run_plan
-from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache.cache.llm import ValkeyCache, tally_generations
 from langgraph_valkey_cache.cache.semantic import ValkeySemanticCache
 from langgraph_valkey_cache.cache.singleflight import (

@@ -29,7 +29,7 @@ from langgraph_valkey_cache._client import CACHE_TIMEOUT
 from langgraph_valkey_cache._failopen import CacheUnavailable, Cmd, Pipe, Plan, Scan, Sleep, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, NodeCacheKeys
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
-from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache.cache.llm import unlink_plan
 from langgraph_valkey_cache.cache.singleflight import FlightOptions, lease_step, publish_step
 

@@ -52,6 +52,7 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.embeddings import Embeddings
 from langchain_core.outputs import Generation
 
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
 from langgraph_valkey_cache._failopen import CacheUnavailable, Call, Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys, digest
@@ -66,7 +67,6 @@ from langgraph_valkey_cache._search import (
     parse_info,
     parse_search,
 )
-from langgraph_valkey_cache.cache._base import CacheCore
 from langgraph_valkey_cache.cache.llm import LLMCacheCodec, tally_generations, unlink_plan
 from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
 
@@ -825,18 +825,10 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             await self.embedding_store.aflush_stats()
 
     def close(self) -> None:
-        """Flush the pending stats, stop the judge pool and close the sync client."""
+        """Stop the judge pool, flush the pending stats and close the sync client."""
         if self._judge_pool is not None:
             self._judge_pool.shutdown(wait=False)
-        if self.client is not None:
-            self.flush_stats()
-            self.client.close()
-
-    async def aclose(self) -> None:
-        """Flush the pending stats and close the async client."""
-        if self.aclient is not None:
-            await self.aflush_stats()
-            await self.aclient.aclose()
+        super().close()
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -42,7 +42,7 @@ from langgraph_valkey_cache._failopen import COMPUTE, CacheUnavailable, Cmd, Pip
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, ToolCacheKeys, digest, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
 from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields
-from langgraph_valkey_cache.cache._base import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache.cache.llm import unlink_plan
 from langgraph_valkey_cache.cache.singleflight import Flight, FlightOptions, flight_plan
 

@@ -1,4 +1,4 @@
-"""What every cache class shares: its clients, executors, telemetry and shared stats.
+"""What every fail-open cache tier shares: its clients, executors, telemetry and stats.
 
 A cache describes each operation as a plan (see ``_failopen``) and hands it to
 :meth:`CacheCore._run` (sync) or :meth:`CacheCore._arun` (async); nothing else in a
@@ -131,3 +131,17 @@ class CacheCore:
     async def aflush_stats(self) -> None:
         """Async :meth:`flush_stats`."""
         await self._aexec.amaybe_flush(force=True)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the pending stats and close the sync client."""
+        if self.client is not None:
+            self.flush_stats()
+            self.client.close()
+
+    async def aclose(self) -> None:
+        """Flush the pending stats and close the async client."""
+        if self.aclient is not None:
+            await self.aflush_stats()
+            await self.aclient.aclose()
