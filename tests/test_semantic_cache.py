@@ -574,8 +574,8 @@ async def test_no_search_module_lookups_fail_open_with_one_loud_log(
     valkey_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A server without valkey-search: model calls go through (sync and async), every
-    lookup is a miss and every update a no-op, logged loudly once per operation and
-    counted under the reason ``no_search_module`` in stats()."""
+    lookup is a miss and every update a no-op, logged loudly once and counted under the
+    reason ``no_search_module`` in stats()."""
     import logging
 
     sync = client_from_url(valkey_url)
@@ -596,8 +596,8 @@ async def test_no_search_module_lookups_fail_open_with_one_loud_log(
         assert c.check_batch([Q, OTHER], "llm") == [None, None]
     loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert first and all("no_search_module" in m for m in loud), loud
-    # once per (client, operation): sync and async lookup/update, check_batch
-    assert len(loud) == 5 and len(first) == 4, loud
+    # once per reason (and client), whatever the operation or how many calls
+    assert len(loud) == len(first) <= 2, loud
     stats = c.stats()
     assert stats.misses == 2 + 3 * 4 and stats.hits == 0
     assert stats.errors_by_reason.get("no_search_module") == stats.errors > 0

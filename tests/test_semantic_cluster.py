@@ -24,6 +24,9 @@ from langgraph_valkey_cache.testing import HashingEmbeddings
 pytestmark = [pytest.mark.search_cluster, pytest.mark.cluster, pytest.mark.search]
 
 DIMS = 256
+# these tests are about answers, not faults: a budget no loaded CI machine exceeds, so a
+# slow step cannot turn a hit into a fail-open miss
+BUDGET = 5.0
 THRESHOLD = 0.08
 TOPICS = (
     "capital of {}", "population of {}", "national dish of {}", "official language of {}",
@@ -58,6 +61,7 @@ def _cache(client: Any, prefix: str, aclient: Any = None) -> ValkeySemanticCache
         prefix=prefix,
         distance_threshold=THRESHOLD,
         metrics=False,
+        timeout=BUDGET,
     )
 
 
@@ -197,6 +201,7 @@ def _load(url: str, prefix: str, stored: list[str], **kw: Any) -> ValkeySemantic
         prefix=prefix,
         distance_threshold=0.3,
         metrics=False,
+        timeout=BUDGET,
         **kw,
     )
     c.setup()
