@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain.tools import ToolRuntime, tool
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -601,3 +602,100 @@ async def test_vector_search_refreshes_ttl_of_what_it_returns(
         await asyncio.sleep(0.6)
         assert [g.key for g in await call(s, "search", ("r",), query="porto chess")] == ["hit"]
     raw.close()
+
+
+# -- search quality on the real module ------------------------------------------------
+
+RECALL_N, RECALL_DIMS, RECALL_QUERIES = 10_000, 384, 40
+
+
+class _Table(Embeddings):
+    """Precomputed vectors by text, so recall depends on the index alone."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = vectors
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self.vectors[t] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.vectors[text]
+
+
+def _recall_ns(i: int) -> tuple[str, ...]:
+    return ("mem", "b") if i % 5 == 0 else ("mem", "a")  # 8k and 2k items
+
+
+@pytest.fixture(scope="module")
+def recall_store(search_url: str) -> Any:
+    """10k x 384 seeded vectors (64 gaussian clusters plus noise; queries are perturbed
+    documents) bulk-loaded through ``ValkeyStore.batch`` (pipelines of 500 puts), with
+    the exact top 10 of each query per namespace."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(64, RECALL_DIMS))
+    docs = centres[rng.integers(0, 64, RECALL_N)] + 1.5 * rng.normal(size=(RECALL_N, RECALL_DIMS))
+    picks = rng.integers(0, RECALL_N, RECALL_QUERIES)
+    queries = docs[picks] + 1.0 * rng.normal(size=(RECALL_QUERIES, RECALL_DIMS))
+    docs, queries = docs.astype(np.float32), queries.astype(np.float32)
+    table = {f"d{i}": docs[i].tolist() for i in range(RECALL_N)}
+    table.update({f"q{j}": queries[j].tolist() for j in range(RECALL_QUERIES)})
+    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
+    truth: dict[tuple[str, ...], list[set[str]]] = {}
+    for ns in [("mem", "a"), ("mem", "b")]:
+        inside = np.array([_recall_ns(i) == ns for i in range(RECALL_N)])
+        masked = np.where(inside, sims, -np.inf)
+        truth[ns] = [{f"k{i}" for i in np.argsort(-row)[:10]} for row in masked]
+    truth[("mem",)] = [{f"k{i}" for i in np.argsort(-row)[:10]} for row in sims]
+    client = client_from_url(search_url)
+    prefix = f"recall{uuid.uuid4().hex[:8]}"
+    index = {"dims": RECALL_DIMS, "embed": _Table(table), "fields": ["text"]}
+    store = ValkeyStore(client, prefix=prefix, index=index, metrics=False)  # type: ignore[arg-type]
+    store.setup()
+    for start in range(0, RECALL_N, 500):
+        end = min(RECALL_N, start + 500)
+        store.batch([PutOp(_recall_ns(i), f"k{i}", {"text": f"d{i}"}) for i in range(start, end)])
+    yield store, truth, index
+    client.close()
+
+
+def _recall(store: Any, ns: tuple[str, ...], truth: list[set[str]]) -> float:
+    found = 0
+    for j, want in enumerate(truth):
+        hits = store.search(ns, query=f"q{j}", limit=10)
+        assert len(hits) == 10 and all(math.isfinite(h.score) for h in hits)
+        found += len({h.key for h in hits} & want)
+    return found / (10 * len(truth))
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("ns", [("mem", "a"), ("mem", "b"), ("mem",)])
+def test_recall_at_10_with_defaults(recall_store: Any, ns: tuple[str, ...]) -> None:
+    """valkey-search's HNSW answers with EF_RUNTIME 10 unless told otherwise (recall
+    about two thirds); the store's default (hnsw_ef_runtime) must reach 0.95 with a
+    namespace filter. RediSearch is exact: 1.0 there."""
+    store, truth, _ = recall_store
+    assert _recall(store, ns, truth[ns]) >= 0.95
+
+
+@pytest.mark.search
+def test_recall_test_data_tells_ef_runtime_apart(recall_store: Any, search_server: str) -> None:
+    """The data is hard enough that the server's own default (EF_RUNTIME 10) fails the
+    bar on valkey-search, so the test above checks the store's EF_RUNTIME, and an
+    override reaches the server (EF_RUNTIME is a query knob: same index, no rebuild)."""
+    store, truth, index = recall_store
+    low = ValkeyStore(
+        store.client,
+        prefix=store.keys.prefix,
+        index=index,
+        vector_params={"EF_RUNTIME": 10},
+        metrics=False,
+    )
+    assert low.index_name == store.index_name
+    recall = _recall(low, ("mem", "a"), truth[("mem", "a")][:20])
+    if search_server == "redisearch":
+        assert recall == 1.0  # exact filtered KNN whatever EF_RUNTIME says
+    else:
+        assert recall < 0.95

@@ -282,10 +282,9 @@ class ValkeyStoreBase(BaseStore):
             self._fields = [
                 (p, tokenize_path(p) if p != "$" else p) for p in (index.get("fields") or ["$"])
             ]
-            config = json.dumps(
-                [dims, algorithm, sorted(self.vector_params.items()), list(filter_fields)],
-                default=str,
-            )
+            # EF_RUNTIME is a query-time knob: changing it must not rebuild the index
+            built = sorted((k, v) for k, v in self.vector_params.items() if k != "EF_RUNTIME")
+            config = json.dumps([dims, algorithm, built, list(filter_fields)], default=str)
             self.index_name = self.keys.index_name(digest(self.keys.vector_prefix, config))
         self.dims: int | None = index["dims"] if index else None
         # None: not checked yet; False: no FT module (brute-force fallback)
