@@ -600,6 +600,10 @@ class Executor:
         raise TypeError(f"unexpected plan step {step!r}")
 
     async def _abounded(self, step: Any) -> Any:
+        if self.cluster and getattr(self.client, "_initialize", False):
+            # an async cluster client's first use discovers the slots (several round
+            # trips to every node): allowed up to a second, once, then the budget holds
+            await asyncio.wait_for(self.client.initialize(), max(self.timeout, 1.0))
         if _timeout is not None:
             async with _timeout(self.timeout):
                 return await self._aio(step)

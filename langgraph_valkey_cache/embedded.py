@@ -126,7 +126,7 @@ class EmbeddedValkey:
     Example:
         ```python
         with EmbeddedValkey() as server:
-            saver = ValkeySaver.from_url(server.url)
+            saver = ValkeySaver(client_from_url(server.url))
         ```
     """
 

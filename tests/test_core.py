@@ -23,7 +23,12 @@ from prometheus_client import CollectorRegistry
 
 import langgraph_valkey_cache
 from langgraph_valkey_cache import ValkeySaver
-from langgraph_valkey_cache._client import _split_cluster_flag, client_from_url, is_cluster
+from langgraph_valkey_cache._client import (
+    _split_cluster_flag,
+    cache_client_from_url,
+    client_from_url,
+    is_cluster,
+)
 from langgraph_valkey_cache._keys import (
     CheckpointKeys,
     KeySpace,
@@ -312,6 +317,22 @@ def test_spans_and_metrics(valkey_url: str, prefix: str) -> None:
 def test_metrics_off(valkey_url: str) -> None:
     saver = ValkeySaver(client_from_url(valkey_url), metrics=False)
     assert saver._telemetry._metrics is None
+
+
+@pytest.mark.cluster
+def test_cluster_clients_get_a_blocking_pool_and_bounded_retries(cluster_url: str) -> None:
+    import valkey
+
+    client = client_from_url(cluster_url, cluster=True)
+    client.ping()
+    for node in client.get_nodes():
+        pool = node.valkey_connection.connection_pool
+        assert isinstance(pool, valkey.BlockingConnectionPool)  # waits, never "Too many"
+    assert client.cluster_error_retry_attempts == 1
+    client.close()
+    cache_client = cache_client_from_url(cluster_url, cluster=True)
+    assert cache_client.cluster_error_retry_attempts == 0  # a cache never retries
+    cache_client.close()
 
 
 # -- public API ---------------------------------------------------------------------------

@@ -197,6 +197,30 @@ def test_fail_open_agent(prefix: str) -> None:
     client.close()
 
 
+def test_invalidate_model_reaches_middleware_entries(exact: ValkeyCache) -> None:
+    """The middleware appends tools and settings to the model's llm string; invalidating
+    the model by its own llm string still drops those entries."""
+    model = _model()
+    agent = create_agent(model, [get_weather], middleware=[ModelCacheMiddleware(exact)])
+    agent.invoke({"messages": [HumanMessage("weather in Paris?")]})
+    agent.invoke({"messages": [HumanMessage("weather in Paris?")]})
+    assert model.calls == 2
+    exact.invalidate_model(model._get_llm_string())
+    agent.invoke({"messages": [HumanMessage("weather in Paris?")]})
+    assert model.calls == 4
+
+
+async def test_any_base_cache_works_without_single_flight() -> None:
+    from langchain_core.caches import InMemoryCache
+
+    model = _model()
+    mw = ModelCacheMiddleware(InMemoryCache())
+    agent = create_agent(model, [get_weather], middleware=[mw])
+    agent.invoke({"messages": [HumanMessage("weather in Paris?")]})
+    await agent.ainvoke({"messages": [HumanMessage("weather in Paris?")]})
+    assert model.calls == 2 and (mw.hits, mw.misses) == (2, 2)
+
+
 def _sum(chunks: list[AIMessageChunk]) -> AIMessage:
     acc = chunks[0]
     for c in chunks[1:]:
