@@ -8,10 +8,12 @@ pipeline cannot be a transaction). All keys of a checkpoint thread share its
 runs against a half-migrated slot's missing keys):
 
 * one-namespace scripts (``put``, ``put_writes``, ``get``, ``list`` of one namespace,
-  ``history``) get :meth:`CheckpointKeys.script_keys`: ``ns, runs, t`` of the thread,
-  then ``i, c, b, w, d`` of the namespace. Every key they touch is declared, except
-  the other namespaces' keys the throttled TTL refresh extends (at most once per
-  ttl/10; only with a TTL).
+  ``history``) get the thread's ``P:{T}:ns`` first, then exactly the keys of
+  :meth:`CheckpointKeys.script_keys` they touch (``declared`` names them by suffix;
+  without a TTL ``put`` needs 5, ``put_writes`` 3: every key is one more argument to
+  pack on the hot path). Every key they touch is declared, except the other
+  namespaces' keys the throttled TTL refresh extends (at most once per ttl/10; only
+  with a TTL).
 * thread-wide scripts (``delete_thread``, ``delete_runs``, ``prune``, ``dump``,
   ``load``, ``list`` of all namespaces) get :meth:`CheckpointKeys.thread_keys` and
   derive the keys of the namespaces they find in ``P:{T}:ns`` (no client could name
@@ -35,7 +37,8 @@ from typing import Any
 __all__ = ["CHECKPOINT_SCRIPTS", "SINGLE_FLIGHT_SCRIPTS", "ScriptRegistry"]
 
 # Shared helpers, prepended to every checkpoint script. KEYS[1] is always the thread's
-# namespace set ``P:{T}:ns``, KEYS[2] its run index, KEYS[3] its refresh marker.
+# namespace set ``P:{T}:ns``; thread-wide scripts get its run index and refresh marker
+# as KEYS[2] and KEYS[3].
 _PRELUDE = r"""
 local NSK = {'i', 'c', 'b', 'w', 'd'}
 local base = string.sub(KEYS[1], 1, -3)
@@ -45,9 +48,15 @@ local function nskeys(ns)
   return {i = nskey('i', ns), c = nskey('c', ns), b = nskey('b', ns),
           w = nskey('w', ns), d = nskey('d', ns)}
 end
--- the declared keys of a one-namespace script
+-- the declared keys, named by what follows the thread base: ns, runs, t or a kind letter
 local function declared()
-  return {i = KEYS[4], c = KEYS[5], b = KEYS[6], w = KEYS[7], d = KEYS[8]}
+  local ks = {ns = KEYS[1]}
+  for j = 2, #KEYS do
+    local rest = string.sub(KEYS[j], #base + 1)
+    if rest == 'runs' or rest == 't' then ks[rest] = KEYS[j]
+    else ks[string.sub(rest, 1, 1)] = KEYS[j] end
+  end
+  return ks
 end
 local function split(s, sep)
   local out = {}
@@ -83,14 +92,15 @@ end
 -- namespace just used (ks) are refreshed on every call; all namespaces (a graph that
 -- fans out to subgraphs makes many) at most every ttl/10, so the cost stays bounded
 -- while no key of an active thread can expire.
-local function touch(ttl, ks)
+-- tk: declared() with ns, runs, t (and, when one is set, the namespace's five keys)
+local function touch(ttl, tk, ks)
   if ttl <= 0 then return end
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', tk.ns, ttl)
+  redis.call('PEXPIRE', tk.runs, ttl)
   if ks then
     for _, k in ipairs(NSK) do redis.call('PEXPIRE', ks[k], ttl) end
   end
-  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', math.max(1, math.floor(ttl / 10))) then
+  if redis.call('SET', tk.t, '1', 'NX', 'PX', math.max(1, math.floor(ttl / 10))) then
     for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       for _, k in ipairs(NSK) do redis.call('PEXPIRE', nskey(k, n), ttl) end
     end
@@ -163,13 +173,13 @@ for k = 6, #ARGV, 1000 do
 end
 local created = 1 - redis.call('HEXISTS', ks.c, id)
 if run ~= '' and created == 1 then
-  redis.call('ZADD', KEYS[2], 0, run .. ',' .. ns .. ',' .. id)
+  redis.call('ZADD', ks.runs, 0, run .. ',' .. ns .. ',' .. id)
 end
 redis.call('SADD', KEYS[1], ns)
 redis.call('HSET', ks.c, id, rec)
 -- the index entry is the commit point: "latest" and listings only see complete records
 redis.call('ZADD', ks.i, 0, id)
-touch(ttl, ks)
+touch(ttl, ks, ks)
 return created
 """
 
@@ -188,7 +198,7 @@ if #added > 0 then
   redis.call('HSET', ks.d, id, (cur and cur ~= '') and (cur .. ',' .. joined) or joined)
   redis.call('SADD', KEYS[1], ns)
 end
-touch(ttl, ks)
+touch(ttl, ks, ks)
 return #added
 """
 
@@ -203,7 +213,7 @@ if id == '' then
 end
 local rec = redis.call('HGET', ks.c, id)
 if not rec then return false end
-touch(ttl, ks)
+touch(ttl, ks, ks)
 return load_tuple(ks, ns, id, rec)
 """
 
@@ -215,9 +225,9 @@ local one, ns, before = ARGV[1], ARGV[2], ARGV[3]
 local limit, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local nss = (one == '1') and {ns} or redis.call('SMEMBERS', KEYS[1])
 local max = (before == '') and '+' or ('(' .. before)
-local cands, kss = {}, {}
+local cands, kss, tk = {}, {}, declared()
 for _, n in ipairs(nss) do
-  kss[n] = (one == '1') and declared() or nskeys(n)
+  kss[n] = (one == '1') and tk or nskeys(n)
   for _, id in ipairs(redis.call('ZREVRANGEBYLEX', kss[n].i, max, '-', 'LIMIT', 0, limit)) do
     cands[#cands + 1] = {id, n}
   end
@@ -232,7 +242,7 @@ for i = 1, math.min(limit, #cands) do
   local rec = redis.call('HGET', kss[n].c, id)
   if rec then out[#out + 1] = load_tuple(kss[n], n, id, rec) end
 end
-if #out > 0 then touch(ttl) end
+if #out > 0 then touch(ttl, tk) end
 local cursor = (#cands >= limit) and cands[limit][1] or ''
 return {out, cursor}
 """
@@ -318,7 +328,7 @@ return cmsgpack.pack(out)
 
 # ARGV: dump, ttl_ms. Merges a dumped thread into this thread.
 _LOAD = r"""
-local ttl = tonumber(ARGV[2])
+local ttl, tk = tonumber(ARGV[2]), declared()
 local data = cmsgpack.unpack(ARGV[1])
 local function hset_flat(key, flat)
   for i = 1, #flat, 1000 do redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat))) end
@@ -339,9 +349,9 @@ for j = 2, #data do
   hset_flat(ks.b, d[4])
   hset_flat(ks.w, d[5])
   hset_flat(ks.d, d[6])
-  touch(ttl, ks)
+  touch(ttl, tk, ks)
 end
-touch(ttl)
+touch(ttl, tk)
 return #data - 1
 """
 

@@ -68,6 +68,18 @@ class ScanThreads:
     """Reply: every thread id with data under this saver's prefix (SCAN per primary)."""
 
 
+@dataclass(frozen=True)
+class _NsKeys:
+    """One (thread, namespace)'s encoded namespace and the KEYS of each script."""
+
+    ns: str
+    all: tuple[bytes, ...]  # list (and anything that refreshes the TTL)
+    put: tuple[bytes, ...]
+    put_writes: tuple[bytes, ...]
+    get: tuple[bytes, ...]
+    history: tuple[bytes, ...]
+
+
 Op = Script | ScanThreads | Emit
 Plan = Generator[Op, Any, Any]
 
@@ -121,17 +133,21 @@ def _key_part(value: str, what: str) -> str:
 
 
 def _check_texts(value: Any, what: str) -> None:
-    """Refuse any string inside ``value`` (dict keys too) that UTF-8 cannot represent."""
+    """Refuse any string inside ``value`` (dict keys too) that UTF-8 cannot represent.
+    Names are built only on the way to a failure: this runs on every ``put``."""
     if isinstance(value, str):
-        _text(value, what)
+        if not value.isascii():
+            _text(value, what)
     elif isinstance(value, dict):
         for k, v in value.items():
-            if isinstance(k, str):
+            if isinstance(k, str) and not k.isascii():
                 _text(k, f"{what} key")
-            _check_texts(v, f"{what}[{k!r}]")
+            if not (isinstance(v, str) and v.isascii()) and isinstance(v, (str, dict, list, tuple)):
+                _check_texts(v, f"{what}[{k!r}]")
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_texts(v, f"{what}[{i}]")
+            if isinstance(v, (str, dict, list, tuple)):
+                _check_texts(v, f"{what}[{i}]")
 
 
 def checkpoint_metadata(config: RunnableConfig, metadata: CheckpointMetadata) -> dict[str, Any]:
@@ -184,9 +200,12 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self._read_ttl_arg = str(self._read_ttl_ms).encode()
         self._scripts = _REGISTRY.bind(client)
         self._telemetry = Telemetry("checkpoint", metrics=metrics)
-        # (thread_id, ns) -> (encoded ns, script keys as bytes): the hot path names the
-        # same thread and namespace on every call, so their keys are built once
-        self._key_cache: dict[tuple[str, str], tuple[str, tuple[bytes, ...]]] = {}
+        # (thread_id, ns) -> _NsKeys: the hot path names the same thread and namespace
+        # on every call, so their keys are built once
+        self._key_cache: dict[tuple[str, str], _NsKeys] = {}
+        # (channel, version) -> blob field: a record names every channel's current
+        # version, and most of them are the same as in the previous record
+        self._fields: dict[tuple[str, Any], str] = {}
 
     # -- config parsing -------------------------------------------------------------
 
@@ -207,13 +226,23 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             raise TypeError(f"thread_id must be a str, int or UUID, got {type(thread_id).__name__}")
         return str(thread_id)
 
-    def _ns_keys(self, thread_id: str, ns: str) -> tuple[str, tuple[bytes, ...]]:
-        """``(encoded ns, KEYS of a one-namespace script)``, memoised."""
+    def _ns_keys(self, thread_id: str, ns: str) -> _NsKeys:
+        """The encoded namespace and each one-namespace script's KEYS, memoised."""
         found = self._key_cache.get((thread_id, ns))
         if found is None:
             _key_part(thread_id, "thread_id")
             ns_enc = _key_part(ns, "checkpoint_ns")
-            found = (ns_enc, tuple(k.encode() for k in self.keys.script_keys(thread_id, ns_enc)))
+            every = tuple(k.encode() for k in self.keys.script_keys(thread_id, ns_enc))
+            nsk, runs, _, i, c, b, w, d = every
+            # only what each script touches: without a TTL nothing is refreshed
+            found = _NsKeys(
+                ns_enc,
+                every,
+                every if self._ttl_ms else (nsk, runs, i, c, b),
+                every if self._ttl_ms else (nsk, w, d),
+                every if self._read_ttl_ms else (nsk, i, c, b, w, d),
+                (nsk, i, c, b, w, d),
+            )
             if len(self._key_cache) >= _KEY_CACHE_SIZE:
                 self._key_cache.clear()
             self._key_cache[(thread_id, ns)] = found
@@ -226,7 +255,13 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
     # -- encoding ---------------------------------------------------------------------
 
     def _blob_field(self, channel: str, version: Any) -> str:
-        return _key_part(channel, "channel name") + ":" + encode(str(version))
+        found = self._fields.get((channel, version))
+        if found is None:
+            found = _key_part(channel, "channel name") + ":" + encode(str(version))
+            if len(self._fields) >= _KEY_CACHE_SIZE:
+                self._fields.clear()
+            self._fields[(channel, version)] = found
+        return found
 
     def _record(
         self,
@@ -312,7 +347,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         thread_id = self._thread_id(config)
         configurable = config["configurable"]
         ns = configurable.get("checkpoint_ns", "") or ""
-        ns_enc, keys = self._ns_keys(thread_id, ns)
+        nk = self._ns_keys(thread_id, ns)
         cid = _check_id(checkpoint.get("id"), "checkpoint id")
         parent_id = configurable.get("checkpoint_id") or ""
         if parent_id:
@@ -322,7 +357,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         run = _key_part(str(run_id), "run_id") if run_id else ""
         values = checkpoint.get("channel_values", {})
         # bytes throughout: valkey-py then packs each argument without encoding it
-        args = [cid.encode(), b"", run.encode(), self._ttl_arg, ns_enc.encode()]
+        args = [cid.encode(), b"", run.encode(), self._ttl_arg, nk.ns.encode()]
         stored = 0
         for ch, ver in new_versions.items():
             if ch in values:
@@ -330,7 +365,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                 args += (self._blob_field(ch, ver).encode(), blob)
                 stored += len(blob)
         rec = args[1] = self._record(checkpoint, meta, parent_id, run)
-        yield Script("put", keys, tuple(args))
+        yield Script("put", nk.put, tuple(args))
         self._telemetry.stored(len(rec) + stored)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
@@ -344,14 +379,14 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         thread_id = self._thread_id(config)
         configurable = config["configurable"]
         ns = configurable.get("checkpoint_ns", "") or ""
-        ns_enc, keys = self._ns_keys(thread_id, ns)
+        nk = self._ns_keys(thread_id, ns)
         cid = _check_id(configurable.get("checkpoint_id"), "checkpoint id")
         if not writes:
             return None
         task = str(task_id)
         prefix = f"{encode(cid)}:{_key_part(task, 'task_id')}:"
         _text(task_path, "task_path")
-        args = [cid.encode(), self._ttl_arg, ns_enc.encode()]
+        args = [cid.encode(), self._ttl_arg, nk.ns.encode()]
         stored = 0
         for idx, (channel, value) in enumerate(writes):
             widx = WRITES_IDX_MAP.get(channel, idx)
@@ -361,7 +396,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             )
             args += ((prefix + str(widx)).encode(), packed, b"1" if widx < 0 else b"0")
             stored += len(packed)
-        yield Script("put_writes", keys, tuple(args))
+        yield Script("put_writes", nk.put_writes, tuple(args))
         self._telemetry.stored(stored)
         return None
 
@@ -369,11 +404,11 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         thread_id = self._thread_id(config)
         configurable = config["configurable"]
         ns = configurable.get("checkpoint_ns", "") or ""
-        ns_enc, keys = self._ns_keys(thread_id, ns)
+        nk = self._ns_keys(thread_id, ns)
         cid = get_checkpoint_id(config) or ""
         if cid:
             _check_id(cid, "checkpoint id")
-        reply = yield Script("get", keys, (ns_enc.encode(), cid.encode(), self._read_ttl_arg))
+        reply = yield Script("get", nk.get, (nk.ns.encode(), cid.encode(), self._read_ttl_arg))
         return self._parse_tuple(thread_id, reply) if reply else None
 
     def _plan_list_thread(
@@ -389,13 +424,14 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         emitted = 0
         keys: tuple[str | bytes, ...]
         if ns is not None:
-            ns_enc, keys = self._ns_keys(thread_id, ns)
+            nk = self._ns_keys(thread_id, ns)
+            ns_enc, keys = nk.ns, nk.all
         else:
             _key_part(thread_id, "thread_id")
             ns_enc, keys = "", self.keys.thread_keys(thread_id)
         if checkpoint_id and ns is not None:
             # one known checkpoint: a single read
-            reply = yield Script("get", keys, (ns_enc, checkpoint_id, self._read_ttl_ms))
+            reply = yield Script("get", nk.get, (ns_enc, checkpoint_id, self._read_ttl_ms))
             if reply and (not before or checkpoint_id < before):
                 tup = self._parse_tuple(thread_id, reply)
                 if _matches(tup.metadata, filter):
@@ -485,7 +521,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             return {}
         thread_id = self._thread_id(config)
         ns = config["configurable"].get("checkpoint_ns", "") or ""
-        _, keys = self._ns_keys(thread_id, ns)
+        keys = self._ns_keys(thread_id, ns).history
         cid = get_checkpoint_id(config) or ""
         if cid:
             _check_id(cid, "checkpoint id")
