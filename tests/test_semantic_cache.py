@@ -603,6 +603,10 @@ async def test_no_search_module_lookups_fail_open_with_one_loud_log(
     assert stats.errors_by_reason.get("no_search_module") == stats.errors > 0
     with pytest.raises(SearchModuleMissing):
         await c.asetup()
+    with pytest.raises(SearchModuleMissing):  # diagnostics raise, naming what is missing
+        c.nearest(Q, "llm")
+    with pytest.raises(SearchModuleMissing):
+        await c.anearest(Q, "llm")
     sync.close()
     await aclient.aclose()
 

@@ -549,8 +549,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
     # -- setup --------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _setup_errors(self) -> Iterator[None]:
-        """What a failed setup means to the caller (the plan's errors arrive raw)."""
+    def _strict_errors(self) -> Iterator[None]:
+        """What a failed strict plan that may set up means to the caller (its errors
+        arrive raw): no search module, or an index another process just created."""
         try:
             yield
         except Exception as exc:
@@ -563,12 +564,12 @@ class ValkeySemanticCache(CacheCore, BaseCache):
     def setup(self) -> None:
         """Create the FT index (idempotent). Raises ``SearchModuleMissing`` without the
         search module and ``ValueError`` when the existing index has other dimensions."""
-        with self._setup_errors():
+        with self._strict_errors():
             self._run_strict(self._plan_setup(), "setup")
 
     async def asetup(self) -> None:
         """Async :meth:`setup`."""
-        with self._setup_errors():
+        with self._strict_errors():
             await self._arun_strict(self._plan_setup(), "setup")
 
     def drop_index(self) -> None:
@@ -689,12 +690,16 @@ class ValkeySemanticCache(CacheCore, BaseCache):
 
     def nearest(self, prompt: str, llm_string: str) -> float | None:
         """The cosine distance of the nearest entry this prompt could hit (diagnostics:
-        raises on errors)."""
-        return self._run_strict(self._plan_nearest(prompt, llm_string), "nearest")
+        raises on errors, :class:`SearchModuleMissing` without the search module)."""
+        with self._strict_errors():
+            return self._run_strict(self._plan_nearest(prompt, llm_string), "nearest")
+        return None  # the index appeared meanwhile (created by another process)
 
     async def anearest(self, prompt: str, llm_string: str) -> float | None:
         """Async :meth:`nearest`."""
-        return await self._arun_strict(self._plan_nearest(prompt, llm_string), "nearest")
+        with self._strict_errors():
+            return await self._arun_strict(self._plan_nearest(prompt, llm_string), "nearest")
+        return None  # the index appeared meanwhile (created by another process)
 
     # -- thresholds ---------------------------------------------------------------------
 
