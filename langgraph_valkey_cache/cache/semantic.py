@@ -207,7 +207,8 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             whatever the client; sync: the client's socket timeout, which
             :func:`~langgraph_valkey_cache.cache_client_from_url` sets to the budget).
         stats_flush_interval: seconds between flushes of this process's hit/miss counts
-            to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
+            to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`;
+            the embedding cache's own counts go to ``<prefix>:emb:stats`` likewise).
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -297,6 +298,8 @@ class ValkeySemanticCache(CacheCore, BaseCache):
                 self.client, async_client=self.aclient, prefix=f"{prefix}:emb", ttl=ttl,
                 metrics=metrics, timeout=timeout,
             )  # fmt: skip
+            # its counts ride on the same schedule as this cache's
+            self.embedding_store.shared_stats.flush_interval = stats_flush_interval
             self.embeddings = CachedEmbeddings(
                 embeddings, self.embedding_store, namespace=embeddings_namespace
             )
