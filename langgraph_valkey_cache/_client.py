@@ -127,7 +127,9 @@ def client_from_url(
         options.setdefault("cluster_error_retry_attempts", min(retries, 1))
         if asyncio:
             options.setdefault("connection_error_retry_attempts", min(retries, 1))
-            return AsyncValkeyCluster.from_url(clean_url, max_connections=max_connections, **options)
+            return AsyncValkeyCluster.from_url(
+                clean_url, max_connections=max_connections, **options
+            )
         pool_class = functools.partial(valkey.BlockingConnectionPool, timeout=timeout)
         return ValkeyCluster.from_url(
             clean_url,

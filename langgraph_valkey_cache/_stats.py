@@ -118,12 +118,12 @@ def _text(value: Any) -> str:
 def parse_fields(raw: Mapping[Any, Any] | None) -> dict[str, Number]:
     """A stats hash from ``HGETALL`` (bytes or str, RESP2 or 3): integers stay ints."""
     out: dict[str, Number] = {}
-    for field, value in (raw or {}).items():
+    for name, value in (raw or {}).items():
         text = _text(value)
         try:
-            out[_text(field)] = int(text)
+            out[_text(name)] = int(text)
         except ValueError:
-            out[_text(field)] = float(text)
+            out[_text(name)] = float(text)
     return out
 
 
@@ -217,7 +217,6 @@ def read_hashes(client: Any, keys: Iterable[str]) -> list[dict[str, Number]]:
 
 
 # -- reading every tier (the ``stats`` command) ----------------------------------------
-
 
 
 def tier_stats_keys(client: Any, tier: str, prefix: str) -> list[str]:

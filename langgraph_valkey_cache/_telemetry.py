@@ -136,7 +136,9 @@ class Telemetry:
         )
         return span, otel_context.attach(trace.set_span_in_context(span))
 
-    def finish(self, name: str, start: float, span: Any, error: BaseException | None = None) -> None:
+    def finish(
+        self, name: str, start: float, span: Any, error: BaseException | None = None
+    ) -> None:
         """Close what :meth:`start` opened and observe the duration."""
         if self._metrics is not None:
             self._child("duration", name).observe(time.perf_counter() - start)

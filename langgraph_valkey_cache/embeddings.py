@@ -24,12 +24,12 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.stores import ByteStore
 
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, ascan_keys, scan_keys
 from langgraph_valkey_cache._failopen import Call, Cmd, Pipe, Plan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, digest
 from langgraph_valkey_cache._keys import LLMCacheKeys as _Keys
 from langgraph_valkey_cache._plans import arun_plan, run_plan
-from langgraph_valkey_cache._cachebase import CacheCore
 
 __all__ = ["CachedEmbeddings", "ValkeyByteStore", "default_namespace"]
 
@@ -228,7 +228,9 @@ class CachedEmbeddings(Embeddings):
             return out
         u = self.underlying
         if kind == "d":
-            vectors = yield Call(u.embed_documents, u.aembed_documents, ([texts[i] for i in missing],))
+            vectors = yield Call(
+                u.embed_documents, u.aembed_documents, ([texts[i] for i in missing],)
+            )
         else:
             vectors = []
             for i in missing:

@@ -24,10 +24,10 @@ from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
 from langgraph_valkey_cache._failopen import Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
-from langgraph_valkey_cache._cachebase import CacheCore
 
 __all__ = ["LLMCacheCodec", "ValkeyCache", "normalize_whitespace", "tally_generations"]
 

@@ -34,9 +34,9 @@ from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import RunnableConfig
 
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._failopen import COMPUTE, Call, Plan
 from langgraph_valkey_cache._plans import arun_plan, run_plan
-from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache.cache.llm import ValkeyCache, tally_generations
 from langgraph_valkey_cache.cache.semantic import ValkeySemanticCache
 from langgraph_valkey_cache.cache.singleflight import (

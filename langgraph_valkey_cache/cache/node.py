@@ -25,11 +25,11 @@ from langgraph.cache.base import BaseCache, FullKey, Namespace, ValueT
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from prometheus_client import CollectorRegistry
 
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT
 from langgraph_valkey_cache._failopen import CacheUnavailable, Cmd, Pipe, Plan, Scan, Sleep, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, NodeCacheKeys
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
-from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache.cache.llm import unlink_plan
 from langgraph_valkey_cache.cache.singleflight import FlightOptions, lease_step, publish_step
 
@@ -118,7 +118,9 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         else:
             raws = yield Cmd(("MGET", *rkeys))
         if self.single_flight and None in raws:
-            found = yield from self._plan_claim([k for k, r in zip(rkeys, raws) if r is None])
+            found = yield from self._plan_claim(
+                [k for k, r in zip(rkeys, raws, strict=True) if r is None]
+            )
             raws = [found.get(k, r) for k, r in zip(rkeys, raws, strict=True)]
         out: dict[FullKey, ValueT] = {}
         for (ns, key), raw in zip(keys, raws, strict=True):
@@ -182,8 +184,7 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
                 publishes.append(publish_step(rk, data, px, held[0], 1000))
             else:
                 cmds.append(("SET", rk, data) if px is None else ("SET", rk, data, "PX", px))
-        for step in publishes:
-            yield step
+        yield from publishes
         if len(cmds) == 1:
             yield Cmd(cmds[0])
         elif cmds:

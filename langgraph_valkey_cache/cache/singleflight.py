@@ -72,6 +72,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from langgraph_valkey_cache._client import CACHE_TIMEOUT
 from langgraph_valkey_cache._failopen import (
     COMPUTE,
     CacheUnavailable,
@@ -320,9 +321,10 @@ class _SingleFlightBase:
             lease_ttl, wait_timeout, poll_interval, max_poll_interval, uncacheable_hold
         )
         self.client = client
-        kwargs = {} if timeout is None else {"timeout": timeout}
         self.executor = Executor(
-            client, telemetry or Telemetry("single_flight", metrics=False), **kwargs
+            client,
+            telemetry or Telemetry("single_flight", metrics=False),
+            timeout=CACHE_TIMEOUT if timeout is None else timeout,
         )
 
 

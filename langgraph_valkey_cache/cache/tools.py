@@ -37,12 +37,12 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 from prometheus_client import CollectorRegistry
 
+from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT
 from langgraph_valkey_cache._failopen import COMPUTE, CacheUnavailable, Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, ToolCacheKeys, digest, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
 from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields
-from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache.cache.llm import unlink_plan
 from langgraph_valkey_cache.cache.singleflight import Flight, FlightOptions, flight_plan
 
@@ -391,7 +391,10 @@ class ToolCache(CacheCore):
 
     def _plan_policies(self) -> Plan:
         """Re-read the remote policies when ``policy_refresh`` has passed."""
-        if not self.remote_policies or time.monotonic() - self._remote_read_at < self.policy_refresh:
+        if (
+            not self.remote_policies
+            or time.monotonic() - self._remote_read_at < self.policy_refresh
+        ):
             return
         self._remote_read_at = time.monotonic()  # also on failure: retry after the interval
         try:
@@ -422,10 +425,9 @@ class ToolCache(CacheCore):
         stats_key = self.keys.stats(name)
         if flight.computed:
             summary = flight.value
-            yield Tally(
-                misses=1, stats_key=stats_key,
-                fields={"run_ms": summary["run_ms"], "uncacheable": 0 if summary["cacheable"] else 1},
-            )  # fmt: skip
+            uncacheable = 0 if summary["cacheable"] else 1
+            fields = {"run_ms": summary["run_ms"], "uncacheable": uncacheable}
+            yield Tally(misses=1, stats_key=stats_key, fields=fields)
         else:
             yield Tally(hits=1, saved_ms=int(flight.value.get("run_ms", 0)), stats_key=stats_key)
         return flight
