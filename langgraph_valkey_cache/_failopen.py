@@ -93,7 +93,7 @@ else:  # pragma: no cover - Python 3.10
 # --- plan steps ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cmd:
     """One command: ``client.execute_command(*args)``. ``node="random"`` routes a
     keyless command (``FT.*``) to one primary of a cluster."""
@@ -102,14 +102,14 @@ class Cmd:
     node: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pipe:
     """Several commands in one round trip (never a MULTI: cluster pipelines can't be)."""
 
     cmds: tuple[tuple[Any, ...], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Script:
     """A Lua script from ``registry`` (a :class:`~._scripts.ScriptRegistry`)."""
 
@@ -119,19 +119,19 @@ class Script:
     args: Sequence[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scan:
     """Reply: every key matching ``pattern`` (SCAN per primary, never KEYS)."""
 
     pattern: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sleep:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """Call a dependency that has a sync and an async form (an embedder, a judge model):
     the sync driver calls ``sync(*args)``, the async one awaits ``async_(*args)``. Not a
@@ -142,7 +142,7 @@ class Call:
     args: tuple[Any, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tally:
     """Count outcomes (no I/O): metrics and the shared stats (``stats_key`` overrides
     the cache's hash, e.g. one per tool)."""

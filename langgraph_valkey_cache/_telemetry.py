@@ -9,6 +9,7 @@ Metrics go to a Prometheus registry (the default one unless injected); pass
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,14 +79,23 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
 
 def _tracing_on() -> bool:
     """True once spans would go somewhere: an OpenTelemetry SDK provider is configured
-    (or ``_tracer`` was replaced by a real tracer)."""
+    (or ``_tracer`` was replaced by a real tracer). Reads the API's global directly:
+    ``get_tracer_provider()`` consults ``os.environ`` on every call."""
     tracer = _tracer
-    if isinstance(tracer, trace.NoOpTracer):
-        return False
     if isinstance(tracer, trace.ProxyTracer):
-        provider = trace.get_tracer_provider()
+        provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+        if provider is None and not _PROVIDER_FROM_ENV:
+            return False
+        if provider is None:  # set lazily from OTEL_PYTHON_TRACER_PROVIDER
+            provider = _UNKNOWN
+        if provider is _UNKNOWN:  # another opentelemetry-api layout: the public way
+            provider = trace.get_tracer_provider()
         return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
-    return True
+    return not isinstance(tracer, trace.NoOpTracer)
+
+
+_UNKNOWN = object()
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 class Telemetry:
