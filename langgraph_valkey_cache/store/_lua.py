@@ -55,11 +55,11 @@ redis.call('HSET', item, 'nv', ARGV[9], 'vs', space)
 local shared = {}
 for i = 11, 10 + 2 * nf do shared[#shared + 1] = ARGV[i] end
 local vb = vbase(vpre, space, vpost)
+local it = nv > 0 and (created .. ' ' .. us .. ' ' .. ARGV[8] .. ' ' .. ARGV[7]) or ''
 for j = 0, nv - 1 do
   local vk = vb .. k .. ':' .. j
-  -- the item's fields too, so a KNN returns whole items in its one reply
-  redis.call('HSET', vk, 'vec', ARGV[11 + 2 * nf + j], 'v', ARGV[7], 'c', created, 'u', us,
-    't', ARGV[8], unpack(shared))
+  -- the item too (one field), so a KNN returns whole items in its one reply
+  redis.call('HSET', vk, 'vec', ARGV[11 + 2 * nf + j], 'it', it, unpack(shared))
   if ttl > 0 then redis.call('PEXPIRE', vk, ttl) end
 end
 if ttl > 0 then

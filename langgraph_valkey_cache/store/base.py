@@ -8,7 +8,7 @@ sync and async share every behaviour and every round trip is visible here.
 Data layout: see :class:`langgraph_valkey_cache._keys.StoreKeys`. Round trips: a batch
 of N gets is 1; N puts 1 (+1 when a namespace appears, +2 when one empties); a search
 without query 2; a vector search 1: one FT.SEARCH KNN returning whole items (each
-vector doc carries a copy of its item's ``v``/``c``/``u``/``t``, written by the same
+vector doc carries a copy of its item in one field ``it``, written by the same
 script), plus a retry with a larger K when post-filtering left fewer than ``limit``
 hits and more exist, one exact pass when an HNSW KNN returned fewer than K, 2 for
 unscored fill-ins when still short, 1 for a TTL refresh; ``list_namespaces`` 2.
@@ -20,6 +20,7 @@ query); zero vectors are not written (no cosine), so scores are always finite.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -118,8 +119,9 @@ Plan = Generator[PlanOp, Any, Any]
 # a put ready to send: (op, encoded namespace, JSON value or None to delete,
 # [(field path, text to embed)])
 _Prepared = tuple[PutOp, str, str | None, list[tuple[str, str]]]
-# item fields every vector doc carries, so a KNN returns whole items (one round trip)
-_ITEM_FIELDS = ("v", "c", "u", "t")
+# every vector doc carries its item as one field, ``it`` = "<created> <updated> <ttl>
+# <JSON value>", so a KNN returns whole items (one round trip, one field to parse)
+_ITEM_FIELDS = ("it",)
 
 
 @dataclass
@@ -135,16 +137,22 @@ class _Row:
     vectors: list[bytes] = field(default_factory=list)
 
     def item(self, keys: StoreKeys, score: float | None = None, search: bool = False) -> Item:
-        kwargs = dict(
-            value=self.value,
-            key=decode(self.key),
-            namespace=keys.ns_decode(self.ns),
-            created_at=_dt(self.created),
-            updated_at=_dt(self.updated),
-        )
+        ns, key = _ns_decode(self.ns), decode(self.key)
+        created, updated = _dt(self.created), _dt(self.updated)
         if search:
-            return SearchItem(**kwargs, score=score)  # type: ignore[arg-type]
-        return Item(**kwargs)  # type: ignore[arg-type]
+            return SearchItem(
+                namespace=ns,
+                key=key,
+                value=self.value,
+                created_at=created,
+                updated_at=updated,
+                score=score,
+            )
+        return Item(value=self.value, key=key, namespace=ns, created_at=created, updated_at=updated)
+
+
+# namespaces repeat across results: decode each once
+_ns_decode = functools.lru_cache(maxsize=4096)(StoreKeys.ns_decode)
 
 
 # marks a KNN hit whose vector doc lacks the item's fields (written by older code)
@@ -174,7 +182,7 @@ def _b(value: Any) -> bytes:
 
 def _finite(value: Any) -> float | None:
     try:
-        f = float(_s(value))
+        f = float(value)  # float() takes bytes too
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
@@ -753,20 +761,14 @@ class ValkeyStoreBase(BaseStore):
 
     def _row_of(self, ns: str, key: str, fields: dict[str, Any]) -> _Row | None:
         """The item from a KNN hit's returned fields; ``_LEGACY`` when they are absent."""
-        if "v" not in fields:
+        it = fields.get("it")
+        if it is None:
             return _LEGACY
         try:
-            return _Row(
-                ns,
-                key,
-                json.loads(fields["v"]),
-                int(fields["c"]),
-                int(fields["u"]),
-                int(fields["t"]),
-                1,
-                self.keys.space,
-            )
-        except (KeyError, TypeError, ValueError):
+            # str: json.loads would sniff a bytes value's encoding first
+            c, u, t, v = (it.decode() if type(it) is bytes else it).split(" ", 3)
+            return _Row(ns, key, json.loads(v), int(c), int(u), int(t), 1, self.keys.space)
+        except (TypeError, ValueError):
             return _LEGACY
 
     # -- setup ----------------------------------------------------------------------

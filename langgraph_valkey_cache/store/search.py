@@ -10,6 +10,7 @@ Pushed-down conditions only narrow the candidates; every hit is checked again wi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -33,8 +34,13 @@ __all__ = [
 _RANGE = {"$gt": ("(", None), "$gte": ("", None), "$lt": (None, "("), "$lte": (None, "")}
 
 
-def ns_tag(labels: Sequence[str]) -> str:
+@functools.lru_cache(maxsize=4096)
+def _ns_tag(labels: tuple[str, ...]) -> str:
     return digest("ns", *labels)
+
+
+def ns_tag(labels: Sequence[str]) -> str:
+    return _ns_tag(tuple(labels))
 
 
 def ns_tags(namespace: Sequence[str]) -> str:
