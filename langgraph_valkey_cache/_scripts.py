@@ -171,8 +171,8 @@ local ks = declared()
 for k = 6, #ARGV, 1000 do
   redis.call('HSET', ks.b, unpack(ARGV, k, math.min(k + 999, #ARGV)))
 end
-local created = 1 - redis.call('HEXISTS', ks.c, id)
-if run ~= '' and created == 1 then
+-- a new checkpoint of a run joins the run index (before its record: see above)
+if run ~= '' and redis.call('HEXISTS', ks.c, id) == 0 then
   redis.call('ZADD', ks.runs, 0, run .. ',' .. ns .. ',' .. id)
 end
 redis.call('SADD', KEYS[1], ns)
@@ -180,7 +180,7 @@ redis.call('HSET', ks.c, id, rec)
 -- the index entry is the commit point: "latest" and listings only see complete records
 redis.call('ZADD', ks.i, 0, id)
 touch(ttl, ks, ks)
-return created
+return 1
 """
 
 # ARGV: id, ttl_ms, ns, then field, value, overwrite ('0'/'1') triples

@@ -157,7 +157,6 @@ def checkpoint_metadata(config: RunnableConfig, metadata: CheckpointMetadata) ->
     characters, which Postgres text cannot hold; msgpack can). A string that cannot
     be stored at all raises ``ValueError`` naming its key."""
     out: dict[str, Any] = dict(metadata)
-    out.pop("writes", None)
     for extra in (config.get("metadata"), config.get("configurable")):
         if not extra:
             continue
@@ -166,6 +165,7 @@ def checkpoint_metadata(config: RunnableConfig, metadata: CheckpointMetadata) ->
                 continue
             if isinstance(v, (str, int, bool, float)):
                 out[key] = v
+    out.pop("writes", None)
     _check_texts(out, "checkpoint metadata")
     return out
 
