@@ -11,6 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "langgraph_valkey_cache"
 CORE = {
     "_client",
+    "_control",
     "_cachebase",
     "_failopen",
     "_keys",
