@@ -161,11 +161,21 @@ async def test_filters_pushed_down_and_post_filtered(
 
 @pytest.mark.search
 @pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("server", [*FT_SERVERS, "search_cluster"])
 async def test_post_filter_never_returns_fewer_than_limit(
-    flavour: str, search_url: str, prefix: str
+    flavour: str, server: str, request: pytest.FixtureRequest, prefix: str
 ) -> None:
+    """A sparse filter (not pushed down) on near-duplicate texts: K grows, HNSW runs out
+    of reachable candidates (valkey-search leaves up to a third of them unreachable
+    here) and the exact pass ranks the candidate set, per primary on a cluster."""
+    if server == "search_cluster":
+        request.applymarker(pytest.mark.search_cluster)
+        request.applymarker(pytest.mark.cluster)
+        url = str(request.getfixturevalue("search_cluster_url"))
+    else:
+        url = ft_server_url(request, server)
     emb = HashingEmbeddings(DIMS)
-    async with open_store(flavour, search_url, prefix=prefix, index=_index(emb)) as store:
+    async with open_store(flavour, url, prefix=prefix, index=_index(emb)) as store:
         mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
         docs = [
             (("sparse",), f"k{i}", {"text": f"alice note {i}", "rare": i % 31 == 0}, None)

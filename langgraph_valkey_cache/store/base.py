@@ -667,7 +667,7 @@ class ValkeyStoreBase(BaseStore):
             cmd = knn_command(
                 self.index_name, "vec", expr, k, blob, ef_runtime=ef, return_fields=_ITEM_FIELDS
             )
-            docs = yield from self._plan_ft_search(tuple(cmd))
+            _, docs = yield from self._plan_ft_search(tuple(cmd))
             hits: list[tuple[float, str, str, dict[str, Any]]] = []
             for key, fields in docs:
                 dist = _finite(fields.get("dist"))
@@ -727,11 +727,10 @@ class ValkeyStoreBase(BaseStore):
         there are more than one reply may hold."""
         assert self.index_name is not None
         cmd = filter_command(self.index_name, expr, ("vec", *_ITEM_FIELDS), MAX_KNN_K)
-        (reply,) = yield Pipe([Call(tuple(cmd))], return_errors=True)
-        if isinstance(reply, Exception):
-            logger.debug("exact pass unavailable: %s", reply)
+        found = yield from self._plan_ft_search(tuple(cmd), errors_ok=True)
+        if found is None:
             return None
-        total, docs = parse_search(reply)
+        total, docs = found
         if total > len(docs):
             return None
         size = 4 * (self.dims or 0)
@@ -842,8 +841,9 @@ class ValkeyStoreBase(BaseStore):
             "FT index %s still backfilling after 10 s: searching anyway", self.index_name
         )
 
-    def _plan_ft_search(self, cmd: tuple[Any, ...]) -> Plan:
-        """Hits ``[(key, fields)]`` of the FT.SEARCH ``cmd``.
+    def _plan_ft_search(self, cmd: tuple[Any, ...], errors_ok: bool = False) -> Plan:
+        """``(total, [(key, fields)])`` of the FT.SEARCH ``cmd`` (totals summed over the
+        primaries of a cluster); None on a server error when ``errors_ok``.
 
         On a cluster: one ``LOCALONLY`` query per primary, merged here. A fan-out from
         one node misses writes made inside Lua on the other shards until an FT command
@@ -853,12 +853,19 @@ class ValkeyStoreBase(BaseStore):
         and fewer than K in all means no shard has more.
         """
         if not self._cluster:
-            (reply,) = yield Pipe([Call(cmd)])
-            return parse_search(reply)[1]
-        (replies,) = yield Pipe([Call((*cmd, "LOCALONLY"), each_primary=True)])
+            (reply,) = yield Pipe([Call(cmd)], return_errors=errors_ok)
+            replies = [reply]
+        else:
+            (replies,) = yield Pipe([Call((*cmd, "LOCALONLY"), each_primary=True)])
+        total = 0
         docs: list[tuple[str, dict[str, Any]]] = []
         for reply in replies:
             if isinstance(reply, Exception):
+                if errors_ok:
+                    logger.debug("FT.SEARCH failed: %s", reply)
+                    return None
                 raise reply
-            docs += parse_search(reply)[1]
-        return docs
+            n, got = parse_search(reply)
+            total += n
+            docs += got
+        return total, docs
