@@ -17,17 +17,19 @@ Keys are built in ``_keys``; this module only says what goes into them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "CONTROL_KEY",
     "CacheControl",
+    "cache_config",
     "current_config",
     "normalize_scope",
     "read_control",
@@ -39,6 +41,8 @@ logger = logging.getLogger("langgraph_valkey_cache.cache")
 
 #: The ``configurable`` key every cache reads its per-request control from.
 CONTROL_KEY = "cache_control"
+# where LangGraph keeps the run's Runtime (langgraph._internal._constants.CONFIG_KEY_RUNTIME)
+_RUNTIME_KEY = "__pregel_runtime"
 _FIELDS = frozenset({"skip", "refresh", "ttl"})
 
 
@@ -83,6 +87,26 @@ def current_config() -> Mapping[str, Any] | None:
     except ImportError:  # pragma: no cover - langchain-core is a dependency
         return None
     return var_child_runnable_config.get()
+
+
+@contextlib.contextmanager
+def cache_config(config: Mapping[str, Any]) -> Iterator[None]:
+    """Make ``config`` the current run's config for the caches in this block.
+
+    LangChain hands ``BaseCache.lookup`` no config; the caches read the running
+    runnable's (a graph node, chain or agent sets it). A bare ``model.invoke(x,
+    config)`` sets none, so its scope and ``cache_control`` need this::
+
+        with cache_config({"configurable": {"user_id": "a"}}):
+            model.invoke("hi")
+    """
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    token = var_child_runnable_config.set(config)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
 
 
 def read_control(config: Any) -> CacheControl:
@@ -151,10 +175,14 @@ def scope_values(config: Any, scope: Sequence[str], context: Any = None) -> tupl
     Each name is looked up in ``config["configurable"]``, then in ``context`` (the
     runtime context of an agent or graph: a mapping or an object). ``()`` for an
     unscoped cache. The tuple goes to ``_keys`` as is (which encodes it injectively).
+    Without ``context``, inside a LangGraph run, the run's runtime context is used
+    (``graph.invoke(..., context=...)``).
     """
     if not scope:
         return ()
     conf = _configurable(config)
+    if context is None:  # inside a LangGraph run: the runtime context it passes along
+        context = getattr(conf.get(_RUNTIME_KEY), "context", None)
     out = []
     for name in scope:
         value = conf.get(name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Sequence
 from urllib.parse import quote, unquote
 
 __all__ = [
@@ -302,9 +303,11 @@ class LLMCacheKeys:
 
     - ``P:x:<M>:<E>``  STRING, exact entry; ``M = digest(llm_string)``,
       ``E = digest(llm_string, prompt)`` (length-prefixed, so no ``prompt + llm_string``
-      collision). ``P:x:<M>:*`` is one model's entries (invalidate by model).
+      collision; a scoped cache adds its ``(name, value)`` pairs after a marker).
+      ``P:x:<M>:*`` is one model's entries (invalidate by model).
     - ``P:s:<M>:<E>``  HASH, semantic entry; ``E = digest(F, embedded text)`` where ``F``
-      is the filter tag (llm string plus conversation context, a TAG field of the hash).
+      is the filter tag (llm string, conversation context, embedding space and scope: a
+      TAG field of the hash, see :meth:`semantic_tag`).
       ``P:s:<M>:*`` is one model's entries. ``P:idx`` is the FT index over ``P:s:``.
     - ``P:b:<encoded key>``  ByteStore value (key percent-encoded, so the caller's key
       never widens a SCAN pattern).
@@ -324,13 +327,33 @@ class LLMCacheKeys:
         entries the agent middleware wrote with tools and settings appended."""
         return digest("llm", llm_string.split(AGENT_MARKER, 1)[0])
 
-    def exact(self, llm_string: str, prompt: str) -> str:
-        return f"{self.prefix}:x:{self.model_digest(llm_string)}:{digest(llm_string, prompt)}"
+    @staticmethod
+    def _scoped(scope: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+        # after a "scope" marker, names and values alternate: digest() length-prefixes
+        # every part, so any two different scopes (or none) give different digests
+        return ("scope", *(part for pair in scope for part in pair)) if scope else ()
+
+    def exact(self, llm_string: str, prompt: str, scope: Sequence[tuple[str, str]] = ()) -> str:
+        """``scope``: ``(name, value)`` pairs of a scoped cache (``()``: unscoped)."""
+        entry = digest(llm_string, prompt, *self._scoped(scope))
+        return f"{self.prefix}:x:{self.model_digest(llm_string)}:{entry}"
 
     def exact_pattern(self, llm_string: str | None = None) -> str:
         if llm_string is None:
             return f"{self._glob_prefix}:x:*"
         return f"{self._glob_prefix}:x:{self.model_digest(llm_string)}:*"
+
+    def semantic_tag(
+        self,
+        llm_string: str,
+        context: str,
+        space: str,
+        scope: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """``F``, the TAG a semantic lookup is pre-filtered by: the llm string, the
+        conversation context, the embedding space (embedder identity and dimensions:
+        vectors of another model are never compared) and the scope."""
+        return digest("sem", llm_string, context, space, *self._scoped(scope))
 
     def semantic(self, llm_string: str, tag: str, text: str) -> str:
         return f"{self.prefix}:s:{self.model_digest(llm_string)}:{digest(tag, text)}"

@@ -85,3 +85,21 @@ def test_warn_missing_scope_once_per_owner(caplog: pytest.LogCaptureFixture) -> 
         warn_missing_scope(a, ("tenant",))
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 3 and all("bypassed" in m for m in msgs)
+
+
+def test_scope_values_from_the_langgraph_runtime_context() -> None:
+    class Runtime:
+        context = {"user_id": "r"}
+
+    config = {"configurable": {"__pregel_runtime": Runtime()}}
+    assert scope_values(config, ("user_id",)) == ("r",)
+    assert scope_values(config, ("user_id",), {"user_id": "explicit"}) == ("explicit",)
+
+
+def test_cache_config_sets_the_current_config() -> None:
+    from langgraph_valkey_cache._control import cache_config, current_config
+
+    before = current_config()
+    with cache_config({"configurable": {"user_id": "a"}}):
+        assert scope_values(current_config(), ("user_id",)) == ("a",)
+    assert current_config() == before

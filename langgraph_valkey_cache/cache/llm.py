@@ -12,10 +12,12 @@ methods only execute commands.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core._api import suppress_langchain_beta_warning
@@ -26,10 +28,29 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generati
 
 from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
+from langgraph_valkey_cache._control import (
+    NO_CONTROL,
+    CacheControl,
+    cache_config,
+    current_config,
+    normalize_scope,
+    read_control,
+    scope_values,
+    warn_missing_scope,
+)
 from langgraph_valkey_cache._failopen import Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
 
-__all__ = ["LLMCacheCodec", "ValkeyCache", "normalize_whitespace", "tally_generations"]
+__all__ = [
+    "LLMCacheCodec",
+    "LLMRequest",
+    "ValkeyCache",
+    "cache_config",
+    "canonical_prompt",
+    "normalize_whitespace",
+    "project_messages",
+    "tally_generations",
+]
 
 logger = logging.getLogger("langgraph_valkey_cache.cache")
 
@@ -153,6 +174,135 @@ def normalize_whitespace(prompt: str) -> str:
     return _collapse(prompt)
 
 
+# -- what the key holds: the provider's view of the messages (pure) ------------------------
+
+_KINDS = {
+    "HumanMessage": "human",
+    "AIMessage": "ai",
+    "SystemMessage": "system",
+    "ToolMessage": "tool",
+    "ChatMessage": "chat",
+    "FunctionMessage": "function",
+}
+_CALL_FIELDS = ("name", "args", "id")
+#: Marks a projected prompt, so no raw prompt string can produce the same key.
+CANONICAL_PREFIX = "lvc-messages:1:"
+
+
+def _project_calls(calls: Any) -> list[Any]:
+    if not isinstance(calls, list):
+        return []
+    return [{f: c.get(f) for f in _CALL_FIELDS} if isinstance(c, dict) else c for c in calls]
+
+
+def _project_message(node: Any) -> dict[str, Any] | None:
+    """One message of LangChain's dump as the provider sees it, or None (not a message)."""
+    if not isinstance(node, dict) or node.get("lc") != 1 or node.get("type") != "constructor":
+        return None
+    ident = node.get("id")
+    kwargs = node.get("kwargs")
+    if not isinstance(ident, list) or not ident or not isinstance(kwargs, dict):
+        return None
+    cls = ident[-1]
+    kind = _KINDS.get(cls.removesuffix("Chunk")) if isinstance(cls, str) else None
+    if kind is None:
+        return None
+    out: dict[str, Any] = {"type": kind, "content": kwargs.get("content", "")}
+    for field in ("role", "name", "tool_call_id"):
+        if kwargs.get(field) is not None:
+            out[field] = kwargs[field]
+    if kind == "tool" and kwargs.get("status", "success") != "success":
+        out["status"] = kwargs["status"]  # providers send a failed tool call as an error
+    if kind == "ai":
+        for field in ("tool_calls", "invalid_tool_calls"):
+            calls = _project_calls(kwargs.get(field))
+            if calls:
+                out[field] = calls
+        extra = kwargs.get("additional_kwargs")
+        if isinstance(extra, dict) and extra.get("function_call") is not None:
+            out["function_call"] = extra["function_call"]  # legacy function calling
+    return out
+
+
+def project_messages(prompt: str) -> list[dict[str, Any]] | None:
+    """The messages of a chat prompt (LangChain's JSON dump of them, what it hands
+    ``BaseCache.lookup``) as the provider sees them, or ``None`` for any other prompt.
+
+    Each message keeps its type (``human``, ``ai``, ``system``, ``tool``, ``chat``,
+    ``function``; a chunk is its message), ``content`` (text or blocks, as is),
+    ``role``, ``name``, ``tool_call_id``, a tool message's non-success ``status``,
+    and an AI message's ``tool_calls``/``invalid_tool_calls`` (name, args, id each)
+    and legacy ``function_call``. Left out: ids, ``usage_metadata``,
+    ``response_metadata``, other ``additional_kwargs``, tool artifacts: what differs
+    between a model's answer and the same answer served from the cache.
+    """
+    if prompt[:1] != "[":
+        return None
+    try:
+        nodes = json.loads(prompt)
+    except ValueError:
+        return None
+    if not isinstance(nodes, list) or not nodes:
+        return None
+    out = []
+    for node in nodes:
+        msg = _project_message(node)
+        if msg is None:
+            return None
+        out.append(msg)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def canonical_prompt(prompt: str) -> str:
+    """The text a cache key is built from: a chat prompt's :func:`project_messages` as
+    canonical JSON (marked with :data:`CANONICAL_PREFIX`); any other prompt as is.
+
+    Memoised: a miss looks up and then stores the same prompt.
+    """
+    messages = project_messages(prompt)
+    if messages is None:
+        return prompt
+    return CANONICAL_PREFIX + json.dumps(messages, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    """What one request asks of an LLM cache: its control and scope values
+    (``scope is None``: a scope value is missing, the cache is bypassed)."""
+
+    control: CacheControl = NO_CONTROL
+    scope: tuple[tuple[str, str], ...] | None = ()
+
+    @property
+    def reads(self) -> bool:
+        return self.scope is not None and self.control.reads
+
+    @property
+    def writes(self) -> bool:
+        return self.scope is not None and self.control.writes
+
+
+UNSCOPED = LLMRequest()
+
+
+def llm_request(
+    owner: object, scope: tuple[str, ...], config: Any = None, context: Any = None
+) -> LLMRequest:
+    """The :class:`LLMRequest` of the current run (``config``, else the config LangChain
+    set for the running runnable; ``context``: an agent's runtime context)."""
+    if config is None:
+        config = current_config()
+    control = read_control(config)
+    if not scope:
+        return UNSCOPED if control is NO_CONTROL else LLMRequest(control)
+    values = scope_values(config, scope, context)
+    if values is None:
+        warn_missing_scope(owner, scope)
+        return LLMRequest(control, None)
+    return LLMRequest(control, tuple(zip(scope, values, strict=True)))
+
+
 class LLMCacheCodec:
     """Keys and value encoding of the LLM caches (no I/O)."""
 
@@ -162,11 +312,13 @@ class LLMCacheCodec:
         *,
         ttl: float | None = None,
         normalize: bool | Callable[[str], str] = False,
+        scope: Sequence[str] | str | None = None,
     ) -> None:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be a positive number of seconds or None")
         self.keys = LLMCacheKeys(prefix)
         self.ttl_ms = None if ttl is None else max(1, int(ttl * 1000))
+        self.scope = normalize_scope(scope)
         if normalize is True:
             self._normalize: Callable[[str], str] | None = normalize_whitespace
         elif normalize is False:
@@ -175,10 +327,18 @@ class LLMCacheCodec:
             self._normalize = normalize
 
     def prompt(self, prompt: str) -> str:
-        return self._normalize(prompt) if self._normalize else prompt
+        """What the key holds of ``prompt``: normalised (if asked), then projected
+        (:func:`canonical_prompt`)."""
+        return canonical_prompt(self._normalize(prompt) if self._normalize else prompt)
 
-    def key(self, prompt: str, llm_string: str) -> str:
-        return self.keys.exact(llm_string, self.prompt(prompt))
+    def key(
+        self, prompt: str, llm_string: str, scope: Sequence[tuple[str, str]] | None = ()
+    ) -> str:
+        return self.keys.exact(llm_string, self.prompt(prompt), scope or ())
+
+    def request(self, owner: object, config: Any = None, context: Any = None) -> LLMRequest:
+        """This cache's :class:`LLMRequest` for the current run (see :func:`llm_request`)."""
+        return llm_request(owner, self.scope, config, context)
 
     @staticmethod
     def encode(return_val: RETURN_VAL_TYPE) -> str:
@@ -208,9 +368,15 @@ class LLMCacheCodec:
             return None
         return value
 
-    def set_args(self) -> tuple[Any, ...]:
+    def entry_ttl_ms(self, req: LLMRequest = UNSCOPED) -> int | None:
+        """The TTL of an entry this request writes: its ``cache_control`` ttl, else the
+        cache's."""
+        return req.control.ttl_ms(self.ttl_ms)
+
+    def set_args(self, req: LLMRequest = UNSCOPED) -> tuple[Any, ...]:
         """The expiry arguments of the ``SET`` (TTL in the same command as the value)."""
-        return () if self.ttl_ms is None else ("PX", self.ttl_ms)
+        ms = self.entry_ttl_ms(req)
+        return () if ms is None else ("PX", ms)
 
 
 class ValkeyCache(CacheCore, BaseCache):
@@ -223,6 +389,10 @@ class ValkeyCache(CacheCore, BaseCache):
         ttl: seconds each entry lives (set in the same ``SET``); ``None`` keeps entries.
         normalize: ``True`` collapses whitespace in prompts before hashing (or pass a
             callable). Off by default: it makes differently spaced prompts share answers.
+        scope: names looked up in the run's ``configurable`` (e.g. ``("user_id",)``)
+            whose values become part of every key: the cache never answers across
+            scopes, and a run without a value bypasses it (model called, nothing stored,
+            one warning). See the README, "What is in the key".
         metrics: ``False`` turns Prometheus metrics off, or pass a registry.
         cost_of: ``cost_of(generations) -> USD`` estimates what a hit saved (for the
             ``cost_saved_usd`` metric), e.g. from the cached ``usage_metadata``.
@@ -237,6 +407,12 @@ class ValkeyCache(CacheCore, BaseCache):
         >>> from langgraph_valkey_cache import ValkeyCache, cache_client_from_url
         >>> set_llm_cache(ValkeyCache(cache_client_from_url("valkey://localhost:6379"), ttl=3600))
         ... # doctest: +SKIP
+
+    Per request, ``config["configurable"]["cache_control"] = {"skip": True}`` bypasses
+    the cache, ``{"refresh": True}`` calls the model and overwrites the entry, and
+    ``{"ttl": seconds}`` sets the lifetime of the entry written. LangChain hands the
+    cache no config: it is read from the running runnable's (a graph node, a chain, an
+    agent); around a bare ``model.invoke`` use :func:`cache_config`.
 
     Whatever goes wrong with the server (down, stalled, paused, ACL, OOM), a lookup is a
     miss and an update a no-op within the budget, and the model is simply called; the
@@ -253,12 +429,13 @@ class ValkeyCache(CacheCore, BaseCache):
         prefix: str = DEFAULT_PREFIXES["llm"],
         ttl: float | None = None,
         normalize: bool | Callable[[str], str] = False,
+        scope: Sequence[str] | str | None = None,
         metrics: Any = True,
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
         timeout: float = CACHE_TIMEOUT,
         stats_flush_interval: float = 1.0,
     ) -> None:
-        self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize)
+        self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize, scope=scope)
         self.cost_of = cost_of
         self._init_core(
             client, async_client, tier="llm_cache", stats_key=self.codec.keys.stats(),
@@ -277,7 +454,11 @@ class ValkeyCache(CacheCore, BaseCache):
 
     # -- plans (no I/O) ------------------------------------------------------------------
 
-    def _plan_lookup_many(self, keys: list[str]) -> Plan:
+    def _plan_lookup_many(self, items: Sequence[tuple[str, str]]) -> Plan:
+        req = self.codec.request(self)
+        if not req.reads:
+            return [None] * len(items)
+        keys = [self.codec.key(p, s, req.scope) for p, s in items]
         if len(keys) == 1:
             raws = [(yield Cmd(("GET", keys[0])))]
         else:
@@ -286,15 +467,33 @@ class ValkeyCache(CacheCore, BaseCache):
         yield tally_generations(found, self.cost_of)
         return found
 
-    def _plan_lookup(self, prompt: str, llm_string: str) -> Plan:
-        """One lookup (the interface the middleware drives, shared with the semantic cache)."""
-        gens = self.codec.decode((yield Cmd(("GET", self.codec.key(prompt, llm_string)))))
+    def _plan_lookup(self, prompt: str, llm_string: str, req: LLMRequest | None = None) -> Plan:
+        """One lookup (the interface the middleware drives, shared with the semantic
+        cache); ``req`` defaults to the current run's (:meth:`LLMCacheCodec.request`)."""
+        if req is None:
+            req = self.codec.request(self)
+        if not req.reads:  # skipped, refreshed or unscoped: not a lookup
+            return None
+        gens = self.codec.decode(
+            (yield Cmd(("GET", self.codec.key(prompt, llm_string, req.scope))))
+        )
         yield tally_generations((gens,), self.cost_of)
         return gens
 
-    def _plan_update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Plan:
+    def _plan_update(
+        self,
+        prompt: str,
+        llm_string: str,
+        return_val: RETURN_VAL_TYPE,
+        req: LLMRequest | None = None,
+    ) -> Plan:
+        if req is None:
+            req = self.codec.request(self)
+        if not req.writes:
+            return
         value = self.codec.encode(return_val)
-        yield Cmd(("SET", self.codec.key(prompt, llm_string), value, *self.codec.set_args()))
+        key = self.codec.key(prompt, llm_string, req.scope)
+        yield Cmd(("SET", key, value, *self.codec.set_args(req)))
         yield Tally(stored_bytes=len(value))
 
     def _plan_clear(self, llm_string: str | None) -> Plan:
@@ -337,14 +536,14 @@ class ValkeyCache(CacheCore, BaseCache):
         """Look up many ``(prompt, llm_string)`` pairs in one pipelined round trip."""
         if not items:
             return []
-        plan = self._plan_lookup_many([self.codec.key(p, s) for p, s in items])
+        plan = self._plan_lookup_many(items)
         return self._run(plan, "lookup_many", default=[None] * len(items), lookups=len(items))
 
     async def alookup_many(self, items: Sequence[tuple[str, str]]) -> list[list[Generation] | None]:
         """Async :meth:`lookup_many`."""
         if not items:
             return []
-        plan = self._plan_lookup_many([self.codec.key(p, s) for p, s in items])
+        plan = self._plan_lookup_many(items)
         return await self._arun(
             plan, "lookup_many", default=[None] * len(items), lookups=len(items)
         )
