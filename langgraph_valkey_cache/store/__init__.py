@@ -42,7 +42,8 @@ class ValkeyStore(ValkeyStoreBase):
         filter_fields: dotted value paths copied onto vector docs, so ``filter`` on
             them is pushed into the FT query (others are applied afterwards).
         vector_algorithm: ``"HNSW"`` (default) or ``"FLAT"``.
-        vector_params: e.g. ``{"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 10}``.
+        vector_params: e.g. ``{"M": 16, "EF_CONSTRUCTION": 200}``; ``EF_RUNTIME`` (HNSW,
+            query time, same index) overrides the default ``max(100, 2k)`` for a KNN of k.
         embedding_cache: ``True`` (a ``ValkeyByteStore`` under ``<prefix>:emb`` on the
             same client) or any LangChain ``ByteStore``: texts and queries are embedded
             through ``CachedEmbeddings``, each distinct text once across processes.
