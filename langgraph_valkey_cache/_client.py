@@ -8,17 +8,27 @@ connection errors, and ``lib-name`` set best effort.
 URLs: ``valkey://``, ``valkeys://`` (TLS), ``unix://``, and the ``redis``/``rediss``
 spellings. ``?cluster=true`` (or ``cluster=True``) builds a cluster client. Username
 and password in the URL give ACL auth.
+
+``local_cache=True`` (:func:`cache_client_from_url`, :func:`with_local_cache`) adds a
+coherent in-process L1 on valkey-py's RESP3 client-side caching; see :class:`LocalCache`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
+import select
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import valkey
 import valkey.asyncio as avalkey
+from valkey._cache import AbstractCache
 from valkey.asyncio.cluster import ValkeyCluster as AsyncValkeyCluster
 from valkey.backoff import ExponentialBackoff
 from valkey.cluster import ValkeyCluster
@@ -29,14 +39,17 @@ from langgraph_valkey_cache._version import __version__
 __all__ = [
     "CACHE_TIMEOUT",
     "AsyncClient",
+    "LocalCache",
     "SyncClient",
     "cache_client_from_url",
     "client_from_url",
     "is_async_client",
     "is_cluster",
+    "has_local_cache",
     "require_bytes_client",
     "scan_keys",
     "ascan_keys",
+    "with_local_cache",
 ]
 
 SyncClient = valkey.Valkey | ValkeyCluster
@@ -46,6 +59,9 @@ LIB_NAME = "langgraph-valkey-cache"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 64
 _TRUE = {"1", "true", "yes", "on"}
+#: L1 defaults (``local_cache=True``): entries per pooled connection, max age in seconds.
+DEFAULT_LOCAL_CACHE_SIZE = 10_000
+DEFAULT_LOCAL_CACHE_MAX_AGE: float | None = 60.0
 
 
 def _split_cluster_flag(url: str) -> tuple[str, bool | None]:
@@ -78,6 +94,9 @@ def client_from_url(
     timeout: float = DEFAULT_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     retries: int = 3,
+    local_cache: bool = False,
+    local_cache_size: int = DEFAULT_LOCAL_CACHE_SIZE,
+    local_cache_max_age: float | None = DEFAULT_LOCAL_CACHE_MAX_AGE,
     **kwargs: Any,
 ) -> Any:
     """Build a client with explicit timeouts and bounded retries.
@@ -94,10 +113,15 @@ def client_from_url(
         timeout: socket, connect and pool-wait timeout in seconds.
         max_connections: pool size (blocking pool: callers wait up to ``timeout``).
         retries: retries of a command that hit a connection error (0: none).
+        local_cache: add the coherent in-process L1 (see :func:`cache_client_from_url`).
+        local_cache_size: its entries per pooled connection.
+        local_cache_max_age: its entries' maximum age in seconds (``None``: no limit).
         **kwargs: passed to the client constructor.
     """
     clean_url, flag = _split_cluster_flag(url)
     use_cluster = cluster if cluster is not None else bool(flag)
+    if local_cache and use_cluster:
+        raise ValueError(_NO_CLUSTER_L1)
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -116,6 +140,8 @@ def client_from_url(
         options["retry"] = Retry(backoff, retries)
     options["retry_on_error"] = [VConnectionError]
     options["retry_on_timeout"] = False
+    if local_cache:
+        options.update(_local_cache_kwargs(local_cache_size, local_cache_max_age))
     options.update(kwargs)
     if use_cluster:
         options.pop("health_check_interval", None)
@@ -141,10 +167,16 @@ def client_from_url(
         pool = avalkey.BlockingConnectionPool.from_url(
             clean_url, max_connections=max_connections, timeout=timeout, **options
         )
+        if local_cache:
+            pool.connection_class = _l1_connection_class(pool.connection_class)  # type: ignore[arg-type]
+            return _AsyncL1Valkey.from_pool(pool)
         return avalkey.Valkey.from_pool(pool)
     spool = valkey.BlockingConnectionPool.from_url(
         clean_url, max_connections=max_connections, timeout=timeout, **options
     )
+    if local_cache:
+        spool.connection_class = _l1_connection_class(spool.connection_class)
+        return _L1Valkey.from_pool(spool)
     return valkey.Valkey.from_pool(spool)
 
 
@@ -153,12 +185,262 @@ CACHE_TIMEOUT = 0.25
 
 
 def cache_client_from_url(
-    url: str, *, asyncio: bool = False, timeout: float = CACHE_TIMEOUT, **kwargs: Any
+    url: str,
+    *,
+    asyncio: bool = False,
+    timeout: float = CACHE_TIMEOUT,
+    local_cache: bool = False,
+    local_cache_size: int = DEFAULT_LOCAL_CACHE_SIZE,
+    local_cache_max_age: float | None = DEFAULT_LOCAL_CACHE_MAX_AGE,
+    **kwargs: Any,
 ) -> Any:
     """A client for caches: the latency budget as socket, connect and pool timeout, and
-    no retries (a cache that fails falls back to the model or tool at once)."""
+    no retries (a cache that fails falls back to the model or tool at once).
+
+    ``local_cache=True`` adds the coherent in-process L1 (:class:`LocalCache`): up to
+    ``local_cache_size`` replies per pooled connection, each at most
+    ``local_cache_max_age`` seconds old (``None``: until the server invalidates it).
+    Standalone servers only (RESP3, Valkey/Redis >= 6).
+    """
     kwargs.setdefault("retries", 0)
-    return client_from_url(url, asyncio=asyncio, timeout=timeout, **kwargs)
+    return client_from_url(
+        url, asyncio=asyncio, timeout=timeout, local_cache=local_cache,
+        local_cache_size=local_cache_size, local_cache_max_age=local_cache_max_age, **kwargs,
+    )  # fmt: skip
+
+
+# --- the L1: valkey-py client-side caching (RESP3 CLIENT TRACKING), made coherent -----------
+
+#: The reads served locally: the caches' entry reads (a GET, a node cache MGET).
+_L1_COMMANDS = ("GET", "MGET")
+_NO_CLUSTER_L1 = (
+    "local_cache=True needs a standalone server: valkey-py 6.2 tracks keys per "
+    "connection, and a cluster client's per-node connections are not supported yet"
+)
+_IMMUTABLE = (bytes, str, int, float, type(None))
+
+
+class LocalCache(AbstractCache):
+    """The L1 of one connection: a bounded LRU of read replies, dropped on invalidation.
+
+    Coherence comes from the server: the connection runs ``CLIENT TRACKING ON`` (RESP3),
+    so the server remembers every key it read and pushes an invalidation on that
+    connection when any client writes, deletes, expires or evicts one of them.
+    valkey-py reads pending pushes on the connection before every local lookup
+    (``_get_from_local_cache``), so once an invalidation has arrived the old reply is
+    never served. Each pooled connection has its own ``LocalCache``: a cache shared by
+    several connections would serve a key one connection read after the invalidation
+    went to another. A dropped connection flushes its cache (its pushes are lost).
+
+    Why not valkey-py's own ``_LocalCache``: its LRU eviction leaves the evicted
+    command in its TTL list and key index (both grow without bound under churn) and
+    ``copy.deepcopy``-s every reply. This one evicts from every index, returns
+    immutable replies as they are, and never stores a nil reply (a miss is never
+    served locally: the caches then compute, and the next read asks the server).
+
+    ``max_age`` (seconds) bounds how long a reply is served without asking the server:
+    a key past its TTL is invalidated only once the server deletes it (lazily on
+    access, or by its active expiry cycle, which may lag on a large keyspace).
+    """
+
+    def __init__(self, max_size: int = DEFAULT_LOCAL_CACHE_SIZE, max_age: float | None = None):
+        if max_size < 1:
+            raise ValueError("local_cache_size must be >= 1")
+        if max_age is not None and max_age <= 0:
+            raise ValueError("local_cache_max_age must be > 0 seconds (or None)")
+        self.max_size = max_size
+        self.max_age = max_age
+        # command -> (reply, keys, stored at); key -> commands that read it
+        self._entries: OrderedDict[Any, tuple[Any, tuple[str, ...], float]] = OrderedDict()
+        self._by_key: dict[str, set[Any]] = {}
+        # the async client's connections are used by one task at a time, the sync ones
+        # by one thread; the lock only guards a cache shared on purpose
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __bool__(self) -> bool:
+        # valkey-py tests ``if self.client_cache:`` to turn tracking on: an empty cache
+        # must count as present
+        return True
+
+    def set(self, command: Any, response: Any, keys_in_command: Any) -> None:
+        if response is None:
+            return
+        keys = tuple(k.decode() if isinstance(k, bytes) else str(k) for k in keys_in_command)
+        with self._lock:
+            if command in self._entries:
+                self._drop(command)
+            while len(self._entries) >= self.max_size:
+                self._drop(next(iter(self._entries)))
+            self._entries[command] = (response, keys, time.monotonic())
+            for key in keys:
+                self._by_key.setdefault(key, set()).add(command)
+
+    def get(self, command: Any) -> Any:
+        entry = self._entries.get(command)
+        if entry is None:
+            return None
+        reply, _, stored_at = entry
+        if self.max_age is not None and time.monotonic() - stored_at > self.max_age:
+            with self._lock:
+                self._drop(command)
+            return None
+        self._entries.move_to_end(command)
+        self.hits += 1
+        return reply if isinstance(reply, _IMMUTABLE) else copy.deepcopy(reply)
+
+    def _drop(self, command: Any) -> None:
+        entry = self._entries.pop(command, None)
+        if entry is None:
+            return
+        for key in entry[1]:
+            commands = self._by_key.get(key)
+            if commands is not None:
+                commands.discard(command)
+                if not commands:
+                    del self._by_key[key]
+
+    def delete_command(self, command: Any) -> None:
+        with self._lock:
+            self._drop(command)
+
+    def delete_commands(self, commands: Any) -> None:
+        with self._lock:
+            for command in commands:
+                self._drop(command)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._by_key.clear()
+
+    def invalidate_key(self, key: Any) -> None:
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        with self._lock:
+            for command in list(self._by_key.get(name, ())):
+                self._drop(command)
+
+
+def _local_cache_kwargs(size: int, max_age: float | None) -> dict[str, Any]:
+    LocalCache(size, max_age)  # validate now, not at the first connection
+    return {
+        "protocol": 3,
+        "cache_enabled": True,
+        # only our entry reads: a short allow list (valkey-py scans it per command)
+        "cache_allow_list": list(_L1_COMMANDS),
+        "cache_deny_list": [],
+        "lgv_local_cache": (size, max_age),
+    }
+
+
+@functools.cache
+def _l1_connection_class(base: Any) -> Any:
+    """``base`` (TCP, TLS or unix, sync or async) with a :class:`LocalCache` of its own."""
+    if getattr(base, "_lgv_l1", False):
+        return base
+
+    class WithLocalCache(base):  # type: ignore[misc]
+        _lgv_l1 = True
+
+        def __init__(self, *args: Any, lgv_local_cache: Any = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            size, max_age = lgv_local_cache or (DEFAULT_LOCAL_CACHE_SIZE, None)
+            self.client_cache = LocalCache(size, max_age)
+
+        if not inspect.iscoroutinefunction(getattr(base, "can_read", None)):
+
+            def can_read(self, timeout: float = 0) -> bool:
+                # valkey-py polls for pending invalidations before every lookup (and the
+                # pool once more at checkout) with a zero-timeout recv that raises, after
+                # two settimeout calls; a select() says "nothing pending" in ~1 us
+                if timeout == 0 and self._sock is not None:
+                    buffer = getattr(self._parser, "_buffer", None)
+                    if buffer is not None and not buffer.unread_bytes():
+                        try:
+                            readable, _, _ = select.select((self._sock,), (), (), 0)
+                        except (OSError, ValueError):
+                            readable = [True]  # let valkey-py's own check report it
+                        if not readable:
+                            return False
+                return bool(super().can_read(timeout))
+
+    WithLocalCache.__name__ = WithLocalCache.__qualname__ = base.__name__ + "WithLocalCache"
+    return WithLocalCache
+
+
+def _read_keys(args: tuple[Any, ...], options: dict[str, Any]) -> None:
+    # valkey-py caches a reply only when the caller names its keys (client.get() does,
+    # execute_command() callers such as the fail-open executor don't)
+    if args and args[0] in _L1_COMMANDS and "keys" not in options:
+        options["keys"] = args[1:]
+
+
+class _L1Valkey(valkey.Valkey):
+    """A sync client whose GET/MGET through ``execute_command`` use the L1."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        _read_keys(args, options)
+        return super().execute_command(*args, **options)
+
+
+class _AsyncL1Valkey(avalkey.Valkey):
+    """The async twin of :class:`_L1Valkey`."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        _read_keys(args, options)
+        return await super().execute_command(*args, **options)
+
+
+def has_local_cache(client: Any) -> bool:
+    """Whether ``client`` serves reads from a :class:`LocalCache`."""
+    return isinstance(client, (_L1Valkey, _AsyncL1Valkey))
+
+
+def with_local_cache(
+    client: Any,
+    *,
+    size: int = DEFAULT_LOCAL_CACHE_SIZE,
+    max_age: float | None = DEFAULT_LOCAL_CACHE_MAX_AGE,
+) -> Any:
+    """``client`` itself if it has the L1 already, else a new client to the same server
+    with the same options (its own pool) and the L1 (``client`` is not changed).
+    What ``local_cache=True`` on a cache does with the client it is given."""
+    if client is None or has_local_cache(client):
+        return client
+    if is_cluster(client):
+        raise ValueError(_NO_CLUSTER_L1)
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(_local_cache_kwargs(size, max_age))
+    if kwargs.get("decode_responses"):
+        raise ValueError("local_cache=True needs a client with decode_responses=False")
+    options: dict[str, Any] = {"max_connections": pool.max_connections}
+    if isinstance(pool, (valkey.BlockingConnectionPool, avalkey.BlockingConnectionPool)):
+        options["timeout"] = pool.timeout
+    new_pool = type(pool)(
+        connection_class=_l1_connection_class(pool.connection_class), **options, **kwargs
+    )
+    cls = _AsyncL1Valkey if is_async_client(client) else _L1Valkey
+    return cls.from_pool(new_pool)
+
+
+def local_cache_stats(client: Any) -> dict[str, int]:
+    """``{"entries": n, "hits": n}`` over the L1s of ``client``'s idle and busy connections
+    (a snapshot; for tests and the benchmark)."""
+    pool = client.connection_pool
+    conns: list[Any] = []
+    for name in ("_available_connections", "_in_use_connections", "_connections"):
+        found = getattr(pool, name, None)
+        if found:
+            conns.extend(c for c in found if c is not None)
+    caches = {id(c.client_cache): c.client_cache for c in conns if getattr(c, "client_cache", None)}
+    return {
+        "entries": sum(len(c) for c in caches.values()),
+        "hits": sum(c.hits for c in caches.values()),
+    }
 
 
 def require_bytes_client(client: Any, component: str, why: str) -> None:
