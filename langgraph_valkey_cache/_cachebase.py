@@ -11,7 +11,7 @@ from typing import Any
 
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, is_async_client
 from langgraph_valkey_cache._failopen import Executor, Pipe, Plan
-from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields
+from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields, registry_entry
 from langgraph_valkey_cache._telemetry import Telemetry
 
 __all__ = ["CacheCore"]
@@ -53,7 +53,11 @@ class CacheCore:
         self.aclient = aclient
         self.timeout = timeout
         self.telemetry = Telemetry(tier, metrics=metrics)
-        self.shared_stats = SharedStats(stats_key, flush_interval=stats_flush_interval)
+        self.shared_stats = SharedStats(
+            stats_key,
+            flush_interval=stats_flush_interval,
+            registry=registry_entry(tier, stats_key),
+        )
         self._exec = (
             Executor(client, self.telemetry, self.shared_stats, timeout=timeout)
             if client is not None

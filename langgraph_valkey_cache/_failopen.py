@@ -145,7 +145,14 @@ class Call:
 @dataclass(slots=True)
 class Tally:
     """Count outcomes (no I/O): metrics and the shared stats (``stats_key`` overrides
-    the cache's hash, e.g. one per tool)."""
+    the cache's hash, e.g. one per tool).
+
+    The savings ledger: ``tokens_saved`` / ``saved_usd`` (LLM hits: the cached
+    response's tokens and price), ``saved_ms`` (tool hits), ``calls_saved`` (embedding
+    hits); ``provider_*``: what the provider's own prompt cache did on a fresh response
+    (its input tokens, cache reads and writes, and the saving priced). ``model`` /
+    ``tool`` label the figures (bounded per tier, see :meth:`Telemetry.label`); ``more``:
+    further tallies counted with this one (a batch spanning several models)."""
 
     hits: int = 0
     misses: int = 0
@@ -154,6 +161,15 @@ class Tally:
     stored_bytes: int = 0
     stats_key: str | None = None
     fields: dict[str, int | float] | None = None  # more shared-stats counters
+    tokens_saved: int = 0
+    calls_saved: int = 0
+    model: str | None = None
+    tool: str | None = None
+    provider_input_tokens: int = 0
+    provider_read_tokens: int = 0
+    provider_write_tokens: int = 0
+    provider_saved_usd: float = 0.0
+    more: tuple[Tally, ...] = ()
 
 
 class _Compute:
@@ -417,20 +433,46 @@ class Executor:
     # -- shared bookkeeping (no I/O) ----------------------------------------------------
 
     def tally(self, t: Tally) -> None:
+        """The one place a plan's counts reach the metrics and the shared stats."""
         tel = self.telemetry
         if t.hits:
             tel.result("hit", t.hits)
         if t.misses:
             tel.result("miss", t.misses)
-        if t.saved_usd:
-            tel.saved(t.saved_usd)
         if t.stored_bytes:
             tel.stored(t.stored_bytes)
-        if self.stats is not None and (t.hits or t.misses or t.saved_usd or t.saved_ms):
-            self.stats.record(
-                t.stats_key, hits=t.hits, misses=t.misses, saved_usd=t.saved_usd,
-                saved_ms=t.saved_ms, **(t.fields or {}),
-            )  # fmt: skip
+        model = tel.label("model", t.model) if t.model else None
+        if t.saved_usd or t.tokens_saved or t.saved_ms or t.calls_saved:
+            tel.savings(t, model, tel.label("tool", t.tool) if t.tool else None)
+        if t.provider_input_tokens or t.provider_read_tokens or t.provider_write_tokens:
+            tel.provider_cache(t, model)
+        if self.stats is not None and (
+            t.hits or t.misses or t.saved_usd or t.saved_ms or t.fields or t.tokens_saved
+            or t.calls_saved or t.provider_input_tokens
+        ):  # fmt: skip
+            fields: dict[str, int | float] = {
+                "hits": t.hits, "misses": t.misses, "saved_usd": t.saved_usd,
+                "saved_ms": t.saved_ms, "tokens_saved": t.tokens_saved,
+                "calls_saved": t.calls_saved,
+            }  # fmt: skip
+            if t.provider_input_tokens:
+                fields["provider.input_tokens"] = t.provider_input_tokens
+                fields["provider.read_tokens"] = t.provider_read_tokens
+                fields["provider.write_tokens"] = t.provider_write_tokens
+                fields["provider.saved_usd"] = t.provider_saved_usd
+            if model is not None:
+                by = f"model.{model}."
+                fields[by + "hits"] = t.hits
+                fields[by + "tokens_saved"] = t.tokens_saved
+                fields[by + "saved_usd"] = t.saved_usd
+                if t.provider_input_tokens:
+                    fields[by + "provider.read_tokens"] = t.provider_read_tokens
+                    fields[by + "provider.saved_usd"] = t.provider_saved_usd
+            if t.fields:
+                fields.update(t.fields)
+            self.stats.record(t.stats_key, **fields)
+        for more in t.more:
+            self.tally(more)
 
     def _failed_step(self, op: str, exc: BaseException) -> CacheUnavailable:
         reason, transient = classify(exc)
@@ -524,6 +566,8 @@ class Executor:
         error: BaseException | None = None
         computed: Any = _UNSET
         user_exc: BaseException | None = None
+        hits = misses = 0  # for the span's outcome
+        failed: str | None = None  # why a step or the plan failed open
         try:
             while True:
                 try:
@@ -534,6 +578,11 @@ class Executor:
                 t = type(step)
                 if t is Tally:
                     self.tally(step)
+                    hits += step.hits
+                    misses += step.misses
+                    for more in step.more:
+                        hits += more.hits
+                        misses += more.misses
                 elif t is _Compute:
                     try:
                         reply = computed = compute()  # type: ignore[misc]
@@ -551,16 +600,20 @@ class Executor:
                     breaker.success()
                 elif not breaker.allow():
                     error = CacheUnavailable("breaker_open")
+                    failed = failed or "breaker_open"
                 else:
                     try:
                         reply = self._io(step)
                     except Exception as exc:
                         error = self._failed_step(op, exc)
+                        failed = error.reason
                     else:
                         breaker.success()
         except BaseException as exc:
             if not self._recoverable(exc, user_exc, strict, op, lookups):
                 raise
+            misses += lookups
+            failed = exc.reason if isinstance(exc, CacheUnavailable) else "bug"
             if compute is None:
                 return default
             if computed is _UNSET:
@@ -568,7 +621,7 @@ class Executor:
             return fallback(computed) if fallback else computed
         finally:
             plan.close()
-            tel.finish(op, start, span)
+            tel.finish(op, start, span, outcome=(hits, misses, failed))
 
     # -- async ------------------------------------------------------------------------------
 
@@ -630,6 +683,8 @@ class Executor:
         error: BaseException | None = None
         computed: Any = _UNSET
         user_exc: BaseException | None = None
+        hits = misses = 0  # for the span's outcome
+        failed: str | None = None  # why a step or the plan failed open
         try:
             while True:
                 try:
@@ -640,6 +695,11 @@ class Executor:
                 t = type(step)
                 if t is Tally:
                     self.tally(step)
+                    hits += step.hits
+                    misses += step.misses
+                    for more in step.more:
+                        hits += more.hits
+                        misses += more.misses
                 elif t is _Compute:
                     try:
                         reply = computed = await compute()  # type: ignore[misc]
@@ -657,16 +717,20 @@ class Executor:
                     breaker.success()
                 elif not breaker.allow():
                     error = CacheUnavailable("breaker_open")
+                    failed = failed or "breaker_open"
                 else:
                     try:
                         reply = await self._abounded(step)
                     except Exception as exc:
                         error = self._failed_step(op, exc)
+                        failed = error.reason
                     else:
                         breaker.success()
         except BaseException as exc:
             if not self._recoverable(exc, user_exc, strict, op, lookups):
                 raise
+            misses += lookups
+            failed = exc.reason if isinstance(exc, CacheUnavailable) else "bug"
             if compute is None:
                 return default
             if computed is _UNSET:
@@ -674,7 +738,7 @@ class Executor:
             return fallback(computed) if fallback else computed
         finally:
             plan.close()
-            tel.finish(op, start, span)
+            tel.finish(op, start, span, outcome=(hits, misses, failed))
 
     # -- stats flush (rides on a normal call) ------------------------------------------------
 
@@ -686,9 +750,12 @@ class Executor:
         if not pending:
             return None
         try:
-            yield Pipe(stats.commands(pending))
+            # the first flush also names the cache in the registry (``stats`` finds it)
+            yield Pipe(stats.flush_commands(pending))
         except CacheUnavailable:
             stats.restore(pending)
+        else:
+            stats.flushed()
         return None
 
     def maybe_flush(self, force: bool = False) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,18 +33,24 @@ from langgraph_valkey_cache._keys import (
 
 __all__ = [
     "DEFAULT_PREFIXES",
+    "REGISTRY_KEY",
+    "TIERS",
     "CacheStats",
     "SharedStats",
+    "discover",
     "parse_fields",
     "read_hashes",
     "read_tiers",
+    "registered_caches",
+    "registry_entry",
+    "report",
 ]
 
 Number = int | float
 Pending = dict[str, dict[str, Number]]
 
 #: Tier name -> default key prefix of the caches that keep shared stats.
-DEFAULT_PREFIXES = {t: _ALL_PREFIXES[t] for t in ("llm", "semantic", "node", "tools")}
+DEFAULT_PREFIXES = {t: _ALL_PREFIXES[t] for t in ("llm", "semantic", "node", "tools", "embeddings")}
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,19 @@ class CacheStats:
         errors: server errors the cache swallowed (fail-open).
         errors_by_reason: ``errors`` split by reason (``timeout``, ``unavailable``,
             ``acl``, ``oom``, ``routing``, ``no_search_module``, ``bug``...).
-        saved_usd: estimated cost of the calls hits avoided (``cost_of=``).
+        saved_usd: the price of the calls hits avoided: the cached responses' tokens
+            priced by genai-prices (or ``prices=``), or what ``cost_of=`` says.
         saved_ms: time hits avoided, where the cache knows it (tool run times).
+        tokens_saved: input plus output tokens of the cached responses hits served.
+        calls_saved: embedding calls (texts) the embedding cache's hits avoided.
+        provider_input_tokens: input tokens of the fresh responses the cache stored.
+        provider_read_tokens: how many of them the provider read from its prompt cache.
+        provider_write_tokens: how many it wrote to its prompt cache.
+        provider_saved_usd: what provider prompt caching saved on them (reads at the
+            cached rate against the input rate, minus the write premium; apart from
+            ``saved_usd``, which is this cache's own hits).
+        by_model: ``model -> {hits, tokens_saved, saved_usd, provider.read_tokens,
+            provider.saved_usd}`` (each process labels at most 50 models per tier).
     """
 
     hits: int = 0
@@ -68,6 +85,13 @@ class CacheStats:
     saved_usd: float = 0.0
     saved_ms: int = 0
     errors_by_reason: Mapping[str, int] = field(default_factory=dict)
+    tokens_saved: int = 0
+    calls_saved: int = 0
+    provider_input_tokens: int = 0
+    provider_read_tokens: int = 0
+    provider_write_tokens: int = 0
+    provider_saved_usd: float = 0.0
+    by_model: Mapping[str, Mapping[str, Number]] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
@@ -80,6 +104,16 @@ class CacheStats:
     @classmethod
     def from_fields(cls, fields: Mapping[str, Number]) -> CacheStats:
         """Totals from a stats hash (unknown fields ignored, missing ones zero)."""
+        by_model: dict[str, dict[str, Number]] = {}
+        for k, v in fields.items():
+            if k.startswith("model."):
+                # model.<name>.<counter> or model.<name>.provider.<counter>; names may
+                # hold dots, counters never do
+                name, _, counter = k[6:].rpartition(".")
+                if name.endswith(".provider"):
+                    name, counter = name[: -len(".provider")], "provider." + counter
+                if name:
+                    by_model.setdefault(name, {})[counter] = v
         return cls(
             hits=int(fields.get("hits", 0)),
             misses=int(fields.get("misses", 0)),
@@ -89,6 +123,13 @@ class CacheStats:
             errors_by_reason={
                 k.split(".", 1)[1]: int(v) for k, v in fields.items() if k.startswith("errors.")
             },
+            tokens_saved=int(fields.get("tokens_saved", 0)),
+            calls_saved=int(fields.get("calls_saved", 0)),
+            provider_input_tokens=int(fields.get("provider.input_tokens", 0)),
+            provider_read_tokens=int(fields.get("provider.read_tokens", 0)),
+            provider_write_tokens=int(fields.get("provider.write_tokens", 0)),
+            provider_saved_usd=float(fields.get("provider.saved_usd", 0.0)),
+            by_model=by_model,
         )
 
     def __add__(self, other: CacheStats) -> CacheStats:
@@ -98,17 +139,53 @@ class CacheStats:
             self.errors + other.errors,
             self.saved_usd + other.saved_usd,
             self.saved_ms + other.saved_ms,
+            _add_maps(self.errors_by_reason, other.errors_by_reason),  # type: ignore[arg-type]
+            self.tokens_saved + other.tokens_saved,
+            self.calls_saved + other.calls_saved,
+            self.provider_input_tokens + other.provider_input_tokens,
+            self.provider_read_tokens + other.provider_read_tokens,
+            self.provider_write_tokens + other.provider_write_tokens,
+            self.provider_saved_usd + other.provider_saved_usd,
             {
-                r: self.errors_by_reason.get(r, 0) + other.errors_by_reason.get(r, 0)
-                for r in {*self.errors_by_reason, *other.errors_by_reason}
+                m: _add_maps(self.by_model.get(m, {}), other.by_model.get(m, {}))
+                for m in {*self.by_model, *other.by_model}
             },
         )
 
-    def as_dict(self) -> dict[str, Number]:
-        """The counters plus ``calls`` and ``hit_rate`` (for JSON output)."""
+    @property
+    def provider_prompt_cache(self) -> dict[str, Number]:
+        """The provider-side figures (``read_tokens``, ``write_tokens``, ``saved_usd``,
+        ``input_tokens`` and ``read_share``: read tokens per input token)."""
+        return {
+            "input_tokens": self.provider_input_tokens,
+            "read_tokens": self.provider_read_tokens,
+            "write_tokens": self.provider_write_tokens,
+            "saved_usd": self.provider_saved_usd,
+            "read_share": (
+                self.provider_read_tokens / self.provider_input_tokens
+                if self.provider_input_tokens
+                else 0.0
+            ),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters plus ``calls``, ``hit_rate`` and ``provider_prompt_cache``
+        (for JSON output)."""
         out = asdict(self)
         out["errors_by_reason"] = dict(self.errors_by_reason)
-        return {**out, "calls": self.calls, "hit_rate": self.hit_rate}
+        out["by_model"] = {m: dict(v) for m, v in sorted(self.by_model.items())}
+        for name in ("input_tokens", "read_tokens", "write_tokens", "saved_usd"):
+            del out["provider_" + name]
+        return {
+            **out,
+            "calls": self.calls,
+            "hit_rate": self.hit_rate,
+            "provider_prompt_cache": self.provider_prompt_cache,
+        }
+
+
+def _add_maps(a: Mapping[str, Number], b: Mapping[str, Number]) -> dict[str, Number]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
 
 
 def _text(value: Any) -> str:
@@ -142,11 +219,20 @@ class SharedStats:
     (one per tool); one flush covers them all.
     """
 
-    def __init__(self, key: str, *, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        key: str,
+        *,
+        flush_interval: float = 1.0,
+        registry: tuple[str, str] | None = None,
+    ) -> None:
         if flush_interval < 0:
             raise ValueError("flush_interval must be >= 0 seconds")
         self.key = key
         self.flush_interval = flush_interval
+        # (tier, prefix): named in the registry by this process's first flush
+        self.registry = registry
+        self.registered = registry is None
         self._pending: Pending = {}
         self._lock = threading.Lock()
         self._flushed_at = time.monotonic()
@@ -200,6 +286,18 @@ class SharedStats:
             for field, n in fields.items()
         )
 
+    def flush_commands(self, pending: Pending) -> tuple[tuple[Any, ...], ...]:
+        """:meth:`commands`, plus the registry entry until a flush has carried it
+        (call :meth:`flushed` after a successful flush)."""
+        cmds = self.commands(pending)
+        if not self.registered and self.registry is not None:
+            tier, prefix = self.registry
+            cmds += (("HSET", REGISTRY_KEY, f"{tier}:{prefix}", self.key),)
+        return cmds
+
+    def flushed(self) -> None:
+        self.registered = True
+
     @staticmethod
     def read_commands(keys: Iterable[str]) -> tuple[tuple[Any, ...], ...]:
         return tuple(("HGETALL", key) for key in keys)
@@ -216,35 +314,116 @@ def read_hashes(client: Any, keys: Iterable[str]) -> list[dict[str, Number]]:
     return [parse_fields(raw) for raw in pipe.execute()]
 
 
+# -- the registry: every cache on a server ----------------------------------------------
+
+#: The well-known HASH naming every cache that has flushed stats: field
+#: ``<tier>:<prefix>``, value its stats key. One key for the whole server (on a cluster it
+#: lives on one slot); written by each process's first stats flush of each cache.
+REGISTRY_KEY = "lgv:caches"
+
+# telemetry tier name -> registry / CLI tier name
+_TIER_NAMES = {
+    "llm_cache": "llm",
+    "semantic_cache": "semantic",
+    "node_cache": "node",
+    "tool_cache": "tools",
+    "embedding_cache": "embeddings",
+}
+
+
+def registry_entry(tier: str, stats_key: str) -> tuple[str, str] | None:
+    """``(tier, prefix)`` of a cache from its telemetry tier and stats key (``None`` for
+    a component the ``stats`` command does not read)."""
+    name = _TIER_NAMES.get(tier)
+    if name is None:
+        return None
+    if name == "tools":
+        prefix = stats_key[: -len(":s:")] if stats_key.endswith(":s:") else None
+        ok = prefix is not None and ToolCacheKeys(prefix).stats("") == stats_key
+    else:
+        prefix = stats_key[: -len(":stats")] if stats_key.endswith(":stats") else None
+        ok = prefix is not None and LLMCacheKeys(prefix).stats() == stats_key
+    return (name, prefix) if ok and prefix else None
+
+
+def registered_caches(client: Any) -> dict[str, list[str]]:
+    """Tier -> prefixes of every cache in the registry (sync; raises)."""
+    found: dict[str, set[str]] = {}
+    for entry in (client.hgetall(REGISTRY_KEY) or {}).keys():
+        tier, _, prefix = _text(entry).partition(":")
+        if tier in TIERS and prefix:
+            found.setdefault(tier, set()).add(prefix)
+    return {t: sorted(p) for t, p in found.items()}
+
+
 # -- reading every tier (the ``stats`` command) ----------------------------------------
+
+#: Every tier the ``stats`` command reads, in its output order.
+TIERS = ("llm", "semantic", "node", "tools", "embeddings")
 
 
 def tier_stats_keys(client: Any, tier: str, prefix: str) -> list[str]:
     """The stats hashes of one tier under ``prefix`` (SCAN per primary for the tool
     cache's per-tool hashes, never KEYS)."""
-    if tier in ("llm", "semantic"):
+    if tier in ("llm", "semantic", "embeddings"):
         return [LLMCacheKeys(prefix).stats()]
     if tier == "node":
         return [NodeCacheKeys(prefix).stats()]
     if tier == "tools":
         keys = ToolCacheKeys(prefix)
         return sorted({_text(k) for k in scan_keys(client, keys.stats_pattern())})
-    raise ValueError(f"unknown tier {tier!r}; one of {', '.join(DEFAULT_PREFIXES)}")
+    raise ValueError(f"unknown tier {tier!r}; one of {', '.join(TIERS)}")
 
 
-def read_tiers(client: Any, prefixes: Mapping[str, str]) -> list[tuple[str, str, CacheStats]]:
-    """``(tier, prefix, totals)`` of every tier that has stats under its prefix.
+def read_tiers(
+    client: Any, prefixes: Mapping[str, str | Sequence[str]]
+) -> list[tuple[str, str, CacheStats]]:
+    """``(tier, prefix, totals)`` of every cache that has stats under its prefix.
 
     Args:
         client: a sync client (standalone or cluster).
-        prefixes: tier name (``llm``, ``semantic``, ``node``, ``tools``) -> key prefix.
+        prefixes: tier name (``llm``, ``semantic``, ``node``, ``tools``, ``embeddings``)
+            -> key prefix, or several.
     """
     found = []
-    for tier, prefix in prefixes.items():
-        hashes = [h for h in read_hashes(client, tier_stats_keys(client, tier, prefix)) if h]
-        if hashes:
-            total = CacheStats()
-            for fields in hashes:
-                total += CacheStats.from_fields(fields)
-            found.append((tier, prefix, total))
+    for tier, some in prefixes.items():
+        for prefix in [some] if isinstance(some, str) else some:
+            keys = tier_stats_keys(client, tier, prefix)
+            hashes = [h for h in read_hashes(client, keys) if h]
+            if hashes:
+                total = CacheStats()
+                for fields in hashes:
+                    total += CacheStats.from_fields(fields)
+                found.append((tier, prefix, total))
     return found
+
+
+def discover(client: Any) -> dict[str, list[str]]:
+    """Every cache to report: the registry's plus the default prefixes (caches that
+    flushed before the registry existed)."""
+    out = registered_caches(client)
+    for tier, prefix in DEFAULT_PREFIXES.items():
+        if prefix not in out.get(tier, []):
+            out.setdefault(tier, []).append(prefix)
+    return {t: out[t] for t in TIERS if t in out}
+
+
+def report(found: Sequence[tuple[str, str, CacheStats]]) -> dict[str, Any]:
+    """The ``stats --json`` object: a key per tier (totals over its caches, each cache
+    under ``caches``) and ``provider_prompt_cache`` (over every tier)."""
+    out: dict[str, Any] = {}
+    provider = CacheStats()
+    for tier in TIERS:
+        rows = [(p, st) for t, p, st in found if t == tier]
+        if not rows:
+            continue
+        total = CacheStats()
+        for _, st in rows:
+            total += st
+        provider += total
+        entry = total.as_dict()
+        entry["prefixes"] = [p for p, _ in rows]
+        entry["caches"] = {p: st.as_dict() for p, st in rows}
+        out[tier] = entry
+    out["provider_prompt_cache"] = provider.provider_prompt_cache
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,12 @@ class Metrics:
     errors: Counter
     stored_bytes: Counter
     cost_saved: Counter
+    tokens_saved: Counter
+    model_saved: Counter
+    time_saved: Counter
+    calls_saved: Counter
+    provider_tokens: Counter
+    provider_saved: Counter
 
 
 _metrics_by_registry: dict[int, Metrics] = {}
@@ -70,6 +77,44 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                 f"{_NS}_cost_saved_usd",
                 "Estimated cost saved by cache hits",
                 ["tier"],
+                registry=reg,
+            ),
+            tokens_saved=Counter(
+                f"{_NS}_tokens_saved",
+                "Input plus output tokens of the cached responses LLM-cache hits served",
+                ["tier", "model"],
+                registry=reg,
+            ),
+            model_saved=Counter(
+                f"{_NS}_model_saved_usd",
+                "Price of the cached responses LLM-cache hits served, by model",
+                ["tier", "model"],
+                registry=reg,
+            ),
+            time_saved=Counter(
+                f"{_NS}_time_saved_seconds",
+                "Run time of the tool calls tool-cache hits avoided",
+                ["tier", "tool"],
+                registry=reg,
+            ),
+            calls_saved=Counter(
+                f"{_NS}_calls_saved",
+                "Embedding calls (texts) embedding-cache hits avoided",
+                ["tier"],
+                registry=reg,
+            ),
+            provider_tokens=Counter(
+                f"{_NS}_provider_cache_tokens",
+                "Input tokens of fresh model responses, all (kind=input) and those read "
+                "from (read) or written to (write) the provider's prompt cache",
+                ["tier", "model", "kind"],
+                registry=reg,
+            ),
+            provider_saved=Counter(
+                f"{_NS}_provider_cache_saved_usd",
+                "What provider prompt caching saved on fresh responses (reads at the "
+                "cached rate against the input rate, minus the cache-write premium)",
+                ["tier", "model"],
                 registry=reg,
             ),
         )
@@ -147,13 +192,27 @@ class Telemetry:
         return span, otel_context.attach(trace.set_span_in_context(span))
 
     def finish(
-        self, name: str, start: float, span: Any, error: BaseException | None = None
+        self,
+        name: str,
+        start: float,
+        span: Any,
+        error: BaseException | None = None,
+        outcome: tuple[int, int, str | None] | None = None,
     ) -> None:
-        """Close what :meth:`start` opened and observe the duration."""
+        """Close what :meth:`start` opened and observe the duration.
+
+        ``outcome``: ``(hits, misses, failed)`` of an executor run. The span gets
+        ``langgraph_valkey_cache.outcome``: ``error`` (a step or the plan failed open;
+        ERROR status, ``error.type`` = the reason), ``bypass`` (the server's breaker
+        was open: no round trip, ``error.type=breaker_open``), ``hit`` (only hits) or
+        ``miss``; a batch also gets its hit and miss counts. Nothing else: no keys,
+        prompts, arguments or thread ids."""
         if self._metrics is not None:
             self._child("duration", name).observe(time.perf_counter() - start)
         if span is not None:
             s, token = span
+            if outcome is not None:
+                _set_outcome(s, *outcome)
             if error is not None:
                 s.record_exception(error)
                 s.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
@@ -196,3 +255,76 @@ class Telemetry:
     def saved(self, usd: float) -> None:
         if self._metrics is not None and usd > 0:
             self._child("cost_saved").inc(usd)
+
+    def label(self, kind: str, name: str) -> str:
+        """``name`` as a metric label / stats field, from a bounded set: the first
+        :data:`MAX_LABELS` distinct names per tier and kind (``model``, ``tool``) in
+        this process keep theirs, later ones count as ``other``."""
+        name = name[:_LABEL_CHARS]
+        seen = _labels.get((self.tier, kind))
+        if seen is not None and name in seen:
+            return name
+        with _labels_lock:
+            seen = _labels.setdefault((self.tier, kind), set())
+            if name not in seen:
+                if len(seen) >= MAX_LABELS:
+                    return "other"
+                seen.add(name)
+        return name
+
+    def savings(self, t: Any, model: str | None, tool: str | None) -> None:
+        """A :class:`~._failopen.Tally`'s savings: dollars, tokens, time, calls."""
+        if self._metrics is None:
+            return
+        if t.saved_usd > 0:
+            self._child("cost_saved").inc(t.saved_usd)
+            if model is not None:
+                self._child("model_saved", model).inc(t.saved_usd)
+        if t.tokens_saved:
+            self._child("tokens_saved", model or "unknown").inc(t.tokens_saved)
+        if t.saved_ms:
+            self._child("time_saved", tool or "unknown").inc(t.saved_ms / 1000)
+        if t.calls_saved:
+            self._child("calls_saved").inc(t.calls_saved)
+
+    def provider_cache(self, t: Any, model: str | None) -> None:
+        """What the provider's prompt cache did on a fresh response."""
+        if self._metrics is None:
+            return
+        m = model or "unknown"
+        for kind, n in (
+            ("input", t.provider_input_tokens),
+            ("read", t.provider_read_tokens),
+            ("write", t.provider_write_tokens),
+        ):
+            if n:
+                self._child("provider_tokens", m, kind).inc(n)
+        if t.provider_saved_usd > 0:  # a counter only grows: a net loss shows in stats()
+            self._child("provider_saved", m).inc(t.provider_saved_usd)
+
+
+#: Distinct model / tool names per tier and process that keep their own label.
+MAX_LABELS = 50
+_LABEL_CHARS = 100
+_labels: dict[tuple[str, str], set[str]] = {}
+_labels_lock = threading.Lock()
+
+
+def _set_outcome(span: Any, hits: int, misses: int, failed: str | None) -> None:
+    if failed is not None:
+        if failed == "breaker_open":
+            span.set_attribute(_OUTCOME, "bypass")
+        else:
+            span.set_attribute(_OUTCOME, "error")
+            span.set_status(trace.Status(trace.StatusCode.ERROR, failed))
+        span.set_attribute("error.type", failed)
+    elif misses:
+        span.set_attribute(_OUTCOME, "miss")
+    elif hits:
+        span.set_attribute(_OUTCOME, "hit")
+    if hits + misses > 1:
+        span.set_attribute("langgraph_valkey_cache.hits", hits)
+        span.set_attribute("langgraph_valkey_cache.misses", misses)
+
+
+_OUTCOME = "langgraph_valkey_cache.outcome"

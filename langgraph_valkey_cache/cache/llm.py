@@ -40,6 +40,13 @@ from langgraph_valkey_cache._control import (
 )
 from langgraph_valkey_cache._failopen import Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
+from langgraph_valkey_cache._prices import (
+    DEFAULT_PRICER,
+    Pricer,
+    PriceTable,
+    fresh_tally,
+    lookup_tally,
+)
 
 __all__ = [
     "LLMCacheCodec",
@@ -394,8 +401,11 @@ class ValkeyCache(CacheCore, BaseCache):
             scopes, and a run without a value bypasses it (model called, nothing stored,
             one warning). See the README, "What is in the key".
         metrics: ``False`` turns Prometheus metrics off, or pass a registry.
-        cost_of: ``cost_of(generations) -> USD`` estimates what a hit saved (for the
-            ``cost_saved_usd`` metric), e.g. from the cached ``usage_metadata``.
+        cost_of: ``cost_of(generations) -> USD``: what a hit saved, instead of the
+            price of the cached response's tokens (``prices=`` / genai-prices).
+        prices: per-model token prices overriding genai-prices' (model name ->
+            ``{"input": ..., "output": ..., "cache_read": ..., "cache_write": ...}`` in
+            USD per million tokens; ``"*"``: any model genai-prices does not know).
         timeout: the latency budget of one cache operation in seconds (async: enforced
             by a deadline whatever the client; sync: the client's socket timeout, which
             :func:`~langgraph_valkey_cache.cache_client_from_url` sets to the budget).
@@ -434,7 +444,9 @@ class ValkeyCache(CacheCore, BaseCache):
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
         timeout: float = CACHE_TIMEOUT,
         stats_flush_interval: float = 1.0,
+        prices: PriceTable | None = None,
     ) -> None:
+        self.pricer = Pricer(prices) if prices else DEFAULT_PRICER
         self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize, scope=scope)
         self.cost_of = cost_of
         self._init_core(
@@ -464,7 +476,7 @@ class ValkeyCache(CacheCore, BaseCache):
         else:
             raws = yield Pipe(tuple(("GET", k) for k in keys))
         found = [self.codec.decode(r) for r in raws]
-        yield tally_generations(found, self.cost_of)
+        yield tally_generations(found, self.cost_of, self.pricer, [s for _, s in items])
         return found
 
     def _plan_lookup(self, prompt: str, llm_string: str, req: LLMRequest | None = None) -> Plan:
@@ -477,7 +489,7 @@ class ValkeyCache(CacheCore, BaseCache):
         gens = self.codec.decode(
             (yield Cmd(("GET", self.codec.key(prompt, llm_string, req.scope))))
         )
-        yield tally_generations((gens,), self.cost_of)
+        yield tally_generations((gens,), self.cost_of, self.pricer, llm_string)
         return gens
 
     def _plan_update(
@@ -494,7 +506,8 @@ class ValkeyCache(CacheCore, BaseCache):
         value = self.codec.encode(return_val)
         key = self.codec.key(prompt, llm_string, req.scope)
         yield Cmd(("SET", key, value, *self.codec.set_args(req)))
-        yield Tally(stored_bytes=len(value))
+        # the miss path sees the fresh response: what the provider's prompt cache did
+        yield fresh_tally(return_val, llm_string, self.pricer, stored_bytes=len(value))
 
     def _plan_clear(self, llm_string: str | None) -> Plan:
         keys = yield Scan(self.codec.keys.exact_pattern(llm_string))
@@ -549,31 +562,15 @@ class ValkeyCache(CacheCore, BaseCache):
         )
 
 
-_MISS = Tally(misses=1)
-_HIT = Tally(hits=1)
-
-
 def tally_generations(
     found: Sequence[Sequence[Generation] | None],
     cost_of: Callable[[Sequence[Generation]], float] | None,
+    pricer: Pricer | None = None,
+    llm_strings: Sequence[str] | str | None = None,
 ) -> Tally:
-    """The :class:`Tally` of LLM-cache lookups: hits, misses and what the hits saved."""
-    hits = sum(1 for g in found if g is not None)
-    if len(found) == 1:
-        if not hits:
-            return _MISS
-        if cost_of is None:
-            return _HIT
-    saved = 0.0
-    if cost_of is not None:
-        for gens in found:
-            if gens is None:
-                continue
-            try:
-                saved += float(cost_of(gens))
-            except Exception as exc:  # an estimator bug must not turn a hit into a failure
-                logger.warning("cost_of failed: %s", exc)
-    return Tally(hits=hits, misses=len(found) - hits, saved_usd=saved)
+    """The :class:`Tally` of LLM-cache lookups: hits, misses and what the hits saved
+    (the cached responses' tokens, their price or ``cost_of``; see ``_prices``)."""
+    return lookup_tally(found, cost_of, pricer, llm_strings)
 
 
 def unlink_plan(keys: Sequence[Any], cluster: bool) -> Plan:

@@ -37,6 +37,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._failopen import COMPUTE, Call, Plan
 from langgraph_valkey_cache._plans import arun_plan, run_plan
+from langgraph_valkey_cache._prices import fresh_tally
 from langgraph_valkey_cache.cache.llm import ValkeyCache, tally_generations
 from langgraph_valkey_cache.cache.semantic import ValkeySemanticCache
 from langgraph_valkey_cache.cache.singleflight import (
@@ -185,7 +186,10 @@ if AgentMiddleware is not None:
                 )
                 # the flight reads the key itself (not through cache.lookup): count here
                 hit = None if flight.computed else [ChatGeneration(message=flight.value.result[0])]
-                yield tally_generations((hit,), cache.cost_of)
+                yield tally_generations((hit,), cache.cost_of, cache.pricer, llm_string)
+                fresh = _cacheable(flight.value) if flight.computed else None
+                if fresh is not None:  # the flight stored it (not cache._plan_update): count here
+                    yield fresh_tally([ChatGeneration(message=fresh)], llm_string, cache.pricer)
             elif isinstance(cache, (ValkeyCache, ValkeySemanticCache)):
 
                 def lookup() -> Plan:

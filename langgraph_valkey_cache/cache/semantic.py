@@ -54,8 +54,9 @@ from langchain_core.outputs import Generation
 
 from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
-from langgraph_valkey_cache._failopen import CacheUnavailable, Call, Cmd, Pipe, Plan, Scan, Tally
+from langgraph_valkey_cache._failopen import CacheUnavailable, Call, Cmd, Pipe, Plan, Scan
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys, digest
+from langgraph_valkey_cache._prices import DEFAULT_PRICER, Pricer, PriceTable, fresh_tally
 from langgraph_valkey_cache._search import (
     SearchModuleMissing,
     escape_tag,
@@ -202,7 +203,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         on_judge_error: ``"miss"`` (default, the model is called) or ``"hit"`` (accept the
             nearest band candidate) when the judge fails or times out.
         window: how many lookups :meth:`threshold_effectiveness` looks back on.
-        cost_of: ``cost_of(generations) -> USD`` for the ``cost_saved_usd`` metric.
+        cost_of: ``cost_of(generations) -> USD``: what a hit saved, instead of the
+            price of the cached response's tokens (``prices=`` / genai-prices).
+        prices: per-model token prices overriding genai-prices' (see ``ValkeyCache``).
         timeout: the latency budget of one server step in seconds (async: a deadline
             whatever the client; sync: the client's socket timeout, which
             :func:`~langgraph_valkey_cache.cache_client_from_url` sets to the budget).
@@ -252,6 +255,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         cost_of: Callable[[Sequence[Generation]], float] | None = None,
         timeout: float = CACHE_TIMEOUT,
         stats_flush_interval: float = 1.0,
+        prices: PriceTable | None = None,
     ) -> None:
         if embeddings is None:
             raise ValueError("ValkeySemanticCache needs an Embeddings instance")
@@ -270,6 +274,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         self.codec = LLMCacheCodec(prefix, ttl=ttl)
         self.keys: LLMCacheKeys = self.codec.keys
         self.cost_of = cost_of
+        self.pricer = Pricer(prices) if prices else DEFAULT_PRICER
         self._init_core(
             client, async_client, tier="semantic_cache", stats_key=self.keys.stats(),
             metrics=metrics, timeout=timeout, stats_flush_interval=stats_flush_interval,
@@ -496,7 +501,8 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             if band:
                 gens = yield from self._plan_judge(query, band)
             found.append(gens)
-        yield tally_generations(found, self.cost_of)
+        llm_strings = [q.llm_string for q in queries]
+        yield tally_generations(found, self.cost_of, self.pricer, llm_strings)
         return found
 
     def _plan_lookup(
@@ -534,7 +540,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             # no Lua (valkey-search indexes a script's write late on a cluster); PEXPIRE is
             # not refused under OOM, so it follows whenever the HSET succeeded
             yield Pipe((hset, ("PEXPIRE", key, self.codec.ttl_ms)))
-        yield Tally(stored_bytes=len(value) + len(vec))
+        # the miss path sees the fresh response: what the provider's prompt cache did
+        stored = len(value) + len(vec)
+        yield fresh_tally(return_val, llm_string, self.pricer, stored_bytes=stored)
 
     def _plan_nearest(self, prompt: str, llm_string: str) -> Plan:
         (reply,) = yield from self._plan_search([self.prepare(prompt, llm_string)])
