@@ -12,10 +12,17 @@
   recorded when it completes. They use LangChain's own cache key, so an answer cached by
   ``invoke`` replays on ``stream`` and the other way round. Any ``BaseCache`` works.
 
-The cache key of an agent model call is the dump of the system message plus messages
-(ids dropped, as LangChain does) and an llm string made of the model's own llm string
-plus the bound tools, tool choice and model settings. Calls with a ``response_format``
-(structured output) are not cached.
+The cache key of an agent model call is what the provider sees of the system message
+plus messages (:func:`~langgraph_valkey_cache.cache.llm.canonical_prompt`) and an llm
+string made of the model's own llm string plus the bound tools, tool choice and model
+settings; a scoped middleware or cache adds the scope values. The run's
+``configurable["cache_control"]`` (skip, refresh, ttl) applies to every call.
+
+Calls with a ``response_format`` (structured output) pass through the middleware: the
+agent parses the model's answer inside the call with a strategy it picks per model, so
+the middleware could only serve the message, not the parsed object. The model call in
+them still hits through LangChain's own cache (``set_llm_cache`` or the model's
+``cache=``), which keys on the same provider view; the parse then runs again.
 """
 
 from __future__ import annotations
@@ -35,10 +42,22 @@ from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import RunnableConfig
 
 from langgraph_valkey_cache._cachebase import CacheCore
+from langgraph_valkey_cache._control import (
+    cache_config,
+    current_config,
+    normalize_scope,
+    read_control,
+)
 from langgraph_valkey_cache._failopen import COMPUTE, Call, Plan
+from langgraph_valkey_cache._keys import AGENT_MARKER
 from langgraph_valkey_cache._plans import arun_plan, run_plan
 from langgraph_valkey_cache._prices import fresh_tally
-from langgraph_valkey_cache.cache.llm import ValkeyCache, tally_generations
+from langgraph_valkey_cache.cache.llm import (
+    LLMRequest,
+    ValkeyCache,
+    llm_request,
+    tally_generations,
+)
 from langgraph_valkey_cache.cache.semantic import ValkeySemanticCache
 from langgraph_valkey_cache.cache.singleflight import (
     Flight,
@@ -87,19 +106,22 @@ def _tool_spec(tool: Any) -> Any:
         return {"name": getattr(tool, "name", repr(tool)), "doc": getattr(tool, "description", "")}
 
 
-def request_key(request: Any) -> tuple[str, str]:
-    """``(prompt, llm_string)`` of an agent ``ModelRequest``."""
+def request_key(request: Any, scope: Any = ()) -> tuple[str, str]:
+    """``(prompt, llm_string)`` of an agent ``ModelRequest``; ``scope`` (``(name, value)``
+    pairs) goes into the llm string, for caches that take no scope themselves."""
     messages = list(request.messages)
     if request.system_message is not None:
         messages = [request.system_message, *messages]
-    extra = {
+    extra: dict[str, Any] = {
         "tools": [_tool_spec(t) for t in request.tools or []],
         "tool_choice": request.tool_choice,
         "settings": request.model_settings or {},
     }
+    if scope:
+        extra["scope"] = [list(pair) for pair in scope]
     llm_string = (
         request.model._get_llm_string()
-        + "---agent:"
+        + AGENT_MARKER
         + json.dumps(extra, sort_keys=True, default=repr)
     )
     return _prompt_of(messages), llm_string
@@ -145,6 +167,13 @@ if AgentMiddleware is not None:
             single_flight: make identical concurrent misses call the model once.
             lease_ttl: seconds a leader may take before others stop waiting on its lease.
             wait_timeout: seconds a follower waits before calling the model itself.
+            scope: names whose values (from the run's ``configurable``, then the agent's
+                runtime context) become part of every key, e.g. ``("user_id",)``;
+                default: the cache's own ``scope``. A call without a value calls the
+                model and stores nothing (one warning).
+
+        Per run, ``configurable["cache_control"]`` = ``{"skip": True}`` (no read, no
+        write), ``{"refresh": True}`` (call the model, overwrite) or ``{"ttl": s}``.
 
         Example:
             >>> from langchain.agents import create_agent
@@ -160,9 +189,14 @@ if AgentMiddleware is not None:
             single_flight: bool = True,
             lease_ttl: float = 120.0,
             wait_timeout: float = 60.0,
+            scope: Sequence[str] | str | None = None,
         ) -> None:
             super().__init__()
             self.cache = cache
+            codec = getattr(cache, "codec", None)
+            self.scope = (
+                normalize_scope(scope) if scope is not None else getattr(codec, "scope", ())
+            )
             self.hits = 0
             self.misses = 0
             self.single_flight = single_flight
@@ -174,12 +208,22 @@ if AgentMiddleware is not None:
 
         def _plan(self, request: Any) -> Plan:
             """The whole call as one plan: ``COMPUTE`` calls the model (the handler)."""
-            prompt, llm_string = request_key(request)
+            runtime = getattr(request, "runtime", None)
+            req = llm_request(self, self.scope, context=getattr(runtime, "context", None))
             cache = self.cache
-            if isinstance(cache, ValkeyCache) and self.single_flight:
+            ours = cache if isinstance(cache, (ValkeyCache, ValkeySemanticCache)) else None
+            if not req.writes:  # skipped, or no scope value: the model, nothing stored
+                return (yield COMPUTE)
+            prompt, llm_string = request_key(request, () if ours is not None else req.scope)
+            if not req.reads:  # refresh: the model, then overwrite
+                response = yield COMPUTE
+                yield from self._store_plan(prompt, llm_string, response, req)
+                flight = Flight(response, "leader")
+            elif isinstance(cache, ValkeyCache) and self.single_flight:
+                ttl_ms = cache.codec.entry_ttl_ms(req)
                 flight = yield from flight_plan(
-                    cache.codec.key(prompt, llm_string),
-                    _ttl(cache),
+                    cache.codec.key(prompt, llm_string, req.scope),
+                    None if ttl_ms is None else ttl_ms / 1000,
                     lambda raw: _decoded(cache, raw),
                     self.flight,
                     payload_of=lambda response: _payload(cache, response),
@@ -190,23 +234,23 @@ if AgentMiddleware is not None:
                 fresh = _cacheable(flight.value) if flight.computed else None
                 if fresh is not None:  # the flight stored it (not cache._plan_update): count here
                     yield fresh_tally([ChatGeneration(message=fresh)], llm_string, cache.pricer)
-            elif isinstance(cache, (ValkeyCache, ValkeySemanticCache)):
+            else:
 
                 def lookup() -> Plan:
-                    msg = _message_of((yield from cache._plan_lookup(prompt, llm_string)))
+                    if ours is not None:
+                        gens = yield from ours._plan_lookup(prompt, llm_string, req)
+                    else:
+                        gens = yield Call(cache.lookup, cache.alookup, (prompt, llm_string))
+                    msg = _message_of(gens)
                     return None if msg is None else ModelResponse(result=[msg])
 
                 def store(response: Any) -> Plan:
-                    msg = _cacheable(response)
-                    if msg is not None:
-                        yield from cache._plan_update(
-                            prompt, llm_string, [ChatGeneration(message=msg)]
-                        )
+                    yield from self._store_plan(prompt, llm_string, response, req)
 
-                if self.single_flight:
-                    lease = lease_key(cache.codec.key(prompt, llm_string))
+                if ours is not None and self.single_flight:
+                    lease = lease_key(ours.codec.key(prompt, llm_string, req.scope))
                     flight = yield from guarded_plan(lease, lookup, store, self.flight)
-                else:
+                else:  # another BaseCache: its own methods, no single-flight
                     found = yield from lookup()
                     if found is not None:
                         flight = Flight(found, "hit")
@@ -214,22 +258,22 @@ if AgentMiddleware is not None:
                         response = yield COMPUTE
                         yield from store(response)
                         flight = Flight(response, "leader")
-            else:  # another BaseCache: its own methods, no single-flight
-                found = _message_of((yield Call(cache.lookup, cache.alookup, (prompt, llm_string))))
-                if found is not None:
-                    flight = Flight(ModelResponse(result=[found]), "hit")
-                else:
-                    response = yield COMPUTE
-                    msg = _cacheable(response)
-                    if msg is not None:
-                        gens = [ChatGeneration(message=msg)]
-                        yield Call(cache.update, cache.aupdate, (prompt, llm_string, gens))
-                    flight = Flight(response, "leader")
             if flight.computed:
                 self.misses += 1
             else:
                 self.hits += 1
             return flight.value
+
+        def _store_plan(self, prompt: str, llm_string: str, response: Any, req: LLMRequest) -> Plan:
+            msg = _cacheable(response)
+            if msg is None:
+                return
+            gens = [ChatGeneration(message=msg)]
+            cache = self.cache
+            if isinstance(cache, (ValkeyCache, ValkeySemanticCache)):
+                yield from cache._plan_update(prompt, llm_string, gens, req)
+            else:
+                yield Call(cache.update, cache.aupdate, (prompt, llm_string, gens))
 
         def wrap_model_call(
             self, request: ModelRequest, handler: Callable[[ModelRequest], Any]
@@ -265,11 +309,6 @@ else:  # pragma: no cover
                 "ModelCacheMiddleware needs LangChain 1.x agents: "
                 "pip install 'langgraph-valkey-cache[agents]'"
             )
-
-
-def _ttl(cache: ValkeyCache) -> float | None:
-    ms = cache.codec.ttl_ms
-    return None if ms is None else ms / 1000
 
 
 def _payload(cache: ValkeyCache, response: Any) -> bytes | None:
@@ -337,6 +376,26 @@ def _record(acc: AIMessageChunk | None) -> list[Generation] | None:
     return [ChatGeneration(message=msg)]
 
 
+def _control_of(config: RunnableConfig | None) -> Any:
+    return read_control(config if config is not None else current_config())
+
+
+def _in_config(config: RunnableConfig | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with ``config`` as the run's config (the cache reads its scope and
+    ``cache_control`` there; LangChain's ``stream`` hands a cache none)."""
+    if config is None:
+        return fn(*args)
+    with cache_config(config):
+        return fn(*args)
+
+
+async def _ain_config(config: RunnableConfig | None, fn: Callable[..., Any], *args: Any) -> Any:
+    if config is None:
+        return await fn(*args)
+    with cache_config(config):
+        return await fn(*args)
+
+
 def cached_stream(
     model: BaseChatModel,
     input: Any,
@@ -350,22 +409,27 @@ def cached_stream(
     """``model.stream(input)`` through ``cache``: a hit replays as chunks, a miss streams
     and is recorded when the stream completes (an interrupted stream is not cached).
 
+    ``config`` (else the running runnable's) carries the cache's scope values and
+    ``configurable["cache_control"]`` (skip, refresh, ttl).
+
     Example:
         >>> for chunk in cached_stream(model, "hi", ValkeyCache(client)):  # doctest: +SKIP
         ...     print(chunk.content, end="")
     """
     prompt, llm_string = _stream_key(model, input, stop, kwargs)
-    cached = _message_of(cache.lookup(prompt, llm_string))
-    if cached is not None:
-        yield from chunks_from_message(cached, chunk_chars)
-        return
+    control = _control_of(config)
+    if control.reads:
+        cached = _message_of(_in_config(config, cache.lookup, prompt, llm_string))
+        if cached is not None:
+            yield from chunks_from_message(cached, chunk_chars)
+            return
     acc: AIMessageChunk | None = None
     for chunk in model.stream(input, config, stop=stop, **kwargs):
         acc = chunk if acc is None else acc + chunk
         yield chunk
     gens = _record(acc)
-    if gens is not None:
-        cache.update(prompt, llm_string, gens)
+    if gens is not None and control.writes:
+        _in_config(config, cache.update, prompt, llm_string, gens)
 
 
 async def acached_stream(
@@ -380,15 +444,17 @@ async def acached_stream(
 ) -> AsyncIterator[AIMessageChunk]:
     """Async twin of :func:`cached_stream` (``model.astream``, ``cache.alookup/aupdate``)."""
     prompt, llm_string = _stream_key(model, input, stop, kwargs)
-    cached = _message_of(await cache.alookup(prompt, llm_string))
-    if cached is not None:
-        for chunk in chunks_from_message(cached, chunk_chars):
-            yield chunk
-        return
+    control = _control_of(config)
+    if control.reads:
+        cached = _message_of(await _ain_config(config, cache.alookup, prompt, llm_string))
+        if cached is not None:
+            for chunk in chunks_from_message(cached, chunk_chars):
+                yield chunk
+            return
     acc: AIMessageChunk | None = None
     async for chunk in model.astream(input, config, stop=stop, **kwargs):
         acc = chunk if acc is None else acc + chunk
         yield chunk
     gens = _record(acc)
-    if gens is not None:
-        await cache.aupdate(prompt, llm_string, gens)
+    if gens is not None and control.writes:
+        await _ain_config(config, cache.aupdate, prompt, llm_string, gens)

@@ -55,7 +55,7 @@ from langchain_core.outputs import Generation
 from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
 from langgraph_valkey_cache._failopen import CacheUnavailable, Call, Cmd, Pipe, Plan, Scan
-from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys, digest
+from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
 from langgraph_valkey_cache._prices import DEFAULT_PRICER, Pricer, PriceTable, fresh_tally
 from langgraph_valkey_cache._search import (
     SearchModuleMissing,
@@ -68,8 +68,14 @@ from langgraph_valkey_cache._search import (
     parse_info,
     parse_search,
 )
-from langgraph_valkey_cache.cache.llm import LLMCacheCodec, tally_generations, unlink_plan
-from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
+from langgraph_valkey_cache.cache.llm import (
+    LLMCacheCodec,
+    LLMRequest,
+    project_messages,
+    tally_generations,
+    unlink_plan,
+)
+from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore, default_namespace
 
 __all__ = ["SemanticQuery", "ValkeySemanticCache", "split_prompt"]
 
@@ -78,7 +84,6 @@ logger = logging.getLogger("langgraph_valkey_cache.cache")
 Judge = Callable[[str, str], "bool | Awaitable[bool]"]
 Rerank = Callable[[str, list[str]], "int | None | Awaitable[int | None]"]
 
-_HUMAN = {"HumanMessage", "HumanMessageChunk"}
 _STEP = Decimal("0.0001")
 _RETURNED = ("text", "gens")
 _threshold_override: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -89,16 +94,9 @@ _threshold_override: contextvars.ContextVar[float | None] = contextvars.ContextV
 # -- prompt -> (embedded text, context) : pure --------------------------------------------
 
 
-def _is_human(node: Any) -> bool:
-    if not isinstance(node, dict) or node.get("lc") != 1:
-        return False
-    ident = node.get("id") or []
-    if ident and ident[-1] in _HUMAN:
-        return True
-    kwargs = node.get("kwargs") or {}
-    return bool(ident and ident[-1] in ("ChatMessage", "ChatMessageChunk")) and (
-        kwargs.get("role") == "user"
-    )
+def _is_human(message: dict[str, Any]) -> bool:
+    kind = message.get("type")
+    return kind == "human" or (kind == "chat" and message.get("role") == "user")
 
 
 def split_prompt(
@@ -106,25 +104,24 @@ def split_prompt(
 ) -> tuple[str, str]:
     """``(text to embed, context)`` of a cache prompt.
 
-    For a chat prompt (LangChain's JSON dump of the messages) in ``last_user`` mode, the
-    text is the last human message's text and the context a canonical JSON of everything
-    else: the messages before and after it, that message's other fields and its non-text
-    content blocks (images...). Other prompts are embedded whole with an empty context.
+    A chat prompt (LangChain's JSON dump of the messages) is first projected to what
+    the provider sees (:func:`~langgraph_valkey_cache.cache.llm.project_messages`: no
+    ids, usage or response metadata, so an agent replay finds its entries). In
+    ``last_user`` mode, the text is the last human message's text and the context a
+    canonical JSON of everything else: the messages before and after it, that
+    message's other fields and its non-text content blocks (images...). Other prompts
+    are embedded whole with an empty context.
     """
-    if mode == "prompt" or prompt[:1] != "[":
+    if mode == "prompt":
         return prompt, ""
-    try:
-        messages = json.loads(prompt)
-    except ValueError:
-        return prompt, ""
-    if not isinstance(messages, list):
+    messages = project_messages(prompt)
+    if messages is None:
         return prompt, ""
     last = next((i for i in range(len(messages) - 1, -1, -1) if _is_human(messages[i])), None)
     if last is None:
         return prompt, ""
-    kwargs = dict(messages[last].get("kwargs") or {})
-    content = kwargs.pop("content", "")
-    kwargs.pop("id", None)
+    turn = dict(messages[last])
+    content = turn.pop("content", "")
     extra: list[Any] = []
     if isinstance(content, str):
         text = content
@@ -141,7 +138,7 @@ def split_prompt(
     if not text.strip():  # nothing to embed (an image-only turn): embed the whole prompt
         return prompt, ""
     context = json.dumps(
-        {"before": messages[:last], "after": messages[last + 1 :], "turn": kwargs, "blocks": extra},
+        {"before": messages[:last], "after": messages[last + 1 :], "turn": turn, "blocks": extra},
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -150,7 +147,8 @@ def split_prompt(
 
 @dataclass(frozen=True)
 class SemanticQuery:
-    """One prepared lookup (no I/O yet)."""
+    """One prepared lookup (no I/O yet). ``tag`` is the TAG it is filtered by
+    (:meth:`~langgraph_valkey_cache._keys.LLMCacheKeys.semantic_tag`)."""
 
     text: str
     tag: str
@@ -190,8 +188,15 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             :func:`~langgraph_valkey_cache._search.hnsw_ef_runtime`); always sent for HNSW.
         cache_embeddings: keep query vectors in a :class:`ValkeyByteStore` under
             ``<prefix>:emb``.
-        embeddings_namespace: separates cached vectors of different models (default:
-            :func:`~langgraph_valkey_cache.embeddings.default_namespace`).
+        embeddings_namespace: names the embedding model (default:
+            :func:`~langgraph_valkey_cache.embeddings.default_namespace`: its class and
+            model fields). It and the dimensions are part of every entry's TAG, so a
+            lookup never compares vectors of another model; it also separates the
+            cached query vectors. Pass your own id when a model's settings change its
+            vectors without changing those fields.
+        scope: names looked up in the run's ``configurable`` (e.g. ``("user_id",)``)
+            whose values become part of the TAG: never an answer across scopes; a run
+            without a value bypasses the cache (one warning).
         category_thresholds / categorize: ``categorize(text)`` names a category whose
             threshold (from ``category_thresholds``) replaces the default.
         judge: ``judge(prompt_text, candidate_text) -> bool`` (sync or async) decides
@@ -242,6 +247,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         ef_runtime: int | None = None,
         cache_embeddings: bool = True,
         embeddings_namespace: str | None = None,
+        scope: Sequence[str] | str | None = None,
         category_thresholds: dict[str, float] | None = None,
         categorize: Callable[[str], str | None] | None = None,
         judge: Judge | None = None,
@@ -271,8 +277,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             raise ValueError("band must be >= 0 and rerank_k >= 1")
         if judge_timeout <= 0:
             raise ValueError("judge_timeout must be a positive number of seconds")
-        self.codec = LLMCacheCodec(prefix, ttl=ttl)
+        self.codec = LLMCacheCodec(prefix, ttl=ttl, scope=scope)
         self.keys: LLMCacheKeys = self.codec.keys
+        self.embedder_id = embeddings_namespace or default_namespace(embeddings)
         self.cost_of = cost_of
         self.pricer = Pricer(prices) if prices else DEFAULT_PRICER
         self._init_core(
@@ -344,10 +351,19 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         return self.distance_threshold
 
     def prepare(
-        self, prompt: str, llm_string: str, distance_threshold: float | None = None
+        self,
+        prompt: str,
+        llm_string: str,
+        distance_threshold: float | None = None,
+        req: LLMRequest | None = None,
     ) -> SemanticQuery:
+        """The lookup of ``prompt`` (the dimensions must be known: ``dims=`` or setup)."""
+        if self.dims is None:
+            raise ValueError("the embedding dimensions are unknown: pass dims= or call setup()")
         text, context = split_prompt(prompt, self.embed_mode)
-        tag = digest("sem", llm_string, context)
+        scope = req.scope if req is not None else ()
+        space = f"{self.embedder_id}|dims={self.dims}"
+        tag = self.keys.semantic_tag(llm_string, context, space, scope or ())
         return SemanticQuery(text, tag, self._threshold_for(text, distance_threshold), llm_string)
 
     def _create_args(self, dims: int) -> tuple[Any, ...]:
@@ -506,46 +522,70 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         return found
 
     def _plan_lookup(
-        self, prompt: str, llm_string: str, distance_threshold: float | None = None
+        self,
+        prompt: str,
+        llm_string: str,
+        req: LLMRequest | None = None,
+        distance_threshold: float | None = None,
     ) -> Plan:
-        """One lookup (the interface the middleware drives, shared with ``ValkeyCache``)."""
-        query = self.prepare(prompt, llm_string, distance_threshold)
+        """One lookup (the interface the middleware drives, shared with ``ValkeyCache``);
+        ``req`` defaults to the current run's (:meth:`LLMCacheCodec.request`)."""
+        if req is None:
+            req = self.codec.request(self)
+        if not req.reads:  # skipped, refreshed or unscoped: not a lookup
+            return None
+        yield from self._plan_ready()  # the dimensions are part of the TAG
+        query = self.prepare(prompt, llm_string, distance_threshold, req)
         (gens,) = yield from self._plan_check([query])
         return gens
 
     def _plan_check_batch(
         self, prompts: Sequence[str], llm_string: str, distance_threshold: float | None
     ) -> Plan:
-        return (
-            yield from self._plan_check(
-                [self.prepare(p, llm_string, distance_threshold) for p in prompts]
-            )
-        )
-
-    def _plan_update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Plan:
-        query = self.prepare(prompt, llm_string)
-        value = self.codec.encode(return_val)
-        key = self.keys.semantic(llm_string, query.tag, query.text)
+        req = self.codec.request(self)
+        if not req.reads:
+            return [None] * len(prompts)
         yield from self._plan_ready()
+        queries = [self.prepare(p, llm_string, distance_threshold, req) for p in prompts]
+        return (yield from self._plan_check(queries))
+
+    def _plan_update(
+        self,
+        prompt: str,
+        llm_string: str,
+        return_val: RETURN_VAL_TYPE,
+        req: LLMRequest | None = None,
+    ) -> Plan:
+        if req is None:
+            req = self.codec.request(self)
+        if not req.writes:
+            return
+        value = self.codec.encode(return_val)
+        yield from self._plan_ready()
+        query = self.prepare(prompt, llm_string, req=req)
+        key = self.keys.semantic(llm_string, query.tag, query.text)
         (vector,) = yield from self._plan_embed([query.text])
         vec = pack_vector(vector, self.dims)
         hset = (
             "HSET", key, "llm", query.tag, "vec", vec, "text", query.text, "gens", value,
             "ts", f"{time.time():.3f}",
         )  # fmt: skip
-        if self.codec.ttl_ms is None:
+        ttl_ms = self.codec.entry_ttl_ms(req)
+        if ttl_ms is None:
             yield Cmd(hset)
         else:
             # one round trip to the key's node, no MULTI (cluster pipelines refuse it) and
             # no Lua (valkey-search indexes a script's write late on a cluster); PEXPIRE is
             # not refused under OOM, so it follows whenever the HSET succeeded
-            yield Pipe((hset, ("PEXPIRE", key, self.codec.ttl_ms)))
+            yield Pipe((hset, ("PEXPIRE", key, ttl_ms)))
         # the miss path sees the fresh response: what the provider's prompt cache did
         stored = len(value) + len(vec)
         yield fresh_tally(return_val, llm_string, self.pricer, stored_bytes=stored)
 
     def _plan_nearest(self, prompt: str, llm_string: str) -> Plan:
-        (reply,) = yield from self._plan_search([self.prepare(prompt, llm_string)])
+        yield from self._plan_ready()
+        req = self.codec.request(self)
+        (reply,) = yield from self._plan_search([self.prepare(prompt, llm_string, req=req)])
         cands = self._candidates(reply)
         return cands[0].distance if cands else None
 
@@ -652,13 +692,13 @@ class ValkeySemanticCache(CacheCore, BaseCache):
     def lookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
-        plan = self._plan_lookup(prompt, llm_string, distance_threshold)
+        plan = self._plan_lookup(prompt, llm_string, distance_threshold=distance_threshold)
         return self._run(plan, "lookup", lookups=1)
 
     async def alookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
-        plan = self._plan_lookup(prompt, llm_string, distance_threshold)
+        plan = self._plan_lookup(prompt, llm_string, distance_threshold=distance_threshold)
         return await self._arun(plan, "lookup", lookups=1)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
