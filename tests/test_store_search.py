@@ -645,9 +645,9 @@ def recall_store(search_url: str) -> Any:
 
     rng = np.random.default_rng(7)
     centres = rng.normal(size=(64, RECALL_DIMS))
-    docs = centres[rng.integers(0, 64, RECALL_N)] + 1.5 * rng.normal(size=(RECALL_N, RECALL_DIMS))
+    docs = centres[rng.integers(0, 64, RECALL_N)] + 2.0 * rng.normal(size=(RECALL_N, RECALL_DIMS))
     picks = rng.integers(0, RECALL_N, RECALL_QUERIES)
-    queries = docs[picks] + 1.0 * rng.normal(size=(RECALL_QUERIES, RECALL_DIMS))
+    queries = docs[picks] + 1.4 * rng.normal(size=(RECALL_QUERIES, RECALL_DIMS))
     docs, queries = docs.astype(np.float32), queries.astype(np.float32)
     table = {f"d{i}": docs[i].tolist() for i in range(RECALL_N)}
     table.update({f"q{j}": queries[j].tolist() for j in range(RECALL_QUERIES)})
@@ -704,7 +704,7 @@ def test_recall_test_data_tells_ef_runtime_apart(recall_store: Any, search_serve
         metrics=False,
     )
     assert low.index_name == store.index_name
-    recall = _recall(low, ("mem", "a"), truth[("mem", "a")][:20])
+    recall = _recall(low, ("mem",), truth[("mem",)])
     if search_server == "redisearch":
         assert recall == 1.0  # exact filtered KNN whatever EF_RUNTIME says
     else:
