@@ -4,8 +4,9 @@ Scripts make multi-key writes atomic on standalone and cluster alike (a cluster
 pipeline cannot be a transaction). All keys of a checkpoint thread share its
 ``{thread}`` hash tag, so every script runs on one shard.
 
-``KEYS`` (slot-migration safety: the server checks declared keys, so a script never
-runs against a half-migrated slot's missing keys):
+``KEYS`` (slot-migration safety: a cluster node checks a script's declared keys against
+the slot's migration state and answers ASK/TRYAGAIN instead of running the script
+against a half-migrated thread; keys a script only derives are not checked):
 
 * one-namespace scripts (``put``, ``put_writes``, ``get``, ``list`` of one namespace,
   ``history``) get the thread's ``P:{T}:ns`` first, then exactly the keys of

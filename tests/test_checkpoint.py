@@ -9,6 +9,7 @@ import dataclasses
 import json
 import operator
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -391,6 +392,29 @@ def test_hostile_thread_ids_stay_isolated(any_url: str, prefix: str, weird: str)
     saver.copy_thread("a", weird)
     assert len(list(saver.list(_cfg(weird)))) == 2
     client.close()
+
+
+def test_key_encoding_fast_path_is_the_same_encoding() -> None:
+    """encode() returns plain parts as is and memoises the rest: the output must be
+    exactly the percent-encoding it documents, so keys written before stay readable."""
+    from urllib.parse import quote
+
+    from langgraph_valkey_cache._keys import decode, encode
+
+    rng = random.Random(7)
+    alphabet = "aZ09-_.~:/%{}*?[], \n\x00éユ"
+    samples = ["", "plain", "1f1ed6d5-c0bb-63a1-bfff-50d5c5157fba", "0" * 32 + ".5", "a:b"]
+    samples += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(500)
+    ]
+    for text in samples * 2:  # the second round is served from the memo
+        assert encode(text) == quote(text, safe="-_.~"), text
+        assert decode(encode(text)) == text
+    assert len({encode(t) for t in samples}) == len(set(samples))
+    with pytest.raises(ValueError, match="surrogate"):
+        encode("a\ud800")
+    with pytest.raises(TypeError):
+        encode(5)  # type: ignore[arg-type]
 
 
 def test_prefix_validation(valkey_url: str) -> None:
