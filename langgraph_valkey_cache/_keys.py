@@ -225,6 +225,10 @@ class NodeCacheKeys:
 
     ``P:n:<ns>:<key>`` where ``<ns>`` is the namespace's parts encoded and joined
     with ``,`` (so ``("a",)`` never matches ``("a", "b")`` and ``()`` is empty).
+    A scoped cache's entry is ``P:n:<ns>:<key>:@<scope>``, the scope values encoded and
+    joined with ``,`` (``@`` and ``:`` never come out of :func:`encode`, so a scoped key
+    never equals an unscoped one or another scope's; a namespace's SCAN pattern still
+    covers every scope).
     No hash tag: a graph step's tasks spread over the cluster and MGET goes per slot.
     ``P:stats`` is the HASH of hit/miss counters every process adds to.
     """
@@ -237,8 +241,11 @@ class NodeCacheKeys:
     def _ns(namespace: tuple[str, ...]) -> str:
         return ",".join(encode(p) for p in namespace)
 
-    def entry(self, namespace: tuple[str, ...], key: str) -> str:
-        return f"{self.prefix}:n:{self._ns(namespace)}:{encode(key)}"
+    def entry(self, namespace: tuple[str, ...], key: str, scope: tuple[str, ...] = ()) -> str:
+        base = f"{self.prefix}:n:{self._ns(namespace)}:{encode(key)}"
+        if not scope:
+            return base
+        return base + ":@" + ",".join(encode(v) for v in scope)
 
     def namespace_pattern(self, namespace: tuple[str, ...]) -> str:
         return f"{self._glob_prefix}:n:{self._ns(namespace)}:*"
@@ -263,6 +270,8 @@ class ToolCacheKeys:
 
     The entry's hash tag is per call, so entries spread over the cluster; a tool's
     entries are found for invalidation with ``SCAN MATCH P:t:{T:*`` per primary.
+    ``D`` is :meth:`call_digest`: the tool name, its canonical arguments and, for a scoped
+    cache, the scope values and the injected values named in ``key_injected``.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -271,6 +280,17 @@ class ToolCacheKeys:
 
     def entry(self, name: str, args_digest: str) -> str:
         return f"{self.prefix}:t:{{{encode(name)}:{encode(args_digest)}}}"
+
+    @staticmethod
+    def call_digest(
+        name: str, args_json: str, scope: tuple[str, ...] = (), injected_json: str | None = None
+    ) -> str:
+        """``D`` of one call. Unscoped calls keep ``digest(name, args)``; scoped ones add
+        a tag, the number of scope values, the values and the injected values' canonical
+        JSON, all length-prefixed by :func:`digest` (so no two scopes share a digest)."""
+        if not scope and injected_json is None:
+            return digest(name, args_json)
+        return digest(name, args_json, "scoped", str(len(scope)), *scope, injected_json or "")
 
     def tool_pattern(self, name: str) -> str:
         return f"{self._glob_prefix}:t:{{{encode(name)}:*"

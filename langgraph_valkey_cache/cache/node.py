@@ -11,14 +11,22 @@ Budget: ``get``/``aget`` is one ``MGET`` (one round trip per cluster node holdin
 pipeline), ``clear`` SCANs this cache's prefix (per primary on a cluster) with an escaped
 pattern and ``UNLINK``s in batches. Values are the injected serde's ``(type, bytes)``
 packed raw (no base64, no JSON wrapper).
+
+Scopes and per-request control come from the run's config. LangGraph calls ``get`` and
+``set`` from its loop, outside any runnable, so the config is the one bound with
+:meth:`ValkeyNodeCache.for_run` (``with cache.for_run(config): graph.invoke(x, config)``),
+else the config of the runnable the graph runs in (a subgraph, a graph invoked from a
+node or tool: LangChain's ``var_child_runnable_config``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from langgraph.cache.base import BaseCache, FullKey, Namespace, ValueT
@@ -26,7 +34,16 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from prometheus_client import CollectorRegistry
 
 from langgraph_valkey_cache._cachebase import CacheCore
-from langgraph_valkey_cache._client import CACHE_TIMEOUT
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, with_local_cache
+from langgraph_valkey_cache._control import (
+    NO_CONTROL,
+    CacheControl,
+    current_config,
+    normalize_scope,
+    read_control,
+    scope_values,
+    warn_missing_scope,
+)
 from langgraph_valkey_cache._failopen import CacheUnavailable, Cmd, Pipe, Plan, Scan, Sleep, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, NodeCacheKeys
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
@@ -34,6 +51,14 @@ from langgraph_valkey_cache.cache.llm import unlink_plan
 from langgraph_valkey_cache.cache.singleflight import FlightOptions, lease_step, publish_step
 
 __all__ = ["ValkeyNodeCache"]
+
+#: The run config (and runtime context) bound by :meth:`ValkeyNodeCache.for_run`; a
+#: context variable, so LangGraph's background ``set`` (run in a copied context) sees it.
+_RUN: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
+    "langgraph_valkey_cache_node_run", default=None
+)
+#: Where LangGraph keeps the graph's ``Runtime`` (its ``context``) in a node's config.
+_CONFIG_KEY_RUNTIME = "__pregel_runtime"
 
 
 class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
@@ -61,6 +86,19 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         metrics: ``False`` to disable Prometheus metrics, or a registry.
         stats_flush_interval: seconds between flushes of this process's hit/miss counts
             to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
+        scope: names of run-config ``configurable`` (or runtime context) values every
+            entry key includes, e.g. ``("user_id",)``: one user's entries never serve
+            another. A run without a value bypasses the cache (the node runs, nothing
+            is stored), warned once.
+        local_cache: serve hits from a coherent in-process L1 (valkey-py client-side
+            caching, invalidated by the server; standalone servers only): the cache
+            talks through a client of its own to the same server.
+
+    Per-request control, in ``configurable["cache_control"]``: ``{"skip": True}`` neither
+    reads nor stores, ``{"refresh": True}`` runs the nodes and overwrites their entries,
+    ``{"ttl": 60}`` stores with 60 s instead of the ``CachePolicy`` TTL. Scope values and
+    control are read from the config bound by :meth:`for_run` (else the enclosing
+    runnable's config, when the graph runs inside one).
 
     Whatever happens to the server, ``get``/``set`` fail open within the budget (a miss:
     the node runs); ``clear`` raises, since a failed invalidation must not go unnoticed.
@@ -78,6 +116,11 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         graph.invoke({"x": 1})  # runs `expensive`
         graph.invoke({"x": 1})  # served from Valkey
         graph.clear_cache()
+
+        scoped = ValkeyNodeCache(client, scope=("user_id",))
+        config = {"configurable": {"user_id": "u1", "cache_control": {"ttl": 30}}}
+        with scoped.for_run(config):
+            graph.invoke({"x": 1}, config)
         ```
     """
 
@@ -94,9 +137,15 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         wait_timeout: float = 10.0,
         metrics: bool | CollectorRegistry = True,
         stats_flush_interval: float = 1.0,
+        scope: Sequence[str] | str | None = None,
+        local_cache: bool = False,
     ) -> None:
         super().__init__(serde=serde or default_serde())
         self.keys = NodeCacheKeys(prefix)
+        self.scope = normalize_scope(scope)
+        self.local_cache = local_cache
+        if local_cache:
+            client, aclient = with_local_cache(client), with_local_cache(aclient)
         self._init_core(
             client, aclient, tier="node_cache", stats_key=self.keys.stats(), metrics=metrics,
             timeout=timeout, stats_flush_interval=stats_flush_interval,
@@ -109,8 +158,8 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
 
     # --- plans (no I/O) -----------------------------------------------------------------
 
-    def _plan_get(self, keys: Sequence[FullKey]) -> Plan:
-        rkeys = [self.keys.entry(tuple(ns), key) for ns, key in keys]
+    def _plan_get(self, keys: Sequence[FullKey], scope: tuple[str, ...] = ()) -> Plan:
+        rkeys = [self.keys.entry(tuple(ns), key, scope) for ns, key in keys]
         if len(rkeys) == 1:
             raws = [(yield Cmd(("GET", rkeys[0])))]
         elif self._cluster:  # keys of many slots: one pipeline, grouped per node
@@ -167,12 +216,18 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
             pass  # what we found so far; the rest are misses
         return found
 
-    def _plan_set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> Plan:
+    def _plan_set(
+        self,
+        pairs: Mapping[FullKey, tuple[ValueT, int | None]],
+        scope: tuple[str, ...] = (),
+        ttl_override: float | None = None,
+    ) -> Plan:
         cmds: list[tuple[Any, ...]] = []
         publishes = []
         stored = 0
-        for (ns, key), (value, ttl) in pairs.items():
-            rk = self.keys.entry(tuple(ns), key)
+        for (ns, key), (value, policy_ttl) in pairs.items():
+            ttl = policy_ttl if ttl_override is None else ttl_override
+            rk = self.keys.entry(tuple(ns), key, scope)
             data = pack_typed(dumps_checked(self.serde, value, "node cache value"))
             stored += len(data)
             px = None if ttl is None else max(1, int(ttl * 1000))
@@ -205,33 +260,78 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
     def _cluster(self) -> bool:
         return self._aexec.cluster
 
+    # --- the run's scope and control (no I/O) ---------------------------------------------
+
+    @contextmanager
+    def for_run(self, config: Any, context: Any = None) -> Iterator[None]:
+        """Bind a run's config (its ``configurable`` scope values and ``cache_control``)
+        and runtime ``context`` for the node cache calls made inside the block; every
+        ``ValkeyNodeCache`` reads it. ``with cache.for_run(config): graph.invoke(x, config)``."""
+        token = _RUN.set((config, context))
+        try:
+            yield
+        finally:
+            _RUN.reset(token)
+
+    def _request(self) -> tuple[CacheControl, tuple[str, ...] | None]:
+        """This run's control and scope values (``None``: a scope value is missing)."""
+        bound = _RUN.get()
+        if bound is not None:
+            config, context = bound
+        else:
+            config = current_config()
+            runtime = ((config or {}).get("configurable") or {}).get(_CONFIG_KEY_RUNTIME)
+            context = getattr(runtime, "context", None)
+        control = read_control(config) if config else NO_CONTROL
+        if not self.scope:
+            return control, ()
+        scope = scope_values(config, self.scope, context)
+        if scope is None:
+            warn_missing_scope(self, self.scope)
+        return control, scope
+
     # --- BaseCache ----------------------------------------------------------------------
 
     def get(self, keys: Sequence[FullKey]) -> dict[FullKey, ValueT]:
         """Cached values of ``keys`` (missing, expired or unreadable ones left out)."""
         if not keys:
             return {}
-        return self._run(self._plan_get(keys), "get", default={}, lookups=len(keys))
+        control, scope = self._request()
+        if scope is None or not control.reads:
+            return {}
+        plan = self._plan_get(keys, scope)
+        return self._run(plan, "get", default={}, lookups=len(keys))
 
     def set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Store values, each with its TTL in seconds (None: no expiry)."""
-        if pairs:
-            self._run(self._plan_set(pairs), "set")
+        if not pairs:
+            return
+        control, scope = self._request()
+        if scope is not None and control.writes:
+            self._run(self._plan_set(pairs, scope, control.ttl), "set")
 
     def clear(self, namespaces: Sequence[Namespace] | None = None) -> None:
-        """Delete the entries of ``namespaces`` (exact namespaces), or all of this cache's."""
+        """Delete the entries of ``namespaces`` (exact namespaces, every scope), or all of
+        this cache's."""
         self._run_strict(self._plan_clear(namespaces), "clear")
 
     async def aget(self, keys: Sequence[FullKey]) -> dict[FullKey, ValueT]:
         """Async :meth:`get`."""
         if not keys:
             return {}
-        return await self._arun(self._plan_get(keys), "get", default={}, lookups=len(keys))
+        control, scope = self._request()
+        if scope is None or not control.reads:
+            return {}
+        plan = self._plan_get(keys, scope)
+        return await self._arun(plan, "get", default={}, lookups=len(keys))
 
     async def aset(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Async :meth:`set`."""
-        if pairs:
-            await self._arun(self._plan_set(pairs), "set")
+        if not pairs:
+            return
+        control, scope = self._request()
+        if scope is not None and control.writes:
+            await self._arun(self._plan_set(pairs, scope, control.ttl), "set")
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         """Async :meth:`clear`."""

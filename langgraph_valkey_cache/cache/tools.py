@@ -3,11 +3,15 @@
 One object plugs into both ``ToolNode(tools, wrap_tool_call=cache.wrap,
 awrap_tool_call=cache.awrap)`` and ``create_agent(..., middleware=[cache.middleware()])``.
 
-Key: tool name + canonical JSON of the arguments the model chose (keys sorted
-recursively, injected arguments such as state, store, runtime and tool_call_id left
-out), hashed with :func:`~langgraph_valkey_cache._keys.digest`. A hit is one round trip
-(a Lua ``GET``-or-lease), a leader's miss one more (store + release); concurrent misses
-on one key run the tool once across processes (:mod:`.singleflight`).
+Key: tool name + canonical JSON of the arguments the model chose, normalised through the
+tool's schema (defaults filled, types coerced: ``{"city": "Lima"}`` and ``{"city":
+"Lima", "units": "metric"}`` are one entry; keys sorted recursively; injected arguments
+such as state, store, runtime and tool_call_id left out), plus, for a scoped cache, the
+``scope`` values from the run's ``configurable`` and the ``key_injected`` values from
+the graph state; hashed with :meth:`~langgraph_valkey_cache._keys.ToolCacheKeys.call_digest`.
+A hit is one round trip (a Lua ``GET``-or-lease; with ``local_cache=True`` a ``GET``
+served in process), a leader's miss one more (store + release); concurrent misses on
+one key run the tool once across processes (:mod:`.singleflight`).
 
 Per-tool statistics (hits, misses, time saved) are counted locally and flushed to a
 Valkey hash per tool with ``HINCRBY`` at most every ``stats_flush_interval`` seconds
@@ -22,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
@@ -38,9 +42,17 @@ from langgraph.types import Command
 from prometheus_client import CollectorRegistry
 
 from langgraph_valkey_cache._cachebase import CacheCore
-from langgraph_valkey_cache._client import CACHE_TIMEOUT
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, with_local_cache
+from langgraph_valkey_cache._control import (
+    NO_CONTROL,
+    CacheControl,
+    normalize_scope,
+    read_control,
+    scope_values,
+    warn_missing_scope,
+)
 from langgraph_valkey_cache._failopen import COMPUTE, CacheUnavailable, Cmd, Pipe, Plan, Scan, Tally
-from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, ToolCacheKeys, digest, lease_key
+from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, ToolCacheKeys, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
 from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields
 from langgraph_valkey_cache.cache.llm import unlink_plan
@@ -54,6 +66,7 @@ __all__ = [
     "ToolStats",
     "canonical_args",
     "injected_arg_names",
+    "normalized_args",
 ]
 
 logger = logging.getLogger("langgraph_valkey_cache.cache")
@@ -114,6 +127,48 @@ def injected_arg_names(tool: BaseTool | None) -> frozenset[str]:
         logger.debug("could not read the input schema of tool %r", tool.name, exc_info=True)
     names.update(getattr(tool, "_injected_args_keys", ()) or ())
     return frozenset(names)
+
+
+def _call_schema(tool: BaseTool | None) -> Any:
+    """The schema the model fills in (injected arguments left out), or ``None``."""
+    if tool is None:
+        return None
+    try:
+        return tool.tool_call_schema
+    except Exception:  # an exotic tool: its args are keyed as the model wrote them
+        logger.debug("could not read the call schema of tool %r", tool.name, exc_info=True)
+        return None
+
+
+def normalized_args(schema: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` as the tool will see them: validated by ``schema`` (a pydantic model, or a
+    JSON schema dict) with defaults filled and types coerced, so equivalent calls share
+    one key. Arguments the schema rejects are returned as given (the tool will fail on
+    them, and failures are never cached)."""
+    if schema is None:
+        return dict(args)
+    if isinstance(schema, Mapping):  # a JSON schema: fill top-level defaults only
+        out = dict(args)
+        for name, prop in (schema.get("properties") or {}).items():
+            if name not in out and isinstance(prop, Mapping) and "default" in prop:
+                out[name] = prop["default"]
+        return out
+    try:
+        if hasattr(schema, "model_validate"):
+            dumped = schema.model_validate(dict(args)).model_dump(mode="json")
+        else:  # a pydantic.v1 model
+            dumped = json.loads(schema.parse_obj(dict(args)).json())
+    except Exception:  # invalid arguments: key them as given
+        return dict(args)
+    return dumped if isinstance(dumped, dict) else dict(args)
+
+
+def _field(source: Any, name: str) -> Any:
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        return source.get(name)
+    return getattr(source, name, None)
 
 
 # --- policies and reports -------------------------------------------------------------
@@ -186,6 +241,14 @@ class _Decision:
     name: str
     key: str
     ttl: float | None
+    read: bool = True  # False: cache_control refresh (run the tool, overwrite the entry)
+
+
+@dataclass(frozen=True)
+class _ToolInfo:
+    tool: BaseTool  # kept so its id() stays unique while it is cached here
+    injected: frozenset[str]
+    schema: Any
 
 
 # --- the cache ---------------------------------------------------------------------------
@@ -198,14 +261,31 @@ class ToolCache(CacheCore):
     ``tool_call_id`` and the original content, name and artifact. Error results
     (``status="error"``) and ``Command`` results are never cached.
 
-    TTL resolution for a call: per-call override > tool policy > ``ttl``. A per-call
-    override comes from the run config, ``{"configurable": {"tool_cache_ttl": 60}}`` (all
-    tools) or ``{"tool_cache_ttl": {"get_weather": 60}}``; ``0`` skips the cache for that
-    call. Tool policies come from ``policies`` and, when ``remote_policies`` is on, from
-    a Valkey hash set with :meth:`set_policy` (refreshed every ``policy_refresh``
-    seconds; remote wins) so operators change TTLs without a deploy. ``never_cache``
-    tools are never cached (not even by an override); with ``only`` set, only those tools
-    (and tools with a policy) are cached.
+    Per-request control, in the run config's ``configurable`` (the same keys as every
+    cache): ``{"cache_control": {"skip": True}}`` runs the tool without reading or
+    storing, ``{"refresh": True}`` runs it and overwrites the entry, ``{"ttl": 60}``
+    gives the entry it writes 60 s. The tool cache's own per-call override still works:
+    ``{"tool_cache_ttl": 60}`` (all tools) or ``{"tool_cache_ttl": {"get_weather": 60}}``,
+    ``0``/``False`` skips the cache for that call (a tool: ``{"get_weather": 0}``).
+
+    TTL resolution for a call: ``cache_control`` ``ttl`` > ``tool_cache_ttl`` > tool
+    policy > ``ttl``. Tool policies come from ``policies`` and, when ``remote_policies``
+    is on, from a Valkey hash set with :meth:`set_policy` (refreshed every
+    ``policy_refresh`` seconds; remote wins) so operators change TTLs without a deploy.
+    ``never_cache`` tools are never cached (not even by an override); with ``only``
+    set, only those tools (and tools with a policy) are cached.
+
+    Scopes: with ``scope=("user_id",)`` each name is looked up in the run's
+    ``configurable``, then in the runtime context; the values are part of every key, so
+    one user never gets another's result. ``key_injected=("user_id",)`` adds values the
+    tool reads from the graph state (``InjectedState``) or the runtime context (a
+    sequence: for every tool; a mapping: tool name -> names). A missing scope or
+    injected value bypasses the cache for that call (the tool runs, nothing is
+    stored) with one warning per cache.
+
+    Arguments go through the tool's call schema before hashing (defaults filled, types
+    coerced). :meth:`invalidate` does the same with the tool it is given, or the schema
+    of the tool of that name seen last (``tools=`` registers them up front).
 
     Fail open: whatever happens to the server, the tool just runs within the latency
     budget (``timeout``); errors are logged once and counted by reason.
@@ -229,6 +309,15 @@ class ToolCache(CacheCore):
         stats_flush_interval: seconds between stats flushes (0: flush on every call).
         timeout: latency budget per cache operation in seconds (see ``ValkeyCache``).
         metrics: ``False`` to disable Prometheus metrics, or a registry.
+        scope: names of ``configurable`` (or runtime context) values every key includes.
+        key_injected: names of graph-state (or runtime context) values keys include,
+            for every tool or per tool name.
+        tools: tools whose schemas :meth:`invalidate` and :meth:`key_for` use by name.
+        local_cache: serve hits from a coherent in-process L1 (valkey-py client-side
+            caching, invalidated by the server; standalone servers only). The cache
+            then talks through a client of its own to the same server (see
+            ``cache_client_from_url(url, local_cache=True)``); a lookup is a ``GET``
+            (local on a repeat), a miss adds the single-flight round trip.
 
     Example:
         ```python
@@ -263,8 +352,15 @@ class ToolCache(CacheCore):
         stats_flush_interval: float = 1.0,
         timeout: float = CACHE_TIMEOUT,
         metrics: bool | CollectorRegistry = True,
+        scope: Sequence[str] | str | None = None,
+        key_injected: Sequence[str] | Mapping[str, Sequence[str]] = (),
+        tools: Iterable[BaseTool] = (),
+        local_cache: bool = False,
     ) -> None:
         self.keys = ToolCacheKeys(prefix)
+        self.local_cache = local_cache
+        if local_cache:
+            client, aclient = with_local_cache(client), with_local_cache(aclient)
         # per-tool hashes; the default key is only a placeholder, every count names its tool
         self._init_core(
             client, aclient, tier="tool_cache", stats_key=self.keys.stats(""), metrics=metrics,
@@ -285,7 +381,17 @@ class ToolCache(CacheCore):
         self.stats_flush_interval = stats_flush_interval
         self._remote: dict[str, ToolPolicy] = {}
         self._remote_read_at = -math.inf
-        self._injected: dict[int, tuple[BaseTool, frozenset[str]]] = {}
+        self.scope = normalize_scope(scope)
+        self.key_injected: dict[str, tuple[str, ...]] | tuple[str, ...] = (
+            {name: normalize_scope(names) for name, names in key_injected.items()}
+            if isinstance(key_injected, Mapping)
+            else normalize_scope(key_injected)
+        )
+        self._tools: dict[int, _ToolInfo] = {}
+        self._by_name: dict[str, BaseTool] = {}
+        self._warned_injected: set[tuple[str, ...]] = set()
+        for t in tools:
+            self._remember(t)
 
     # --- decisions (pure) -----------------------------------------------------------------
 
@@ -312,20 +418,90 @@ class ToolCache(CacheCore):
             return default.ttl if default.enabled else _NO_CACHE
         return self.ttl
 
-    def key_for(self, name: str, args: Mapping[str, Any], tool: BaseTool | None = None) -> str:
-        """The cache key of a call (injected arguments of ``tool`` left out)."""
-        return self.keys.entry(name, digest(name, canonical_args(args, self._injected_of(tool))))
+    def key_for(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        tool: BaseTool | None = None,
+        *,
+        scope: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The cache key of a call: ``args`` normalised through ``tool``'s schema (or that
+        of the tool of this name seen last), injected arguments left out. A scoped cache
+        needs ``scope``: the values of its ``scope`` and ``key_injected`` names."""
+        scope_parts: tuple[str, ...] = ()
+        injected: str | None = None
+        names = self._injected_names(name)
+        if self.scope or names:
+            values = dict(scope or {})
+            missing = [n for n in (*self.scope, *names) if values.get(n) is None]
+            if missing:
+                raise ValueError(f"this ToolCache is scoped: pass scope={{...}} with {missing}")
+            scope_parts = scope_values({"configurable": values}, self.scope) or ()
+            if names:
+                injected = canonical_args({n: values[n] for n in names})
+        return self._key(name, args, tool or self._by_name.get(name), scope_parts, injected)
+
+    def _key(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        tool: BaseTool | None,
+        scope: tuple[str, ...],
+        injected: str | None,
+    ) -> str:
+        info = self._remember(tool)
+        if info is None:
+            text = canonical_args(args, _ALWAYS_INJECTED)
+        else:
+            text = canonical_args(normalized_args(info.schema, args), info.injected)
+        return self.keys.entry(name, self.keys.call_digest(name, text, scope, injected))
+
+    def _remember(self, tool: BaseTool | None) -> _ToolInfo | None:
+        if tool is None:
+            return None
+        # keyed by id() (tools are not hashable); the entry keeps the tool alive
+        info = self._tools.get(id(tool))
+        if info is None:
+            info = self._tools[id(tool)] = _ToolInfo(
+                tool, injected_arg_names(tool), _call_schema(tool)
+            )
+            self._by_name[tool.name] = tool
+        return info
 
     def _injected_of(self, tool: BaseTool | None) -> frozenset[str]:
-        if tool is None:
-            return _ALWAYS_INJECTED
-        # keyed by id() (tools are not hashable); the tool is kept so its id stays unique
-        entry = self._injected.get(id(tool))
-        if entry is None:
-            entry = self._injected[id(tool)] = (tool, injected_arg_names(tool))
-        return entry[1]
+        info = self._remember(tool)
+        return _ALWAYS_INJECTED if info is None else info.injected
 
-    def _decide(self, request: ToolCallRequest) -> _Decision | None:
+    def _injected_names(self, name: str) -> tuple[str, ...]:
+        if isinstance(self.key_injected, dict):
+            return self.key_injected.get(name, ())
+        return self.key_injected
+
+    def _injected_json(self, request: ToolCallRequest, names: tuple[str, ...]) -> str | None:
+        """Canonical JSON of the named values from the state, else the runtime context
+        (``None``: one is missing)."""
+        context = getattr(request.runtime, "context", None)
+        values = {}
+        for n in names:
+            value = _field(request.state, n)
+            if value is None:
+                value = _field(context, n)
+            if value is None:
+                if names not in self._warned_injected:
+                    self._warned_injected.add(names)
+                    logger.warning(
+                        "ToolCache keys tool calls by %s but this call's state and "
+                        "context have no %r: the cache is bypassed (nothing read or stored)",
+                        ", ".join(names), n,
+                    )  # fmt: skip
+                return None
+            values[n] = value
+        return canonical_args(values)
+
+    def _decide(self, request: ToolCallRequest, control: CacheControl) -> _Decision | None:
+        if control.skip:
+            return None
         call = request.tool_call
         name = call["name"]
         config = getattr(request.runtime, "config", None) or {}
@@ -333,12 +509,27 @@ class ToolCache(CacheCore):
         ttl = self.effective_ttl(name, override)
         if isinstance(ttl, str):  # "no-cache"
             return None
+        if control.ttl is not None:
+            ttl = control.ttl
+        scope: tuple[str, ...] | None = ()
+        if self.scope:
+            scope = scope_values(config, self.scope, getattr(request.runtime, "context", None))
+            if scope is None:
+                warn_missing_scope(self, self.scope)
+                return None
+        names = self._injected_names(name)
+        injected = None
         try:
-            key = self.key_for(name, call.get("args") or {}, request.tool)
+            if names:
+                injected = self._injected_json(request, names)
+                if injected is None:
+                    return None
+            tool = request.tool or self._by_name.get(name)
+            key = self._key(name, call.get("args") or {}, tool, scope or (), injected)
         except (TypeError, ValueError) as exc:
             logger.info("tool %r: arguments not cacheable (%s); running uncached", name, exc)
             return None
-        return _Decision(name, key, ttl)
+        return _Decision(name, key, ttl, read=not control.refresh)
 
     def _payload(self, result: Any, run_ms: int) -> bytes | None:
         if not isinstance(result, ToolMessage) or result.status == "error":
@@ -403,34 +594,75 @@ class ToolCache(CacheCore):
             return
         self._parse_policies(raw or {})
 
-    def _plan_tool_call(self, request: ToolCallRequest) -> Plan:
+    def _plan_tool_call(self, request: ToolCallRequest, control: CacheControl) -> Plan:
         """Serve the call from the cache or run it (``COMPUTE``) and store the result.
         Returns a :class:`Flight` (``None``: the call was not cacheable, it just ran)."""
         yield from self._plan_policies()
-        decision = self._decide(request)
+        decision = self._decide(request, control)
         if decision is None:
             yield COMPUTE
             return None
-        return (yield from self._plan_entry(decision.name, decision.key, decision.ttl, self._load))
+        return (
+            yield from self._plan_entry(
+                decision.name, decision.key, decision.ttl, self._load, read=decision.read
+            )
+        )
 
     def _plan_entry(
-        self, name: str, key: str, ttl: float | None, load: Callable[[bytes], Any]
+        self,
+        name: str,
+        key: str,
+        ttl: float | None,
+        load: Callable[[bytes], Any],
+        *,
+        read: bool = True,
     ) -> Plan:
         """Get ``key`` or run ``COMPUTE`` (which replies ``(summary, payload)``, the
-        summary holding ``run_ms`` and ``cacheable``) and store it; count per ``name``."""
-        if self.single_flight:
-            flight = yield from flight_plan(key, ttl, load, self.flight)
-        else:
-            flight = yield from self._plan_no_flight(key, ttl, load)
+        summary holding ``run_ms`` and ``cacheable``) and store it; count per ``name``.
+        ``read=False`` (a refresh) runs ``COMPUTE`` and overwrites the entry."""
+        flight: Flight[Any] | None = None
+        if not read:
+            flight = yield from self._plan_refresh(key, ttl)
+        elif self.local_cache and self.single_flight:
+            # the lease script is never served locally: a plain GET first, which the L1
+            # answers on a repeat; single-flight only for a miss
+            flight = yield from self._plan_local(key, load)
+        if flight is None:
+            if self.single_flight:
+                flight = yield from flight_plan(key, ttl, load, self.flight)
+            else:
+                flight = yield from self._plan_no_flight(key, ttl, load)
         stats_key = self.keys.stats(name)
         if flight.computed:
             summary = flight.value
             uncacheable = 0 if summary["cacheable"] else 1
             fields = {"run_ms": summary["run_ms"], "uncacheable": uncacheable}
-            yield Tally(misses=1, stats_key=stats_key, fields=fields)
+            yield Tally(misses=1, stats_key=stats_key, fields=fields, tool=name)
         else:
-            yield Tally(hits=1, saved_ms=int(flight.value.get("run_ms", 0)), stats_key=stats_key)
+            saved_ms = int(flight.value.get("run_ms", 0))
+            yield Tally(hits=1, saved_ms=saved_ms, stats_key=stats_key, tool=name)
         return flight
+
+    def _plan_local(self, key: str, load: Callable[[bytes], Any]) -> Plan:
+        try:
+            raw = yield Cmd(("GET", key))
+            if raw is not None:
+                return Flight(load(raw), "hit")
+        except CacheUnavailable:
+            pass  # the flight plan finds the breaker open too and runs the tool
+        except (ValueError, TypeError) as exc:
+            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
+        return None
+
+    def _plan_refresh(self, key: str, ttl: float | None) -> Plan:
+        summary, payload = yield COMPUTE
+        if payload is not None:
+            px = () if ttl is None else ("PX", max(1, int(ttl * 1000)))
+            try:
+                yield Cmd(("SET", key, payload, *px))
+            except CacheUnavailable:
+                pass
+        return Flight(summary, "leader")
 
     def _plan_no_flight(self, key: str, ttl: float | None, load: Callable[[bytes], Any]) -> Plan:
         try:
@@ -451,11 +683,17 @@ class ToolCache(CacheCore):
                 pass
         return Flight(summary, "leader")
 
-    def _plan_invalidate(self, tool: str, args: Mapping[str, Any] | None) -> Plan:
+    def _plan_invalidate(
+        self,
+        tool: str | BaseTool,
+        args: Mapping[str, Any] | None,
+        scope: Mapping[str, Any] | None,
+    ) -> Plan:
+        name, obj = (tool, None) if isinstance(tool, str) else (tool.name, tool)
         if args is not None:
-            key = self.key_for(tool, args)
+            key = self.key_for(name, args, obj, scope=scope)
             return int((yield Cmd(("DEL", key, lease_key(key)))))
-        keys = yield Scan(self.keys.tool_pattern(tool))
+        keys = yield Scan(self.keys.tool_pattern(name))
         return (yield from unlink_plan(keys, self._aexec.cluster))
 
     def _plan_policy(self, tool: str, policy: ToolPolicy | None) -> Plan:
@@ -482,13 +720,17 @@ class ToolCache(CacheCore):
     ) -> ToolMessage | Command[Any]:
         """``ToolNode(wrap_tool_call=...)`` hook: serve from the cache or run and store."""
         box: dict[str, Any] = {}
+        control = _control_of(request)
 
         def compute() -> tuple[Any, bytes | None]:
             start = time.perf_counter()
             return self._ran(box, execute(request), start)
 
         flight = self._run(
-            self._plan_tool_call(request), "tool_call", compute=compute, fallback=fallback_pair
+            self._plan_tool_call(request, control),
+            "tool_call",
+            compute=compute,
+            fallback=fallback_pair,
         )
         return self._answer(flight, box, request)
 
@@ -497,9 +739,18 @@ class ToolCache(CacheCore):
             return box["result"]
         return self._message(flight.value, request)
 
-    def invalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
-        """Drop one call's entry (``args`` given) or every entry of ``tool``; returns count."""
-        return self._run_strict(self._plan_invalidate(tool, args), "invalidate")
+    def invalidate(
+        self,
+        tool: str | BaseTool,
+        args: Mapping[str, Any] | None = None,
+        *,
+        scope: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Drop one call's entry (``args`` given, normalised like calls are: pass the tool
+        or call it through this cache first) or every entry of ``tool`` in every scope;
+        returns the count. A scoped cache's one-call form needs ``scope`` (see
+        :meth:`key_for`)."""
+        return self._run_strict(self._plan_invalidate(tool, args, scope), "invalidate")
 
     def set_policy(self, tool: str, ttl: float | None = None, *, enabled: bool = True) -> None:
         """Store a policy in Valkey for every process (``tool="*"`` sets the default)."""
@@ -544,19 +795,29 @@ class ToolCache(CacheCore):
     ) -> ToolMessage | Command[Any]:
         """``ToolNode(awrap_tool_call=...)`` hook: the async form of :meth:`wrap`."""
         box: dict[str, Any] = {}
+        control = _control_of(request)
 
         async def compute() -> tuple[Any, bytes | None]:
             start = time.perf_counter()
             return self._ran(box, await execute(request), start)
 
         flight = await self._arun(
-            self._plan_tool_call(request), "tool_call", compute=compute, fallback=fallback_pair
+            self._plan_tool_call(request, control),
+            "tool_call",
+            compute=compute,
+            fallback=fallback_pair,
         )
         return self._answer(flight, box, request)
 
-    async def ainvalidate(self, tool: str, args: Mapping[str, Any] | None = None) -> int:
+    async def ainvalidate(
+        self,
+        tool: str | BaseTool,
+        args: Mapping[str, Any] | None = None,
+        *,
+        scope: Mapping[str, Any] | None = None,
+    ) -> int:
         """Async :meth:`invalidate`."""
-        return await self._arun_strict(self._plan_invalidate(tool, args), "invalidate")
+        return await self._arun_strict(self._plan_invalidate(tool, args, scope), "invalidate")
 
     async def aset_policy(
         self, tool: str, ttl: float | None = None, *, enabled: bool = True
@@ -638,6 +899,13 @@ def _totals(per_tool: Iterable[ToolStats]) -> CacheStats:
     for st in per_tool:
         total += CacheStats(hits=st.hits, misses=st.misses, saved_ms=st.saved_ms)
     return total
+
+
+def _control_of(request: ToolCallRequest) -> CacheControl:
+    """The request's ``cache_control`` (read before the plan runs: a malformed one raises
+    ``ValueError`` to the caller instead of failing open)."""
+    config = getattr(request.runtime, "config", None)
+    return read_control(config) if config else NO_CONTROL
 
 
 def fallback_pair(computed: Any) -> Flight[Any]:
