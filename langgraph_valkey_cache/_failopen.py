@@ -13,9 +13,9 @@ The executor alone owns the failure policy (DESIGN.md, "Faults"):
   on that server. A transient failure (connection refused or reset, timeout) opens it;
   while open, every I/O step is refused at once (no round trip). After a cooldown one
   caller's step is let through as the probe (half-open); success closes the breaker.
-  The cooldown starts at 0.25 s and doubles, up to 2 s, only while probes time out
+  The cooldown starts at 0.25 s and doubles, up to 1 s, only while probes time out
   (each costs its caller the budget); a refused connection costs nothing, so a dead
-  server is probed every 0.25 s. Caching therefore resumes within 2 s of the server's
+  server is probed every 0.25 s. Caching therefore resumes about a second after the server's
   return. One warning per outage, one info line when the server is back.
 * **Budget.** Async steps run under a deadline of ``timeout`` seconds each, whatever the
   client (a user's client without timeouts included). Sync steps are bounded by the
@@ -267,7 +267,7 @@ class Breaker:
     """
 
     def __init__(
-        self, name: str = "", first_cooldown: float = 0.25, max_cooldown: float = 2.0
+        self, name: str = "", first_cooldown: float = 0.25, max_cooldown: float = 1.0
     ) -> None:
         if first_cooldown < 0 or max_cooldown < first_cooldown:
             raise ValueError("cooldowns must satisfy 0 <= first_cooldown <= max_cooldown")

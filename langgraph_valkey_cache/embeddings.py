@@ -83,7 +83,8 @@ class ValkeyByteStore(CacheCore, ByteStore):
         else:
             values = yield Cmd(("MGET", *names))
         hits = sum(v is not None for v in values)
-        yield Tally(hits=hits, misses=len(values) - hits)
+        # each vector found is a text the model did not embed again
+        yield Tally(hits=hits, misses=len(values) - hits, calls_saved=hits)
         return list(values)
 
     def _plan_mset(self, pairs: Sequence[tuple[str, bytes]]) -> Plan:
