@@ -129,13 +129,17 @@ async def test_async_stats_and_the_cli(valkey_url: str, prefix: str, capsys: Any
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["llm"]["hits"] == 3 and report["llm"]["saved_usd"] == 0.75
-    assert report["tools"]["prefix"] == p["tools"]
+    assert report["tools"]["prefixes"] == [p["tools"]]
+    assert report["tools"]["caches"][p["tools"]]["hits"] == 2
+    assert "semantic" not in report and "provider_prompt_cache" in report
     await aclient.aclose()
 
 
 def test_cli_without_stats(valkey_url: str, prefix: str, capsys: Any) -> None:
     args = ["--url", valkey_url, "stats"]
-    args += [f"--{t}-prefix={prefix}{t}" for t in ("llm", "semantic", "node", "tools")]
+    args += [
+        f"--{t}-prefix={prefix}{t}" for t in ("llm", "semantic", "node", "tools", "embeddings")
+    ]
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("no cache stats under")
 

@@ -1,0 +1,268 @@
+"""The savings ledger (issue 13): LLM-cache hits add the cached response's tokens and
+genai-prices' price for them, provider prompt caching is read from the responses that
+pass through and priced apart, every cache names itself in the server's registry, and
+``stats --json`` reports it all. Real servers, a scripted model (no network)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from genai_prices import Usage, calc_price
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult, Generation
+
+from langgraph_valkey_cache import ToolCache, ValkeyCache, ValkeyNodeCache, cached
+from langgraph_valkey_cache.__main__ import main
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache._prices import Pricer, TokenPrices, TokenUsage, model_of
+from langgraph_valkey_cache._stats import REGISTRY_KEY
+from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
+from langgraph_valkey_cache.testing import HashingEmbeddings
+
+IN, OUT = 1200, 300
+
+
+class PricedModel(BaseChatModel):
+    """A scripted chat model that reports a model name and token usage, as OpenAI's and
+    Anthropic's integrations do (``response_metadata["model_name"]``, ``usage_metadata``
+    with ``input_token_details``)."""
+
+    model_name: str = "gpt-4o-mini"
+    cache_read: int = 0
+    cache_creation: int = 0
+    calls: int = 0
+    seen_kwargs: list[dict[str, Any]] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "priced-scripted"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name}
+
+    def _message(self, messages: list[BaseMessage]) -> AIMessage:
+        self.calls += 1
+        details = {}
+        if self.cache_read:
+            details["cache_read"] = self.cache_read
+        if self.cache_creation:
+            details["cache_creation"] = self.cache_creation
+        usage: dict[str, Any] = {
+            "input_tokens": IN, "output_tokens": OUT, "total_tokens": IN + OUT,
+        }  # fmt: skip
+        if details:
+            usage["input_token_details"] = details
+        return AIMessage(
+            content=f"answer to {messages[-1].content}",
+            usage_metadata=usage,  # type: ignore[arg-type]
+            response_metadata={"model_name": self.model_name, "model_provider": "openai"},
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.seen_kwargs.append(kwargs)
+        return ChatResult(generations=[ChatGeneration(message=self._message(messages))])
+
+
+def _price(**usage: int) -> float:
+    return float(calc_price(Usage(**usage), "gpt-4o-mini").total_price)
+
+
+def _provider_saving(model: str, inp: int, read: int, write: int) -> float:
+    full = calc_price(Usage(input_tokens=inp), model).input_price
+    billed = calc_price(
+        Usage(input_tokens=inp, cache_read_tokens=read or None, cache_write_tokens=write or None),
+        model,
+    ).input_price
+    return float(full - billed)
+
+
+def _stats_json(url: str, capsys: Any, *args: str) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["--url", url, "stats", "--json", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one JSON object
+    return json.loads(out)
+
+
+def test_hits_without_cost_of_are_priced_by_genai_prices(
+    valkey_url: str, prefix: str, capsys: Any
+) -> None:
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
+    model = PricedModel(cache=cache)
+    for _ in range(3):  # 1 miss, 2 hits
+        model.invoke("What is Valkey?")
+    assert model.calls == 1
+    cache.flush_stats()
+    report = _stats_json(valkey_url, capsys, f"--llm-prefix={prefix}llm")
+    llm = report["llm"]
+    assert (llm["hits"], llm["misses"]) == (2, 1)
+    assert llm["hit_rate"] == pytest.approx(2 / 3)
+    assert llm["tokens_saved"] == 2 * (IN + OUT)
+    expected = 2 * _price(input_tokens=IN, output_tokens=OUT)
+    assert expected > 0
+    assert llm["saved_usd"] == pytest.approx(expected, rel=1e-9)
+    assert llm["by_model"]["gpt-4o-mini"]["tokens_saved"] == 2 * (IN + OUT)
+    assert set(report["provider_prompt_cache"]) >= {"read_tokens", "write_tokens", "saved_usd"}
+    # the same figures from the API, this process and any other
+    st = cache.stats()
+    assert st.tokens_saved == 2 * (IN + OUT) and st.saved_usd == pytest.approx(expected)
+    client.close()
+
+
+def test_cost_of_still_overrides_the_price(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(client, prefix=prefix, metrics=False, cost_of=lambda gens: 0.5)
+    model = PricedModel(cache=cache)
+    for _ in range(3):
+        model.invoke("hi")
+    st = cache.stats()
+    assert st.saved_usd == pytest.approx(1.0)
+    assert st.tokens_saved == 2 * (IN + OUT)  # tokens are counted whatever prices them
+    client.close()
+
+
+def test_prices_override_and_model_from_the_llm_string(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(
+        client, prefix=prefix, metrics=False, prices={"my-finetune": {"input": 1, "output": 10}}
+    )
+    cache.update("q", "[('model_name', 'my-finetune')]", [
+        ChatGeneration(message=AIMessage("a", usage_metadata={
+            "input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100,
+        }))
+    ])  # fmt: skip
+    assert cache.lookup("q", "[('model_name', 'my-finetune')]") is not None
+    st = cache.stats()
+    assert st.tokens_saved == 1100
+    assert st.saved_usd == pytest.approx((1000 * 1 + 100 * 10) / 1e6)
+    assert st.by_model["my-finetune"]["hits"] == 1
+    client.close()
+
+
+def test_provider_prompt_cache_reads_are_priced_apart(
+    valkey_url: str, prefix: str, capsys: Any
+) -> None:
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
+    model = PricedModel(cache=cache, cache_read=1024)
+    model.invoke("first question")  # misses: fresh responses, each read 1024 from the
+    model.invoke("second question")  # provider's prompt cache
+    model.invoke("first question")  # our hit: not a provider figure
+    cache.flush_stats()
+    report = _stats_json(valkey_url, capsys, f"--llm-prefix={prefix}llm")
+    pc = report["provider_prompt_cache"]
+    assert (pc["read_tokens"], pc["write_tokens"]) == (2048, 0)
+    assert pc["input_tokens"] == 2 * IN and pc["read_share"] == pytest.approx(2048 / (2 * IN))
+    expected = 2 * _provider_saving("gpt-4o-mini", IN, 1024, 0)
+    assert expected > 0  # gpt-4o-mini reads cached input at half price
+    assert pc["saved_usd"] == pytest.approx(expected, rel=1e-9)
+    assert report["llm"]["provider_prompt_cache"]["read_tokens"] == 2048
+    # our own hit is priced at the full price of the cached response, reads included
+    hit_price = _price(input_tokens=IN, output_tokens=OUT, cache_read_tokens=1024)
+    assert report["llm"]["saved_usd"] == pytest.approx(hit_price, rel=1e-9)
+    client.close()
+
+
+def test_cache_write_premium_is_subtracted() -> None:
+    u = TokenUsage(input_tokens=3000, output_tokens=10, cache_read=0, cache_write=2000)
+    saving = Pricer().provider_saving("claude-sonnet-4-5", u)
+    assert saving < 0  # writing costs 1.25x the input rate, nothing read yet
+    assert saving == pytest.approx(_provider_saving("claude-sonnet-4-5", 3000, 0, 2000))
+    over = Pricer({"m": TokenPrices(input=3, output=15, cache_read=0.3, cache_write=3.75)})
+    u = TokenUsage(input_tokens=3000, cache_read=2000, cache_write=500)
+    assert over.provider_saving("m", u) == pytest.approx((2000 * 2.7 - 500 * 0.75) / 1e6)
+
+
+def test_model_names_and_unknown_models() -> None:
+    msg = AIMessage("x", response_metadata={"model": "claude-3-5-haiku-latest"})
+    assert model_of(ChatGeneration(message=msg)) == "claude-3-5-haiku-latest"
+    assert model_of(Generation(text="x"), "[('_type', 'openai'), ('model_name', 'gpt-4o')]") == (
+        "gpt-4o"
+    )
+    assert model_of(Generation(text="x"), '{"model": "gemini-2.0-flash"}---agent:{}') == (
+        "gemini-2.0-flash"
+    )
+    assert model_of(Generation(text="x"), "no model here") is None
+    # a model nobody prices: tokens count, dollars stay 0 (and "*" prices the rest)
+    assert Pricer().price("no-such-model-xyz", TokenUsage(10, 10)) == 0.0
+    assert Pricer({"*": {"input": 1, "output": 1}}).price(
+        "no-such-model-xyz", TokenUsage(10, 10)
+    ) == pytest.approx(20 / 1e6)
+    with pytest.raises(ValueError, match="unknown price fields"):
+        Pricer({"m": {"inptu": 1}})
+
+
+def test_every_cache_names_itself_in_the_registry(
+    valkey_url: str, prefix: str, capsys: Any
+) -> None:
+    client = client_from_url(valkey_url)
+    llm = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
+    llm.update("q", "m", [Generation(text="a")])
+    llm.lookup("q", "m")
+    node: ValkeyNodeCache[Any] = ValkeyNodeCache(client, prefix=f"{prefix}node", metrics=False)
+    node.get([(("n",), "k")])
+    tools = ToolCache(client, prefix=f"{prefix}tools", metrics=False)
+
+    @cached(tools, name="upper")
+    def upper(s: str) -> str:
+        return s.upper()
+
+    upper("a")
+    upper("a")
+    store = ValkeyByteStore(client, prefix=f"{prefix}emb", metrics=False)
+    emb = CachedEmbeddings(HashingEmbeddings(8), store)
+    emb.embed_documents(["one", "two"])
+    emb.embed_documents(["one", "two", "three"])
+    for c in (llm, node, tools, store):
+        c.flush_stats()
+    registry = {k.decode(): v.decode() for k, v in client.hgetall(REGISTRY_KEY).items()}
+    assert registry[f"llm:{prefix}llm"] == f"{prefix}llm:stats"
+    assert f"node:{prefix}node" in registry and f"tools:{prefix}tools" in registry
+    assert f"embeddings:{prefix}emb" in registry
+    # no prefix given: stats finds every registered cache by itself
+    report = _stats_json(valkey_url, capsys)
+    assert f"{prefix}llm" in report["llm"]["prefixes"]
+    assert report["llm"]["caches"][f"{prefix}llm"]["hits"] == 1
+    assert report["tools"]["caches"][f"{prefix}tools"]["hits"] == 1
+    assert report["node"]["caches"][f"{prefix}node"]["misses"] == 1
+    emb_stats = report["embeddings"]["caches"][f"{prefix}emb"]
+    assert (emb_stats["hits"], emb_stats["calls_saved"]) == (2, 2)  # "one", "two" again
+    for tier in ("llm", "node", "tools", "embeddings"):
+        assert {"hits", "misses", "hit_rate", "tokens_saved", "saved_usd"} <= set(report[tier])
+    client.close()
+
+
+def test_registry_written_once_per_process(valkey_url: str, prefix: str) -> None:
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(client, prefix=prefix, metrics=False, stats_flush_interval=0)
+    cache.lookup("q", "m")
+    assert cache.shared_stats.registered
+    assert cache.shared_stats.flush_commands({"k": {"hits": 1}}) == (("HINCRBY", "k", "hits", 1),)
+    client.close()
+
+
+def test_a_failed_flush_registers_later(prefix: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = client_from_url(f"valkey://127.0.0.1:{port}", socket_timeout=0.2)
+    cache = ValkeyCache(client, prefix=prefix, metrics=False)
+    cache.lookup("q", "m")  # fails open: a miss
+    cache.flush_stats()  # the server is not there: counts and registration stay pending
+    assert not cache.shared_stats.registered
+    assert cache.shared_stats.pending
+    client.close()
