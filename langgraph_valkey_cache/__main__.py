@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return _dispatch(parser, args)
+        return _dispatch(args)
     except CliError as exc:
         _fail(str(exc))
         return exc.code
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.json:
             raise CliError("demo has no --json output", EXIT_USAGE)
@@ -143,7 +143,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         run_demo(args.url)
         return 0
     if not args.url:
-        parser.error(f"{args.command} needs --url or VALKEY_URL")
+        raise CliError(f"{args.command} needs --url or VALKEY_URL", EXIT_USAGE)
     _check_url(args.url)
     if args.command == "stats":
         # prefixes given: exactly those caches; none: every cache the registry names
