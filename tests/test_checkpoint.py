@@ -784,6 +784,17 @@ def test_scripts_are_reloaded_after_a_script_flush(any_url: str, prefix: str) ->
     client.close()
 
 
+def test_single_connection_client_works(valkey_url: str, prefix: str) -> None:
+    """The sync saver sends EVALSHA on the client's own connection when it has one."""
+    client = valkey.Valkey.from_url(valkey_url, single_connection_client=True)
+    saver = ValkeySaver(client, prefix=prefix)
+    configs = _put_chain(saver, "single", 3)
+    saver.put_writes(configs[-1], [("a", 1)], "task")
+    assert saver.get_tuple(_cfg("single")).pending_writes == [("task", "a", 1)]
+    assert len(list(saver.list(_cfg("single")))) == 3
+    client.close()
+
+
 # -- CLI --------------------------------------------------------------------------------
 
 
