@@ -466,8 +466,7 @@ class ValkeyCache(CacheCore, BaseCache):
 
     # -- plans (no I/O) ------------------------------------------------------------------
 
-    def _plan_lookup_many(self, items: Sequence[tuple[str, str]]) -> Plan:
-        req = self.codec.request(self)
+    def _plan_lookup_many(self, items: Sequence[tuple[str, str]], req: LLMRequest) -> Plan:
         if not req.reads:
             return [None] * len(items)
         keys = [self.codec.key(p, s, req.scope) for p, s in items]
@@ -519,11 +518,16 @@ class ValkeyCache(CacheCore, BaseCache):
 
     # -- BaseCache ----------------------------------------------------------------------
 
+    # the request (scope, cache_control) is read before the plan runs: a malformed
+    # cache_control raises to the caller instead of failing open as a bug of ours
+
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        return self._run(self._plan_lookup(prompt, llm_string), "lookup", lookups=1)
+        plan = self._plan_lookup(prompt, llm_string, self.codec.request(self))
+        return self._run(plan, "lookup", lookups=1)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        self._run(self._plan_update(prompt, llm_string, return_val), "update")
+        plan = self._plan_update(prompt, llm_string, return_val, self.codec.request(self))
+        self._run(plan, "update")
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this cache's entries; ``llm_string=...`` deletes one model's only."""
@@ -534,10 +538,12 @@ class ValkeyCache(CacheCore, BaseCache):
         self.clear(llm_string=llm_string)
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        return await self._arun(self._plan_lookup(prompt, llm_string), "lookup", lookups=1)
+        plan = self._plan_lookup(prompt, llm_string, self.codec.request(self))
+        return await self._arun(plan, "lookup", lookups=1)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        await self._arun(self._plan_update(prompt, llm_string, return_val), "update")
+        plan = self._plan_update(prompt, llm_string, return_val, self.codec.request(self))
+        await self._arun(plan, "update")
 
     async def aclear(self, **kwargs: Any) -> None:
         await self._arun_strict(self._plan_clear(kwargs.get("llm_string")), "clear")
@@ -549,14 +555,14 @@ class ValkeyCache(CacheCore, BaseCache):
         """Look up many ``(prompt, llm_string)`` pairs in one pipelined round trip."""
         if not items:
             return []
-        plan = self._plan_lookup_many(items)
+        plan = self._plan_lookup_many(items, self.codec.request(self))
         return self._run(plan, "lookup_many", default=[None] * len(items), lookups=len(items))
 
     async def alookup_many(self, items: Sequence[tuple[str, str]]) -> list[list[Generation] | None]:
         """Async :meth:`lookup_many`."""
         if not items:
             return []
-        plan = self._plan_lookup_many(items)
+        plan = self._plan_lookup_many(items, self.codec.request(self))
         return await self._arun(
             plan, "lookup_many", default=[None] * len(items), lookups=len(items)
         )

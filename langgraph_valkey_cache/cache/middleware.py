@@ -206,10 +206,14 @@ if AgentMiddleware is not None:
         def name(self) -> str:
             return "ValkeyModelCache"
 
-        def _plan(self, request: Any) -> Plan:
-            """The whole call as one plan: ``COMPUTE`` calls the model (the handler)."""
+        def _request(self, request: Any) -> LLMRequest:
+            """Scope values and ``cache_control`` of this call (read before the plan runs:
+            a malformed ``cache_control`` raises to the caller)."""
             runtime = getattr(request, "runtime", None)
-            req = llm_request(self, self.scope, context=getattr(runtime, "context", None))
+            return llm_request(self, self.scope, context=getattr(runtime, "context", None))
+
+        def _plan(self, request: Any, req: LLMRequest) -> Plan:
+            """The whole call as one plan: ``COMPUTE`` calls the model (the handler)."""
             cache = self.cache
             ours = cache if isinstance(cache, (ValkeyCache, ValkeySemanticCache)) else None
             if not req.writes:  # skipped, or no scope value: the model, nothing stored
@@ -280,7 +284,7 @@ if AgentMiddleware is not None:
         ) -> Any:
             if request.response_format is not None:
                 return handler(request)
-            plan = self._plan(request)
+            plan = self._plan(request, self._request(request))
             compute = functools.partial(handler, request)
             if isinstance(self.cache, CacheCore):
                 return self.cache._run(plan, "model_call", compute=compute)
@@ -291,7 +295,7 @@ if AgentMiddleware is not None:
         ) -> Any:
             if request.response_format is not None:
                 return await handler(request)
-            plan = self._plan(request)
+            plan = self._plan(request, self._request(request))
             compute = functools.partial(handler, request)
             if isinstance(self.cache, CacheCore):
                 return await self.cache._arun(plan, "model_call", compute=compute)

@@ -540,9 +540,12 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         return gens
 
     def _plan_check_batch(
-        self, prompts: Sequence[str], llm_string: str, distance_threshold: float | None
+        self,
+        prompts: Sequence[str],
+        llm_string: str,
+        distance_threshold: float | None,
+        req: LLMRequest,
     ) -> Plan:
-        req = self.codec.request(self)
         if not req.reads:
             return [None] * len(prompts)
         yield from self._plan_ready()
@@ -692,20 +695,24 @@ class ValkeySemanticCache(CacheCore, BaseCache):
     def lookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
-        plan = self._plan_lookup(prompt, llm_string, distance_threshold=distance_threshold)
+        req = self.codec.request(self)  # before the plan: a bad cache_control raises
+        plan = self._plan_lookup(prompt, llm_string, req, distance_threshold)
         return self._run(plan, "lookup", lookups=1)
 
     async def alookup(
         self, prompt: str, llm_string: str, *, distance_threshold: float | None = None
     ) -> RETURN_VAL_TYPE | None:
-        plan = self._plan_lookup(prompt, llm_string, distance_threshold=distance_threshold)
+        req = self.codec.request(self)
+        plan = self._plan_lookup(prompt, llm_string, req, distance_threshold)
         return await self._arun(plan, "lookup", lookups=1)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        self._run(self._plan_update(prompt, llm_string, return_val), "update")
+        plan = self._plan_update(prompt, llm_string, return_val, self.codec.request(self))
+        self._run(plan, "update")
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        await self._arun(self._plan_update(prompt, llm_string, return_val), "update")
+        plan = self._plan_update(prompt, llm_string, return_val, self.codec.request(self))
+        await self._arun(plan, "update")
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this cache's entries (``llm_string=...``: one model's); keeps the index
@@ -727,7 +734,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
     ) -> list[list[Generation] | None]:
         """Look up many prompts: one read of the cached vectors and one pipelined round
         trip of searches (one search per round trip on a cluster)."""
-        plan = self._plan_check_batch(prompts, llm_string, distance_threshold)
+        plan = self._plan_check_batch(
+            prompts, llm_string, distance_threshold, self.codec.request(self)
+        )
         n = len(prompts)
         return self._run(plan, "check_batch", default=[None] * n, lookups=n) if n else []
 
@@ -735,7 +744,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         self, prompts: Sequence[str], llm_string: str, *, distance_threshold: float | None = None
     ) -> list[list[Generation] | None]:
         """Async :meth:`check_batch`."""
-        plan = self._plan_check_batch(prompts, llm_string, distance_threshold)
+        plan = self._plan_check_batch(
+            prompts, llm_string, distance_threshold, self.codec.request(self)
+        )
         n = len(prompts)
         return await self._arun(plan, "check_batch", default=[None] * n, lookups=n) if n else []
 
