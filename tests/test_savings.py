@@ -12,7 +12,7 @@ import pytest
 from genai_prices import Usage, calc_price
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, Generation
 
 from langgraph_valkey_cache import ToolCache, ValkeyCache, ValkeyNodeCache, cached
@@ -40,6 +40,9 @@ class PricedModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "priced-scripted"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -265,4 +268,107 @@ def test_a_failed_flush_registers_later(prefix: str) -> None:
     cache.flush_stats()  # the server is not there: counts and registration stay pending
     assert not cache.shared_stats.registered
     assert cache.shared_stats.pending
+    client.close()
+
+
+def test_semantic_and_middleware_hits_are_ledgered(
+    valkey_url: str, search_url: str, prefix: str
+) -> None:
+    from langchain.agents import create_agent
+
+    from langgraph_valkey_cache import ValkeySemanticCache
+    from langgraph_valkey_cache.cache.middleware import ModelCacheMiddleware
+
+    sclient = client_from_url(search_url)
+    sem = ValkeySemanticCache(sclient, HashingEmbeddings(32), prefix=prefix, metrics=False)
+    model = PricedModel(cache=sem)
+    for _ in range(2):
+        model.invoke("What is Valkey?")
+    assert model.calls == 1
+    st = sem.stats()
+    assert (st.hits, st.tokens_saved) == (1, IN + OUT)
+    assert st.saved_usd == pytest.approx(_price(input_tokens=IN, output_tokens=OUT))
+    sclient.close()
+
+    client = client_from_url(valkey_url)
+    for single_flight in (True, False):  # the flight path and the lookup/store path
+        exact = ValkeyCache(client, prefix=f"{prefix}mw{single_flight}", metrics=False)
+        agent_model = PricedModel(cache_read=512)
+        mw = ModelCacheMiddleware(exact, single_flight=single_flight)
+        agent = create_agent(agent_model, [], middleware=[mw])
+        for _ in range(3):
+            agent.invoke({"messages": [HumanMessage("hello")]})
+        assert agent_model.calls == 1
+        st = exact.stats()
+        assert (st.hits, st.misses, st.tokens_saved) == (2, 1, 2 * (IN + OUT))
+        assert st.provider_read_tokens == 512  # counted once, on the one fresh response
+        assert st.provider_saved_usd == pytest.approx(_provider_saving("gpt-4o-mini", IN, 512, 0))
+    client.close()
+
+
+def test_composes_with_anthropic_prompt_caching(valkey_url: str, prefix: str) -> None:
+    """Ours outside, LangChain's AnthropicPromptCachingMiddleware inside: our hits skip
+    the model; each miss goes out with Anthropic's cache_control, and the cache reads and
+    writes Anthropic reports come back through us and are priced."""
+    from langchain.agents import create_agent
+    from langchain_anthropic import ChatAnthropic
+    from langchain_anthropic.middleware import AnthropicPromptCachingMiddleware
+
+    from langgraph_valkey_cache.cache.middleware import ModelCacheMiddleware
+
+    class ScriptedClaude(ChatAnthropic):
+        """ChatAnthropic (so the middleware applies) answering from a script: the first
+        call writes the prompt prefix to Anthropic's cache, later ones read it."""
+
+        calls: int = 0
+        seen: list[dict[str, Any]] = []
+
+        def _generate(
+            self,
+            messages: list[BaseMessage],
+            stop: list[str] | None = None,
+            run_manager: CallbackManagerForLLMRun | None = None,
+            **kwargs: Any,
+        ) -> ChatResult:
+            self.calls += 1
+            self.seen.append(kwargs)
+            details = {"cache_creation": 4000} if self.calls == 1 else {"cache_read": 4000}
+            msg = AIMessage(
+                f"answer {self.calls}",
+                usage_metadata={
+                    "input_tokens": 5000, "output_tokens": 50, "total_tokens": 5050,
+                    "input_token_details": details,  # type: ignore[typeddict-item]
+                },
+                response_metadata={"model_name": self.model, "model_provider": "anthropic"},
+            )  # fmt: skip
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    model = ScriptedClaude(model="claude-sonnet-4-5", api_key="offline")  # type: ignore[call-arg]
+    client = client_from_url(valkey_url)
+    cache = ValkeyCache(client, prefix=prefix, metrics=False)
+    agent = create_agent(
+        model,
+        [],
+        system_prompt="You answer questions about Valkey. " * 50,
+        middleware=[ModelCacheMiddleware(cache), AnthropicPromptCachingMiddleware()],
+    )
+    agent.invoke({"messages": [HumanMessage("first")]})  # miss: writes the prefix
+    agent.invoke({"messages": [HumanMessage("first")]})  # our hit: no model call
+    agent.invoke({"messages": [HumanMessage("second")]})  # miss: reads the prefix
+    assert model.calls == 2
+    assert all(kw.get("cache_control") == {"type": "ephemeral", "ttl": "5m"} for kw in model.seen)
+    st = cache.stats()
+    assert (st.hits, st.misses) == (1, 2)
+    assert (st.provider_read_tokens, st.provider_write_tokens) == (4000, 4000)
+    expected = _provider_saving("claude-sonnet-4-5", 5000, 0, 4000) + _provider_saving(
+        "claude-sonnet-4-5", 5000, 4000, 0
+    )
+    assert st.provider_saved_usd == pytest.approx(expected, rel=1e-9)
+    # our hit served the first answer: its tokens, at what that call cost
+    assert st.tokens_saved == 5050
+    first = calc_price(
+        Usage(input_tokens=5000, output_tokens=50, cache_write_tokens=4000), "claude-sonnet-4-5"
+    )
+    assert st.saved_usd == pytest.approx(float(first.total_price), rel=1e-9)
+    assert st.by_model["claude-sonnet-4-5"]["provider.read_tokens"] == 4000
     client.close()
