@@ -1,0 +1,187 @@
+"""Every ```python block of README.md runs, against a real embedded server.
+
+Each block is one test. ``valkey://localhost:6379`` in a block becomes the test server's
+URL (a valkey-server with an FT.* module, so store search runs too). A block runs in a
+fresh namespace holding what the README's prose assumes the reader already has (see
+:func:`_context`: ``url``, ``client``, ``aclient``, ``builder``, ``model``, ``tools``,
+``config``, ``index``, ``expensive``). Top-level ``await`` is allowed: such a block runs in
+its own event loop.
+
+A block can be skipped only with a visible reason, an HTML comment on the line right
+before its fence: ``<!-- readme-test: skip: why -->``.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_URL = "valkey://localhost:6379"
+_SKIP = re.compile(r"<!--\s*readme-test:\s*skip:\s*(?P<reason>\S.*?)\s*-->")
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # of the opening fence, 1-based
+    section: str
+    source: str
+    skip: str | None
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", self.section.lower()).strip("-")[:40]
+        return f"L{self.line}-{slug}"
+
+
+def python_blocks(text: str) -> list[Block]:
+    """The ```python blocks of a Markdown text, with the heading each sits under."""
+    blocks: list[Block] = []
+    section, lines = "(top)", text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            section = line.lstrip("#").strip()
+        fence = re.match(r"^(\s*)```(\S*)", line)
+        if fence:
+            indent, lang = fence.group(1), fence.group(2)
+            end = i + 1
+            while end < len(lines) and not lines[end].strip().startswith("```"):
+                end += 1
+            if lang == "python":
+                body = [
+                    ln[len(indent) :] if ln.startswith(indent) else ln for ln in lines[i + 1 : end]
+                ]
+                skip = _SKIP.search(lines[i - 1]) if i else None
+                blocks.append(
+                    Block(i + 1, section, "\n".join(body) + "\n", skip and skip["reason"])
+                )
+            i = end
+        i += 1
+    return blocks
+
+
+BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+
+
+def test_the_readme_has_python_blocks_and_few_skips() -> None:
+    assert len(BLOCKS) >= 8
+    assert sum(b.skip is not None for b in BLOCKS) <= 2
+
+
+def test_block_extraction() -> None:
+    text = (
+        "# A\n```python\nx = 1\n```\n## B\n<!-- readme-test: skip: needs a GPU -->\n"
+        "```python\ny = 2\n```\n```bash\nls\n```\n- item\n\n  ```python\n  z = 3\n  ```\n"
+    )
+    got = python_blocks(text)
+    assert [(b.line, b.section, b.source, b.skip) for b in got] == [
+        (2, "A", "x = 1\n", None),
+        (7, "B", "y = 2\n", "needs a GPU"),
+        (15, "B", "z = 3\n", None),
+    ]
+
+
+# -- what the prose assumes you have ------------------------------------------------------
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Current weather for a city."""
+    return f"sunny in {city}"
+
+
+class _Model(BaseChatModel):
+    """A chat model that answers every prompt with the same text (no API key)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "readme-fake"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        return self
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("hello"))])
+
+
+def _context(url: str) -> dict[str, Any]:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    from langgraph_valkey_cache import cache_client_from_url
+
+    model = _Model()
+
+    def chat(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    def expensive(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage("expensive result")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("chat", chat)
+    builder.add_edge(START, "chat")
+    return {
+        "__name__": "readme",
+        "url": url,
+        "client": cache_client_from_url(url),
+        "builder": builder,
+        "model": model,
+        "tools": [get_weather],
+        "config": {"configurable": {"thread_id": "readme"}},
+        "index": {"dims": 16, "embed": DeterministicFakeEmbedding(size=16), "fields": ["text"]},
+        "expensive": expensive,
+    }
+
+
+@pytest.fixture
+def context(redisearch_url: str) -> Iterator[dict[str, Any]]:
+    from langchain_core.globals import set_llm_cache
+
+    ns = _context(redisearch_url)
+    yield ns
+    set_llm_cache(None)
+    ns["client"].close()
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_readme_block_runs(block: Block, context: dict[str, Any], redisearch_url: str) -> None:
+    if block.skip:
+        pytest.skip(f"README line {block.line}: {block.skip}")
+    source = block.source.replace(README_URL, redisearch_url)
+    code = compile(source, f"README.md:{block.line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    if code.co_flags & inspect.CO_COROUTINE:
+        asyncio.run(_run_async(code, context))
+    else:
+        exec(code, context)
+
+
+async def _run_async(code: Any, ns: dict[str, Any]) -> None:
+    from langgraph_valkey_cache import cache_client_from_url
+
+    ns["aclient"] = cache_client_from_url(ns["url"], asyncio=True)
+    try:
+        await eval(code, ns)
+    finally:
+        await ns["aclient"].aclose()
