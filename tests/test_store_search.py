@@ -192,6 +192,37 @@ async def test_post_filter_never_returns_fewer_than_limit(
 
 @pytest.mark.search
 @pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_one_round_trip_and_vector_docs_without_item_copy(
+    flavour: str, search_url: str, prefix: str
+) -> None:
+    """A search is one FT.SEARCH returning whole items; vector docs written before they
+    carried the item (no ``it`` field) are still found, with one fetch of the items."""
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(flavour, search_url, prefix=prefix, index=_index(emb)) as store:
+        await call(store, "setup")
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, _docs(40, seed=3))
+        want = mem.search(("mem",), query="alice lisbon", limit=5)
+        with count_commands() as log:
+            got = await call(store, "search", ("mem",), query="alice lisbon", limit=5)
+        assert log.round_trips == 1 and log.commands == ["FT.SEARCH"]
+        _same_ranking(got, want)
+        raw = client_from_url(search_url)
+        for key in raw.scan_iter(match=f"{prefix}:v-*"):
+            raw.hdel(key, "it")
+        with count_commands() as log:
+            old = await call(store, "search", ("mem",), query="alice lisbon", limit=5)
+        # the KNN, then the items fetched by the store's read script
+        assert log.commands.count("FT.SEARCH") == 1 and "EVALSHA" in log.commands
+        _same_ranking(old, want)
+        for hit in [*got, *old]:  # whole items, as stored
+            stored = mem.get(tuple(hit.namespace), hit.key)
+            assert stored is not None and hit.value == stored.value
+        raw.close()
+
+
+@pytest.mark.search
+@pytest.mark.parametrize("flavour", FLAVOURS)
 async def test_vectors_follow_item_lifecycle(flavour: str, search_url: str, prefix: str) -> None:
     emb = HashingEmbeddings(DIMS)
     async with open_store(flavour, search_url, prefix=prefix, index=_index(emb)) as store:
