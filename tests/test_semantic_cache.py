@@ -739,3 +739,96 @@ async def test_one_client_serves_both_apis(search_url: str, prefix: str) -> None
     await only_async.adrop_index()
     sync.close()
     await aclient.aclose()
+
+
+# -- issue 12: embedder identity, scopes, cache_control, agent replays --------------------
+
+
+def test_another_embedder_never_compares_old_vectors(sclient: Any, prefix: str) -> None:
+    """Same dimensions, another model (seed) or id: the old entries are never candidates,
+    even for the identical prompt (distance 0 with the old model)."""
+    first = _cache(sclient, HashingEmbeddings(256, seed=0), prefix)
+    first.setup()
+    first.update(Q, "llm", [Generation(text="Paris")])
+    assert first.lookup(Q, "llm") == [Generation(text="Paris")]
+    other_model = _cache(sclient, HashingEmbeddings(256, seed=1), prefix)
+    other_model.setup()
+    assert other_model.nearest(Q, "llm") is None, "no vector of the old model is compared"
+    assert other_model.lookup(Q, "llm") is None
+    named = _cache(sclient, HashingEmbeddings(256, seed=0), prefix, embeddings_namespace="m2")
+    assert named.lookup(Q, "llm") is None
+    same = _cache(sclient, HashingEmbeddings(256, seed=0), prefix)
+    assert same.lookup(Q, "llm") == [Generation(text="Paris")], "the same model still hits"
+    assert first.embedder_id != other_model.embedder_id
+    # the dimensions: another size on this index is refused at setup, never compared
+    with pytest.raises(ValueError, match="dimensional"):
+        _cache(sclient, HashingEmbeddings(128, seed=0), prefix).setup()
+    first.drop_index()
+
+
+def test_semantic_scope(sclient: Any, emb: HashingEmbeddings, prefix: str) -> None:
+    from langgraph_valkey_cache.cache.llm import cache_config
+
+    c = _cache(sclient, emb, prefix, scope=("user_id",))
+    c.setup()
+    with cache_config({"configurable": {"user_id": "a"}}):
+        c.update(Q, "llm", [Generation(text="for a")])
+        assert c.lookup(PARAPHRASE, "llm") == [Generation(text="for a")]
+    with cache_config({"configurable": {"user_id": "b"}}):
+        assert c.lookup(Q, "llm") is None, "never an answer across scopes"
+        c.update(Q, "llm", [Generation(text="for b")])
+        assert c.lookup(Q, "llm") == [Generation(text="for b")]
+    calls = emb.calls
+    assert c.lookup(Q, "llm") is None  # no user_id: bypassed, nothing embedded
+    c.update(Q, "llm", [Generation(text="nobody")])
+    assert emb.calls == calls
+    with cache_config({"configurable": {"user_id": "a"}}):
+        assert c.lookup(Q, "llm") == [Generation(text="for a")]
+    assert len(sclient.keys(f"{prefix}:s:*")) == 2
+    c.drop_index()
+
+
+async def test_semantic_cache_control(aclient: Any, emb: HashingEmbeddings, prefix: str) -> None:
+    from langgraph_valkey_cache.cache.llm import cache_config
+
+    c = _cache(aclient, emb, prefix)
+    await c.asetup()
+
+    def control(**kw: Any) -> Any:
+        return cache_config({"configurable": {"cache_control": kw}})
+
+    with control(skip=True):
+        await c.aupdate(Q, "llm", [Generation(text="skipped")])
+    assert await c.alookup(Q, "llm") is None
+    with control(ttl=15):
+        await c.aupdate(Q, "llm", [Generation(text="one")])
+    (key,) = await aclient.keys(f"{prefix}:s:*")
+    assert 0 < await aclient.pttl(key) <= 15_000
+    with control(refresh=True):
+        assert await c.alookup(Q, "llm") is None, "refresh: no read"
+        await c.aupdate(Q, "llm", [Generation(text="two")])
+    assert await c.alookup(Q, "llm") == [Generation(text="two")]
+    assert await aclient.pttl(key) == -1, "the refreshed entry has the cache's TTL (none)"
+    await c.adrop_index()
+
+
+def test_semantic_agent_replay_context(sclient: Any, emb: HashingEmbeddings, prefix: str) -> None:
+    """The TAG's context is projected like exact keys: the follow-up prompt of a replay
+    (earlier answer now with other ids, usage and metadata) finds its entry."""
+    c = _cache(sclient, emb, prefix)
+    c.setup()
+    call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "c0"}
+    live = AIMessage("Checking.", tool_calls=[call], id="run-1",
+                     usage_metadata={"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+                     response_metadata={"model_name": "x"})  # fmt: skip
+    replayed = live.model_copy(
+        update={"id": "run-2", "usage_metadata": {**live.usage_metadata, "total_cost": 0}}  # type: ignore[dict-item]
+    )
+    tool = ToolMessage("sunny", tool_call_id="c0")
+    c.update(dumps([HumanMessage(Q), live, tool]), "llm", [Generation(text="It is sunny.")])
+    assert c.lookup(dumps([HumanMessage(Q), replayed, tool]), "llm") == [
+        Generation(text="It is sunny.")
+    ]
+    other = ToolMessage("rain", tool_call_id="c0")
+    assert c.lookup(dumps([HumanMessage(Q), replayed, other]), "llm") is None
+    c.drop_index()

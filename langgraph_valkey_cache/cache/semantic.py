@@ -574,7 +574,10 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             "ts", f"{time.time():.3f}",
         )  # fmt: skip
         ttl_ms = self.codec.entry_ttl_ms(req)
-        if ttl_ms is None:
+        if ttl_ms is None and req.control.refresh:
+            # HSET keeps an existing key's TTL: a refreshed entry is written as new
+            yield Pipe((hset, ("PERSIST", key)))
+        elif ttl_ms is None:
             yield Cmd(hset)
         else:
             # one round trip to the key's node, no MULTI (cluster pipelines refuse it) and
