@@ -153,10 +153,9 @@ def run_demo(url: str | None = None, out: Out = print) -> None:
                     _agent_turn(graph, thread, out, show_history=i == 0)
                     out(f"model calls on this thread: {model.calls - calls_before} of 2")
                     saver.delete_thread(thread)
-            # LangChain marks a cached answer (usage_metadata total_cost=0), so the
-            # follow-up prompt after a hit differs from the first thread's and misses.
-            out("(thread b: the tool-calling turn came from ValkeyCache; the follow-up")
-            out(" prompt contains the cached answer, which LangChain marks, so it misses)")
+            # keys hold what the provider sees, not the ids/usage LangChain's hit marks
+            out("(thread b: both model calls came from ValkeyCache: its keys hold what the")
+            out(" provider sees, not the ids and usage that differ on a cached answer)")
             out("\n== tool cache (ToolNode(wrap_tool_call=cache.wrap))")
             for s in tool_cache.stats().values():
                 out(f"  {s.tool}: {s.hits} hit(s), {s.misses} miss(es)")

@@ -26,7 +26,7 @@ def test_demo_command_on_embedded_server() -> None:
     assert out.count("  step ") == 6
     # every tier took part
     assert "model calls on this thread: 2 of 2" in out
-    assert "model calls on this thread: 1 of 2" in out  # first call served by ValkeyCache
+    assert "model calls on this thread: 0 of 2" in out  # the replay: all from ValkeyCache
     assert "get_weather: 1 hit(s), 1 miss(es)" in out
     assert "'summarize' ran 1 time(s) for 2 identical invocations" in out
     assert "-> 'Alice lives in Sofia, Bulgaria'" in out
