@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
+from queue import Empty
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -171,7 +172,8 @@ def client_from_url(
             pool.connection_class = _l1_connection_class(pool.connection_class)  # type: ignore[arg-type]
             return _AsyncL1Valkey.from_pool(pool)
         return avalkey.Valkey.from_pool(pool)
-    spool = valkey.BlockingConnectionPool.from_url(
+    spool_class = _L1BlockingPool if local_cache else valkey.BlockingConnectionPool
+    spool = spool_class.from_url(
         clean_url, max_connections=max_connections, timeout=timeout, **options
     )
     if local_cache:
@@ -371,6 +373,28 @@ def _l1_connection_class(base: Any) -> Any:
     return WithLocalCache
 
 
+class _L1BlockingPool(valkey.BlockingConnectionPool):
+    """valkey-py's blocking pool, minus its "connection has unread data" check at
+    checkout: with tracking on, that data is pending invalidations, and 6.2's blocking
+    pool (unlike its plain pool) then reconnects, flushing the whole L1 on every write
+    to any key it holds. The pushes are read before the next lookup or reply instead."""
+
+    def get_connection(self, command_name: Any, *keys: Any, **options: Any) -> Any:
+        self._checkpid()
+        try:
+            connection = self.pool.get(block=True, timeout=self.timeout)
+        except Empty:
+            raise VConnectionError("No connection available.") from None
+        if connection is None:
+            connection = self.make_connection()
+        try:
+            connection.connect()
+        except BaseException:
+            self.release(connection)
+            raise
+        return connection
+
+
 def _read_keys(args: tuple[Any, ...], options: dict[str, Any]) -> None:
     # valkey-py caches a reply only when the caller names its keys (client.get() does,
     # execute_command() callers such as the fail-open executor don't)
@@ -418,9 +442,12 @@ def with_local_cache(
     if kwargs.get("decode_responses"):
         raise ValueError("local_cache=True needs a client with decode_responses=False")
     options: dict[str, Any] = {"max_connections": pool.max_connections}
+    pool_class: Any = type(pool)
     if isinstance(pool, (valkey.BlockingConnectionPool, avalkey.BlockingConnectionPool)):
         options["timeout"] = pool.timeout
-    new_pool = type(pool)(
+        if isinstance(pool, valkey.BlockingConnectionPool):
+            pool_class = _L1BlockingPool
+    new_pool = pool_class(
         connection_class=_l1_connection_class(pool.connection_class), **options, **kwargs
     )
     cls = _AsyncL1Valkey if is_async_client(client) else _L1Valkey
