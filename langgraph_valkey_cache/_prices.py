@@ -314,6 +314,18 @@ def lookup_tally(
     response's tokens (``tokens_saved``) and price (``saved_usd``: ``cost_of(gens)``
     when given, else the tokens priced by ``pricer``), labelled by model."""
     pricer = pricer or DEFAULT_PRICER
+    if len(found) == 1:  # the hot path: one lookup
+        gens = found[0]
+        if gens is None:
+            return _MISS
+        ls = llm_strings if isinstance(llm_strings, str) or llm_strings is None else llm_strings[0]
+        priced = price_generations(gens, ls, pricer)
+        usd = priced.usd if priced is not None else 0.0
+        if cost_of is not None:
+            usd = _cost_of(cost_of, gens)
+        if priced is None:
+            return Tally(hits=1, saved_usd=usd, model=model_of(gens[0], ls) if gens else None)
+        return Tally(hits=1, tokens_saved=priced.usage.total, saved_usd=usd, model=priced.model)
     if isinstance(llm_strings, str) or llm_strings is None:
         llm_strings = [llm_strings] * len(found)
     hits = 0
