@@ -73,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, parents=[_common(top=True)])
     common = _common(top=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the agent demo", parents=[common])
+    demo = sub.add_parser("demo", help="run the agent demo", parents=[common])
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the demo's data (and an embedded server) in place and print the "
+        "commands that explore it",
+    )
     sub.add_parser("threads", help="list checkpoint threads (SCAN only)", parents=[common])
 
     view = argparse.ArgumentParser(add_help=False)
@@ -140,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise CliError("demo has no --json output", EXIT_USAGE)
         from langgraph_valkey_cache.demo import run_demo
 
-        run_demo(args.url)
+        run_demo(args.url, keep=args.keep)
         return 0
     if not args.url:
         raise CliError(f"{args.command} needs --url or VALKEY_URL", EXIT_USAGE)
