@@ -26,8 +26,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.runnables.config import var_child_runnable_config
+
 __all__ = [
     "CONTROL_KEY",
+    "NO_CONTROL",
     "CacheControl",
     "cache_config",
     "current_config",
@@ -81,11 +84,8 @@ def _configurable(config: Any) -> Mapping[str, Any]:
 
 def current_config() -> Mapping[str, Any] | None:
     """The config of the runnable being run in this context (LangChain sets it for the
-    duration of every ``invoke``/``ainvoke``, so ``BaseCache.lookup`` can read it)."""
-    try:
-        from langchain_core.runnables.config import var_child_runnable_config
-    except ImportError:  # pragma: no cover - langchain-core is a dependency
-        return None
+    duration of every runnable's ``invoke``/``ainvoke``: a graph node, an agent, a chain
+    step), so ``BaseCache.lookup`` can read it."""
     return var_child_runnable_config.get()
 
 
@@ -100,8 +100,6 @@ def cache_config(config: Mapping[str, Any]) -> Iterator[None]:
         with cache_config({"configurable": {"user_id": "a"}}):
             model.invoke("hi")
     """
-    from langchain_core.runnables.config import var_child_runnable_config
-
     token = var_child_runnable_config.set(config)  # type: ignore[arg-type]
     try:
         yield
