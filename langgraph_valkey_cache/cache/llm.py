@@ -38,7 +38,7 @@ from langgraph_valkey_cache._control import (
     scope_values,
     warn_missing_scope,
 )
-from langgraph_valkey_cache._failopen import Cmd, Pipe, Plan, Scan, Tally
+from langgraph_valkey_cache._failopen import BYPASS, Cmd, Pipe, Plan, Scan, Tally
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
 from langgraph_valkey_cache._prices import (
     DEFAULT_PRICER,
@@ -468,6 +468,7 @@ class ValkeyCache(CacheCore, BaseCache):
 
     def _plan_lookup_many(self, items: Sequence[tuple[str, str]], req: LLMRequest) -> Plan:
         if not req.reads:
+            yield Tally(bypassed=len(items))
             return [None] * len(items)
         keys = [self.codec.key(p, s, req.scope) for p, s in items]
         if len(keys) == 1:
@@ -484,6 +485,7 @@ class ValkeyCache(CacheCore, BaseCache):
         if req is None:
             req = self.codec.request(self)
         if not req.reads:  # skipped, refreshed or unscoped: not a lookup
+            yield BYPASS
             return None
         gens = self.codec.decode(
             (yield Cmd(("GET", self.codec.key(prompt, llm_string, req.scope))))

@@ -48,7 +48,7 @@ from langgraph_valkey_cache._control import (
     normalize_scope,
     read_control,
 )
-from langgraph_valkey_cache._failopen import COMPUTE, Call, Plan
+from langgraph_valkey_cache._failopen import BYPASS, COMPUTE, Call, Plan
 from langgraph_valkey_cache._keys import AGENT_MARKER
 from langgraph_valkey_cache._plans import arun_plan, run_plan
 from langgraph_valkey_cache._prices import fresh_tally
@@ -217,6 +217,7 @@ if AgentMiddleware is not None:
             cache = self.cache
             ours = cache if isinstance(cache, (ValkeyCache, ValkeySemanticCache)) else None
             if not req.writes:  # skipped, or no scope value: the model, nothing stored
+                yield BYPASS
                 return (yield COMPUTE)
             prompt, llm_string = request_key(request, () if ours is not None else req.scope)
             if not req.reads:  # refresh: the model, then overwrite

@@ -54,7 +54,16 @@ from langchain_core.outputs import Generation
 
 from langgraph_valkey_cache._cachebase import CacheCore
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
-from langgraph_valkey_cache._failopen import CacheUnavailable, Call, Cmd, Pipe, Plan, Scan
+from langgraph_valkey_cache._failopen import (
+    BYPASS,
+    CacheUnavailable,
+    Call,
+    Cmd,
+    Pipe,
+    Plan,
+    Scan,
+    Tally,
+)
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
 from langgraph_valkey_cache._prices import DEFAULT_PRICER, Pricer, PriceTable, fresh_tally
 from langgraph_valkey_cache._search import (
@@ -533,6 +542,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         if req is None:
             req = self.codec.request(self)
         if not req.reads:  # skipped, refreshed or unscoped: not a lookup
+            yield BYPASS
             return None
         yield from self._plan_ready()  # the dimensions are part of the TAG
         query = self.prepare(prompt, llm_string, distance_threshold, req)
@@ -547,6 +557,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         req: LLMRequest,
     ) -> Plan:
         if not req.reads:
+            yield Tally(bypassed=len(prompts))
             return [None] * len(prompts)
         yield from self._plan_ready()
         queries = [self.prepare(p, llm_string, distance_threshold, req) for p in prompts]

@@ -51,7 +51,16 @@ from langgraph_valkey_cache._control import (
     scope_values,
     warn_missing_scope,
 )
-from langgraph_valkey_cache._failopen import COMPUTE, CacheUnavailable, Cmd, Pipe, Plan, Scan, Tally
+from langgraph_valkey_cache._failopen import (
+    BYPASS,
+    COMPUTE,
+    CacheUnavailable,
+    Cmd,
+    Pipe,
+    Plan,
+    Scan,
+    Tally,
+)
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, ToolCacheKeys, lease_key
 from langgraph_valkey_cache._serde import default_serde, pack_typed, unpack_typed
 from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields
@@ -599,7 +608,8 @@ class ToolCache(CacheCore):
         Returns a :class:`Flight` (``None``: the call was not cacheable, it just ran)."""
         yield from self._plan_policies()
         decision = self._decide(request, control)
-        if decision is None:
+        if decision is None:  # not cacheable (never_cache, disabled, unscoped...)
+            yield BYPASS
             yield COMPUTE
             return None
         return (
