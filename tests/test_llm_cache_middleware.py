@@ -266,3 +266,37 @@ async def test_acached_stream_shares_invoke_entries(async_client: Any, prefix: s
 @pytest.fixture
 async def _unused() -> AsyncIterator[None]:
     yield
+
+
+@pytest.mark.search
+def test_semantic_mode_scope_and_control(search_url: str, prefix: str) -> None:
+    """The middleware on a scoped semantic cache: a paraphrase hits within a user's
+    scope only; a call without a user, or with cache_control skip, stores nothing."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Ctx:
+        user_id: str | None = None
+
+    sync = client_from_url(search_url)
+    emb = HashingEmbeddings(256)
+    cache = ValkeySemanticCache(
+        sync, emb, prefix=prefix, distance_threshold=0.08, scope="user_id", metrics=False
+    )
+    cache.setup()
+    model = _model()
+    agent = create_agent(model, [], middleware=[ModelCacheMiddleware(cache)], context_schema=Ctx)
+    ask = {"messages": [HumanMessage("What is the capital of France?")]}
+    paraphrase = {"messages": [HumanMessage("what is the capital city of France?")]}
+    agent.invoke(ask, context=Ctx("a"))
+    agent.invoke(paraphrase, context=Ctx("a"))
+    assert model.calls == 1, "a paraphrase hits in the same scope"
+    agent.invoke(paraphrase, context=Ctx("b"))
+    assert model.calls == 2, "never across scopes"
+    entries = len(list(sync.scan_iter(match=f"{prefix}:s:*")))
+    agent.invoke(ask, context=Ctx())  # no user: the model, nothing stored
+    agent.invoke(ask, {"configurable": {"cache_control": {"skip": True}}}, context=Ctx("c"))
+    assert model.calls == 4
+    assert len(list(sync.scan_iter(match=f"{prefix}:s:*"))) == entries == 2
+    cache.drop_index()
+    sync.close()
