@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from langgraph_valkey_cache import ValkeyCache
 from langgraph_valkey_cache._client import scan_keys
@@ -37,9 +37,14 @@ class Weather(BaseModel):
 class StructuredModel(GenericFakeChatModel):
     """Answers like a provider: a call of the bound tool when tools are bound, JSON
     content under a ``response_format``, else text. Each call a new temperature, so
-    an answer served from the cache is told apart from a new one."""
+    an answer served from the cache is told apart from a new one. Copies (the
+    middleware's ``model_copy``) share the call counter."""
 
-    calls: int = 0
+    counter: list[int] = Field(default_factory=lambda: [0])  # shared by copies
+
+    @property
+    def calls(self) -> int:
+        return self.counter[0]
 
     def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kwargs: Any) -> Any:
         formatted = [convert_to_openai_tool(t) for t in tools]
@@ -62,7 +67,7 @@ class StructuredModel(GenericFakeChatModel):
         return self.bind(response_format=fmt) | PydanticOutputParser(pydantic_object=schema)
 
     def _reply(self, kw: dict[str, Any]) -> AIMessage:
-        self.calls += 1
+        self.counter[0] += 1
         payload = {"city": "Paris", "temp_c": 20 + self.calls}
         meta = {"model_name": "structured-1"}
         tools = kw.get("tools") or []
@@ -164,8 +169,43 @@ def test_agent_response_format_hits_through_the_llm_cache(
         again = agent.invoke(question)
         assert again["structured_response"] == first["structured_response"]
     assert model.calls == 1
-    # with the middleware too: it passes response_format calls on, the LLM cache hits
-    mw = ModelCacheMiddleware(ValkeyCache(sync_client, prefix=prefix + "mw", metrics=False))
-    with_mw = create_agent(model, [], response_format=response_format, middleware=[mw])
-    assert with_mw.invoke(question)["structured_response"] == first["structured_response"]
-    assert model.calls == 1 and (mw.hits, mw.misses) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [Weather, ToolStrategy(Weather), ProviderStrategy(Weather)],
+    ids=["auto", "tool", "provider"],
+)
+def test_agent_response_format_hits_through_the_middleware(
+    sync_client: Any, prefix: str, response_format: Any
+) -> None:
+    """No set_llm_cache: the middleware puts its cache on the model for these calls."""
+    model = _model()
+    mw = ModelCacheMiddleware(ValkeyCache(sync_client, prefix=prefix, metrics=False))
+    agent = create_agent(model, [], response_format=response_format, middleware=[mw])
+    question = {"messages": [HumanMessage("Weather in Paris?")]}
+    first = agent.invoke(question)
+    assert isinstance(first["structured_response"], Weather) and model.calls == 1
+    again = agent.invoke(question)
+    assert again["structured_response"] == first["structured_response"] and model.calls == 1
+    assert model.cache is None, "the agent's model itself is left alone"
+    assert len(list(scan_keys(sync_client, f"{prefix}:x:*"))) == 1
+    # a middleware scoped unlike its cache: the model's cache could not see the scope,
+    # so these calls are not cached at all (never an answer across users)
+    scoped = ModelCacheMiddleware(
+        ValkeyCache(sync_client, prefix=prefix + "s", metrics=False), scope="user_id"
+    )
+    other = create_agent(model, [], response_format=response_format, middleware=[scoped])
+    for _ in range(2):
+        other.invoke(question, {"configurable": {"user_id": "a"}})  # type: ignore[arg-type]
+    assert model.calls == 3
+
+
+async def test_agent_response_format_middleware_async(async_client: Any, prefix: str) -> None:
+    model = _model()
+    mw = ModelCacheMiddleware(ValkeyCache(async_client, prefix=prefix, metrics=False))
+    agent = create_agent(model, [], response_format=ToolStrategy(Weather), middleware=[mw])
+    question = {"messages": [HumanMessage("Weather in Paris?")]}
+    first = await agent.ainvoke(question)
+    second = await agent.ainvoke(question)
+    assert model.calls == 1 and second["structured_response"] == first["structured_response"]

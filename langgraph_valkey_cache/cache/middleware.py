@@ -18,11 +18,13 @@ string made of the model's own llm string plus the bound tools, tool choice and 
 settings; a scoped middleware or cache adds the scope values. The run's
 ``configurable["cache_control"]`` (skip, refresh, ttl) applies to every call.
 
-Calls with a ``response_format`` (structured output) pass through the middleware: the
-agent parses the model's answer inside the call with a strategy it picks per model, so
-the middleware could only serve the message, not the parsed object. The model call in
-them still hits through LangChain's own cache (``set_llm_cache`` or the model's
-``cache=``), which keys on the same provider view; the parse then runs again.
+Calls with a ``response_format`` (structured output) are cached on the model instead:
+the agent parses the model's answer inside the call with a strategy it picks per model,
+so a cached call could only give the message, not the parsed object. The middleware
+hands the call a copy of the model whose ``cache=`` is its cache, so the model call hits
+through LangChain's own cache path (same keys) and the parse runs on the hit (no
+single-flight there). A model with its own ``cache=`` keeps it, and a middleware whose
+scope differs from its cache's passes these calls on uncached.
 """
 
 from __future__ import annotations
@@ -212,6 +214,23 @@ if AgentMiddleware is not None:
             runtime = getattr(request, "runtime", None)
             return llm_request(self, self.scope, context=getattr(runtime, "context", None))
 
+        def _structured(self, request: Any) -> Any:
+            """A call with a ``response_format``: the agent parses the answer inside the
+            call, so the cache goes onto the model (LangChain's own cache path, keyed on
+            the same provider view, the cache's scope and ``cache_control`` applying)
+            rather than around the call. Left alone: a model with its own ``cache=``
+            (or ``cache=False``), and a middleware scoped differently from its cache
+            (the model's cache would not see that scope)."""
+            model = request.model
+            codec = getattr(self.cache, "codec", None)
+            if (
+                not isinstance(model, BaseChatModel)
+                or model.cache is not None
+                or self.scope != getattr(codec, "scope", ())
+            ):
+                return request
+            return request.override(model=model.model_copy(update={"cache": self.cache}))
+
         def _plan(self, request: Any, req: LLMRequest) -> Plan:
             """The whole call as one plan: ``COMPUTE`` calls the model (the handler)."""
             cache = self.cache
@@ -284,7 +303,7 @@ if AgentMiddleware is not None:
             self, request: ModelRequest, handler: Callable[[ModelRequest], Any]
         ) -> Any:
             if request.response_format is not None:
-                return handler(request)
+                return handler(self._structured(request))
             plan = self._plan(request, self._request(request))
             compute = functools.partial(handler, request)
             if isinstance(self.cache, CacheCore):
@@ -295,7 +314,7 @@ if AgentMiddleware is not None:
             self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]
         ) -> Any:
             if request.response_format is not None:
-                return await handler(request)
+                return await handler(self._structured(request))
             plan = self._plan(request, self._request(request))
             compute = functools.partial(handler, request)
             if isinstance(self.cache, CacheCore):
