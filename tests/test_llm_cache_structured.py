@@ -209,3 +209,21 @@ async def test_agent_response_format_middleware_async(async_client: Any, prefix:
     first = await agent.ainvoke(question)
     second = await agent.ainvoke(question)
     assert model.calls == 1 and second["structured_response"] == first["structured_response"]
+
+
+def test_agent_response_format_any_base_cache_honours_skip() -> None:
+    from langchain_core.caches import InMemoryCache
+
+    model = _model()
+    agent = create_agent(
+        model, [], response_format=ToolStrategy(Weather),
+        middleware=[ModelCacheMiddleware(InMemoryCache())],
+    )  # fmt: skip
+    question = {"messages": [HumanMessage("Weather in Paris?")]}
+    skip = {"configurable": {"cache_control": {"skip": True}}}
+    agent.invoke(question, skip)  # type: ignore[arg-type]
+    agent.invoke(question)
+    agent.invoke(question)
+    assert model.calls == 2, "skipped, then a miss and a hit"
+    agent.invoke(question, skip)  # type: ignore[arg-type]
+    assert model.calls == 3

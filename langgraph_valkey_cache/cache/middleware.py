@@ -229,6 +229,10 @@ if AgentMiddleware is not None:
                 or self.scope != getattr(codec, "scope", ())
             ):
                 return request
+            if not isinstance(self.cache, (ValkeyCache, ValkeySemanticCache)):
+                # another library's cache does not read cache_control: honour it here
+                if not read_control(current_config()).reads:
+                    return request
             return request.override(model=model.model_copy(update={"cache": self.cache}))
 
         def _plan(self, request: Any, req: LLMRequest) -> Plan:
