@@ -65,6 +65,7 @@ from langgraph_valkey_cache._stats import SharedStats
 from langgraph_valkey_cache._telemetry import Telemetry
 
 __all__ = [
+    "BYPASS",
     "COMPUTE",
     "Breaker",
     "CacheUnavailable",
@@ -170,6 +171,12 @@ class Tally:
     provider_write_tokens: int = 0
     provider_saved_usd: float = 0.0
     more: tuple[Tally, ...] = ()
+    bypassed: int = 0  # lookups not made on purpose (skip, refresh, unscoped, uncacheable)
+
+
+#: Yielded by a plan that skips the cache on purpose (``cache_control`` skip or refresh,
+#: no scope value, an uncacheable call): counted as ``bypass``, the span says so.
+BYPASS = Tally(bypassed=1)
 
 
 class _Compute:
@@ -439,6 +446,8 @@ class Executor:
             tel.result("hit", t.hits)
         if t.misses:
             tel.result("miss", t.misses)
+        if t.bypassed:
+            tel.result("bypass", t.bypassed)
         if t.stored_bytes:
             tel.stored(t.stored_bytes)
         model = tel.label("model", t.model) if t.model else None
@@ -566,7 +575,7 @@ class Executor:
         error: BaseException | None = None
         computed: Any = _UNSET
         user_exc: BaseException | None = None
-        hits = misses = 0  # for the span's outcome
+        hits = misses = bypassed = 0  # for the span's outcome
         failed: str | None = None  # why a step or the plan failed open
         try:
             while True:
@@ -580,6 +589,7 @@ class Executor:
                     self.tally(step)
                     hits += step.hits
                     misses += step.misses
+                    bypassed += step.bypassed
                     for more in step.more:
                         hits += more.hits
                         misses += more.misses
@@ -621,7 +631,7 @@ class Executor:
             return fallback(computed) if fallback else computed
         finally:
             plan.close()
-            tel.finish(op, start, span, outcome=(hits, misses, failed))
+            tel.finish(op, start, span, outcome=(hits, misses, bypassed, failed))
 
     # -- async ------------------------------------------------------------------------------
 
@@ -683,7 +693,7 @@ class Executor:
         error: BaseException | None = None
         computed: Any = _UNSET
         user_exc: BaseException | None = None
-        hits = misses = 0  # for the span's outcome
+        hits = misses = bypassed = 0  # for the span's outcome
         failed: str | None = None  # why a step or the plan failed open
         try:
             while True:
@@ -697,6 +707,7 @@ class Executor:
                     self.tally(step)
                     hits += step.hits
                     misses += step.misses
+                    bypassed += step.bypassed
                     for more in step.more:
                         hits += more.hits
                         misses += more.misses
@@ -738,7 +749,7 @@ class Executor:
             return fallback(computed) if fallback else computed
         finally:
             plan.close()
-            tel.finish(op, start, span, outcome=(hits, misses, failed))
+            tel.finish(op, start, span, outcome=(hits, misses, bypassed, failed))
 
     # -- stats flush (rides on a normal call) ------------------------------------------------
 

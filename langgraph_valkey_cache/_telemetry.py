@@ -197,16 +197,17 @@ class Telemetry:
         start: float,
         span: Any,
         error: BaseException | None = None,
-        outcome: tuple[int, int, str | None] | None = None,
+        outcome: tuple[int, int, int, str | None] | None = None,
     ) -> None:
         """Close what :meth:`start` opened and observe the duration.
 
-        ``outcome``: ``(hits, misses, failed)`` of an executor run. The span gets
-        ``langgraph_valkey_cache.outcome``: ``error`` (a step or the plan failed open;
-        ERROR status, ``error.type`` = the reason), ``bypass`` (the server's breaker
-        was open: no round trip, ``error.type=breaker_open``), ``hit`` (only hits) or
-        ``miss``; a batch also gets its hit and miss counts. Nothing else: no keys,
-        prompts, arguments or thread ids."""
+        ``outcome``: ``(hits, misses, bypassed, failed)`` of an executor run. The span
+        gets ``langgraph_valkey_cache.outcome``: ``error`` (a step or the plan failed
+        open; ERROR status, ``error.type`` = the reason), ``bypass`` (the server's
+        breaker was open, no round trip: ``error.type=breaker_open``; or the cache was
+        skipped on purpose: ``cache_control``, no scope value, an uncacheable call),
+        ``hit`` (only hits) or ``miss``; a batch also gets its hit and miss counts.
+        Nothing else: no keys, prompts, arguments or thread ids."""
         if self._metrics is not None:
             self._child("duration", name).observe(time.perf_counter() - start)
         if span is not None:
@@ -310,7 +311,7 @@ _labels: dict[tuple[str, str], set[str]] = {}
 _labels_lock = threading.Lock()
 
 
-def _set_outcome(span: Any, hits: int, misses: int, failed: str | None) -> None:
+def _set_outcome(span: Any, hits: int, misses: int, bypassed: int, failed: str | None) -> None:
     if failed is not None:
         if failed == "breaker_open":
             span.set_attribute(_OUTCOME, "bypass")
@@ -322,6 +323,8 @@ def _set_outcome(span: Any, hits: int, misses: int, failed: str | None) -> None:
         span.set_attribute(_OUTCOME, "miss")
     elif hits:
         span.set_attribute(_OUTCOME, "hit")
+    elif bypassed:
+        span.set_attribute(_OUTCOME, "bypass")
     if hits + misses > 1:
         span.set_attribute("langgraph_valkey_cache.hits", hits)
         span.set_attribute("langgraph_valkey_cache.misses", misses)

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
 
 import langgraph_valkey_cache._telemetry as tel
 from langgraph_valkey_cache import (
@@ -166,3 +167,32 @@ async def test_async_lookups_report_outcomes(
     await llm.alookup(SECRET, "m")
     assert _outcomes(spans)["llm_cache.lookup"] == ["miss", "hit"]
     await aclient.aclose()
+
+
+def test_a_skipped_cache_is_a_bypass_span(
+    spans: InMemorySpanExporter, valkey_url: str, prefix: str
+) -> None:
+    from langgraph_valkey_cache._control import cache_config
+
+    registry = CollectorRegistry()
+    client = client_from_url(valkey_url)
+    llm = ValkeyCache(client, prefix=prefix, metrics=registry)
+    llm.update(SECRET, "m", [Generation(text="a")])
+    with cache_config({"configurable": {"cache_control": {"skip": True}}}):
+        assert llm.lookup(SECRET, "m") is None  # skipped on purpose: not a lookup
+    tools = ToolCache(client, prefix=f"{prefix}tools", metrics=False, never_cache=["send"])
+
+    @cached(tools, name="send")
+    def send(arg: str) -> str:
+        return arg
+
+    send(SECRET)
+    got = _outcomes(spans)
+    assert got["llm_cache.lookup"] == ["bypass"]
+    assert got["tool_cache.cached_call"] == ["bypass"]
+    sample = registry.get_sample_value(
+        "langgraph_valkey_cache_requests_total", {"tier": "llm_cache", "result": "bypass"}
+    )
+    assert sample == 1
+    assert llm.stats().calls == 0  # neither a hit nor a miss
+    client.close()

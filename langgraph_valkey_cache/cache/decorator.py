@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from langgraph_valkey_cache._failopen import COMPUTE, Plan
+from langgraph_valkey_cache._failopen import BYPASS, COMPUTE, Plan
 from langgraph_valkey_cache._keys import digest
 from langgraph_valkey_cache._serde import dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache.cache.singleflight import Flight
@@ -83,6 +83,7 @@ def cached(
             yield from tool_cache._plan_policies()
             effective = tool_cache.effective_ttl(fname) if ttl is ... else ttl
             if isinstance(effective, str):  # "no-cache"
+                yield BYPASS
                 yield COMPUTE
                 return None
             try:
@@ -93,6 +94,7 @@ def cached(
                 )
             except (TypeError, ValueError) as exc:
                 logger.info("%s: arguments not cacheable (%s); running uncached", fname, exc)
+                yield BYPASS
                 yield COMPUTE
                 return None
             return (yield from tool_cache._plan_entry(fname, key, effective, decode))
