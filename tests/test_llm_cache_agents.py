@@ -139,9 +139,11 @@ def test_raw_prompt_keys_miss_on_replay(global_cache: None) -> None:
 
 
 def test_agent_replay_sync(sync_client: Any, prefix: str, global_cache: None) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
     set_llm_cache(ValkeyCache(sync_client, prefix=prefix, metrics=False))
     model = _model()
-    agent = create_agent(model, [get_weather])
+    agent = create_agent(model, [get_weather], checkpointer=InMemorySaver())
     results: list[Any] = []
 
     def run(i: int) -> None:

@@ -260,12 +260,13 @@ def project_messages(prompt: str) -> list[dict[str, Any]] | None:
     return out
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def canonical_prompt(prompt: str) -> str:
     """The text a cache key is built from: a chat prompt's :func:`project_messages` as
     canonical JSON (marked with :data:`CANONICAL_PREFIX`); any other prompt as is.
 
-    Memoised: a miss looks up and then stores the same prompt.
+    Memoised, a few entries only (agent prompts can be large): one model call builds
+    the same key several times (lookup, single-flight lease, store).
     """
     messages = project_messages(prompt)
     if messages is None:
