@@ -2,7 +2,9 @@
 
 Whatever happens to the server (kill -9, SIGSTOP shorter and longer than the budget,
 ``DEBUG SLEEP``, ``CLIENT PAUSE``, restart), every agent step that goes through a cache
-(an LLM call with ``cache=``, a cached graph node, a cached tool, an embedding) finishes
+(an LLM call with ``cache=``, a cached graph node, a cached tool, an embedding, an agent's
+model call through ``ModelCacheMiddleware`` with single-flight, a ``@cached`` function;
+the semantic cache: ``tests/test_semantic_faults.py``) finishes
 within the latency budget plus a second with the model, node, tool or embedder called;
 when the server is back the same objects hit again within 2 s. The checkpointer and the
 store fail closed: they raise within their socket timeout plus a second.
@@ -23,8 +25,13 @@ from typing import Any, TypedDict
 
 import pytest
 import valkey
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import AIMessage
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import (
+    FakeListChatModel,
+    GenericFakeChatModel,
+)
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
@@ -39,9 +46,11 @@ from langgraph_valkey_cache import (
     ValkeySaver,
     ValkeyStore,
     cache_client_from_url,
+    cached,
     client_from_url,
 )
 from langgraph_valkey_cache._failopen import breaker_for
+from langgraph_valkey_cache.cache.middleware import ModelCacheMiddleware
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import HashingEmbeddings
 
@@ -62,7 +71,9 @@ class Rig:
         self.asyncio = asyncio_
         self.client = cache_client_from_url(url, asyncio=asyncio_, timeout=BUDGET)
         prefix = f"f{uuid.uuid4().hex[:8]}"
-        self.ran: dict[str, int] = {"llm": 0, "node": 0, "tool": 0, "embed": 0}
+        self.ran: dict[str, int] = {
+            "llm": 0, "node": 0, "tool": 0, "embed": 0, "agent": 0, "cached": 0,
+        }  # fmt: skip
         rig = self
 
         class CountingModel(FakeListChatModel):
@@ -110,24 +121,65 @@ class Rig:
         store = ValkeyByteStore(self.client, prefix=f"{prefix}e", metrics=False)
         self.embeddings = CachedEmbeddings(CountingEmbeddings(16), store)
 
+        class AgentModel(GenericFakeChatModel):
+            def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+                return self
+
+            def _generate(
+                self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+            ) -> ChatResult:
+                rig.ran["agent"] += 1
+                return ChatResult(generations=[ChatGeneration(message=AIMessage("done"))])
+
+            async def _agenerate(
+                self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+            ) -> ChatResult:
+                return self._generate(messages)
+
+        middleware = ModelCacheMiddleware(
+            ValkeyCache(self.client, prefix=f"{prefix}m", metrics=False)
+        )
+        self.agent = create_agent(AgentModel(messages=iter([])), [], middleware=[middleware])
+
+        if asyncio_:
+
+            @cached(tools, name="lookup")
+            async def lookup(text: str) -> str:
+                rig.ran["cached"] += 1
+                return text.upper()
+
+        else:
+
+            @cached(tools, name="lookup")
+            def lookup(text: str) -> str:
+                rig.ran["cached"] += 1
+                return text.upper()
+
+        self.lookup = lookup
+
     def steps(self, tag: str) -> list[tuple[str, Callable[[], Any]]]:
         call = {
             "messages": [
                 AIMessage("", tool_calls=[{"name": "weather", "args": {"city": tag}, "id": "c1"}])
             ]
         }
+        question = {"messages": [HumanMessage(f"hi {tag}")]}
         if self.asyncio:
             return [
                 ("llm", lambda: self.model.ainvoke(f"q {tag}")),
                 ("node", lambda: self.graph.ainvoke({"x": len(tag)})),
                 ("tool", lambda: self.tools.ainvoke(call)),
                 ("embed", lambda: self.embeddings.aembed_query(tag)),
+                ("agent", lambda: self.agent.ainvoke(question)),
+                ("cached", lambda: self.lookup(tag)),
             ]
         return [
             ("llm", lambda: self.model.invoke(f"q {tag}")),
             ("node", lambda: self.graph.invoke({"x": len(tag)})),
             ("tool", lambda: self.tools.invoke(call)),
             ("embed", lambda: self.embeddings.embed_query(tag)),
+            ("agent", lambda: self.agent.invoke(question)),
+            ("cached", lambda: self.lookup(tag)),
         ]
 
     async def run(self, fn: Callable[[], Any]) -> float:
@@ -169,16 +221,18 @@ def stopped(server: EmbeddedValkey) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-async def assert_fails_open_for(rig: Rig, seconds: float, max_steps: int = 400) -> int:
+async def assert_fails_open_for(rig: Rig, seconds: float, max_rounds: int = 5000) -> int:
     """Step through every cache until ``seconds`` pass: each step within the budget plus
     a second, with the real work done every time. Returns how many rounds ran."""
     end = time.monotonic() + seconds
     rounds = 0
-    while time.monotonic() < end and rounds < max_steps:
+    while time.monotonic() < end and rounds < max_rounds:
         for name, (elapsed, ran) in (await rig.step_all(f"fault{rounds % 3}")).items():
             assert elapsed < BUDGET + SLACK, (name, elapsed)
             assert ran, f"{name}: the real work must run while the cache is unavailable"
         rounds += 1
+        await asyncio.sleep(0.005)  # an agent does other work between steps
+    assert time.monotonic() >= end, "the fault must last the whole time asked for"
     return rounds
 
 
