@@ -210,8 +210,9 @@ def warn_missing_scope(owner: object, scope: Sequence[str]) -> None:
         seen.add(names)
     logger.warning(
         "%s is scoped by %s but this run's config has no value for it: the cache is "
-        "bypassed (nothing read or stored). Pass it in config['configurable'] (or the "
-        "runtime context).",
+        "bypassed (nothing read or stored). Pass it in config['configurable'] or the "
+        "runtime context; a bare model.invoke(x, config) hands the cache no config: "
+        "wrap it in cache_config(config).",
         type(owner).__name__,
         ", ".join(names),
     )
