@@ -372,3 +372,20 @@ def test_composes_with_anthropic_prompt_caching(valkey_url: str, prefix: str) ->
     assert st.saved_usd == pytest.approx(float(first.total_price), rel=1e-9)
     assert st.by_model["claude-sonnet-4-5"]["provider.read_tokens"] == 4000
     client.close()
+
+
+@pytest.mark.cluster
+def test_ledger_and_registry_on_a_cluster(cluster_url: str, prefix: str, capsys: Any) -> None:
+    client = client_from_url(cluster_url)
+    cache = ValkeyCache(client, prefix=prefix, metrics=False)
+    model = PricedModel(cache=cache, cache_read=100)
+    for _ in range(2):
+        model.invoke("on a cluster")
+    cache.flush_stats()  # HINCRBYs and the registry HSET: keys of different slots
+    assert cache.shared_stats.registered
+    assert client.hget(REGISTRY_KEY, f"llm:{prefix}") == f"{prefix}:stats".encode()
+    report = _stats_json(cluster_url, capsys)
+    mine = report["llm"]["caches"][prefix]
+    assert (mine["hits"], mine["tokens_saved"]) == (1, IN + OUT)
+    assert mine["provider_prompt_cache"]["read_tokens"] == 100
+    client.close()
