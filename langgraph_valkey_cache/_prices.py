@@ -185,18 +185,20 @@ def _genai_price(model: str, provider: str | None, u: TokenUsage) -> tuple[float
         cache_write_tokens=u.cache_write or None,
     )
     calc = None
+    unknown = True
     with _genai_lock:  # its snapshot memoises lookups in plain dicts
         for pid in (provider, None) if provider else (None,):
             try:
                 calc = genai_prices.calc_price(usage, model, provider_id=pid)
                 break
-            except (LookupError, ValueError):
+            except LookupError:  # not this provider's (or nobody's) model
                 continue
-            except Exception as exc:  # its data or API changed: no price, not a failure
-                logger.debug("genai-prices failed on %r: %s", model, exc)
+            except Exception as exc:  # counts it refuses (reads > input), a data change
+                logger.debug("genai-prices cannot price %r %s: %s", model, u, exc)
+                unknown = False
                 break
     if calc is None:
-        if model not in _unknown_logged:
+        if unknown and model not in _unknown_logged:
             _unknown_logged.add(model)
             logger.info(
                 "no price for model %r in genai-prices: its hits count tokens, not dollars "
