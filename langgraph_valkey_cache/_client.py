@@ -34,6 +34,7 @@ from valkey.asyncio.cluster import ValkeyCluster as AsyncValkeyCluster
 from valkey.backoff import ExponentialBackoff
 from valkey.cluster import ValkeyCluster
 from valkey.exceptions import ConnectionError as VConnectionError
+from valkey.exceptions import TimeoutError as VTimeoutError
 
 from langgraph_valkey_cache._version import __version__
 
@@ -351,6 +352,36 @@ def _l1_connection_class(base: Any) -> Any:
             super().__init__(*args, **kwargs)
             size, max_age = lgv_local_cache or (DEFAULT_LOCAL_CACHE_SIZE, None)
             self.client_cache = LocalCache(size, max_age)
+
+        if inspect.iscoroutinefunction(getattr(base, "_get_from_local_cache", None)):
+
+            async def _get_from_local_cache(self, command: Any) -> Any:
+                # valkey.asyncio only looks at its read buffer: a connection the server
+                # closed would go on serving replies whose invalidations can no longer
+                # arrive. Drop it (disconnect flushes the L1) and let the command go to
+                # the server, which reconnects or fails inside valkey-py's own cleanup.
+                reader = getattr(self, "_reader", None)
+                if reader is not None and reader.at_eof():
+                    await self.disconnect()
+                    return None
+                try:
+                    return await super()._get_from_local_cache(command)
+                except (VConnectionError, VTimeoutError, OSError):
+                    await self.disconnect()
+                    return None
+
+        else:
+
+            def _get_from_local_cache(self, command: Any) -> Any:  # type: ignore[misc]
+                # valkey-py calls this before the try/finally that returns the connection
+                # to the pool: a connection the server closed raises here and leaked its
+                # pool slot. Its pushes are lost (disconnect flushed the L1): a miss, so
+                # the command goes to the server and reconnects or fails there.
+                try:
+                    return super()._get_from_local_cache(command)
+                except (VConnectionError, VTimeoutError, OSError):
+                    self.disconnect()
+                    return None
 
         if not inspect.iscoroutinefunction(getattr(base, "can_read", None)):
 

@@ -19,6 +19,7 @@ import pytest
 from langgraph.graph import START, StateGraph
 from langgraph.types import CachePolicy
 from typing_extensions import TypedDict
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
 
 from langgraph_valkey_cache import ToolCache, ValkeyNodeCache
 from langgraph_valkey_cache._client import (
@@ -29,6 +30,7 @@ from langgraph_valkey_cache._client import (
     local_cache_stats,
     with_local_cache,
 )
+from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import count_commands
 from tests.test_tool_cache import tool_call, tool_graph
 from tests.test_tool_cache_scopes import counting_tool
@@ -266,3 +268,68 @@ def test_a_write_drops_only_its_key(l1: Any, writer: Any, prefix: str) -> None:
     assert log.round_trips == 0 and log.handshakes == 0  # a is still local, no reconnect
     assert l1.execute_command("GET", b) == b"3"
     assert local_cache_stats(l1)["entries"] == 2
+
+
+def test_a_restarted_server_is_asked_again_sync() -> None:
+    """The connection's invalidations die with it: after a restart (empty, same port)
+    nothing from the old L1 is served, and no pool slot is lost on the way."""
+    server = EmbeddedValkey().start()
+    try:
+        client = cache_client_from_url(server.url, local_cache=True, max_connections=2)
+        client.set("k", b"old")
+        held = [client.connection_pool.get_connection("GET") for _ in range(2)]
+        for conn in held:  # both pooled connections open, each caching k
+            client.connection_pool.release(conn)
+        for _ in range(4):
+            assert client.execute_command("GET", "k") == b"old"
+        server.kill()
+        for _ in range(3):
+            with pytest.raises(ValkeyConnectionError):
+                client.execute_command("GET", "k")  # not served from the L1
+        assert client.connection_pool.pool.qsize() == 2  # every slot came back
+        server.start()
+        assert client.execute_command("GET", "k") is None
+        client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_restarted_server_is_asked_again_async() -> None:
+    server = EmbeddedValkey().start()
+    try:
+        client = cache_client_from_url(server.url, asyncio=True, local_cache=True)
+        await client.set("k", b"old")
+        assert await client.execute_command("GET", "k") == b"old"
+        assert await client.execute_command("GET", "k") == b"old"
+        server.kill()
+        await asyncio.sleep(ARRIVAL)  # the loop sees the connection close
+        with pytest.raises(ValkeyConnectionError):
+            await client.execute_command("GET", "k")
+        server.start()
+        assert await client.execute_command("GET", "k") is None
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+def test_tool_cache_fails_open_not_stale_when_the_server_dies(prefix: str) -> None:
+    server = EmbeddedValkey().start()
+    try:
+        cache = ToolCache(
+            client_from_url(server.url), prefix=prefix, metrics=False, local_cache=True
+        )
+        calls: list[str] = []
+        node = tool_graph([counting_tool(calls)], wrap_tool_call=cache.wrap)
+
+        def read() -> str:
+            out = node.invoke({"messages": [tool_call("c", {"city": "Oslo"})]})
+            return str(out["messages"][-1].content)
+
+        assert read() == read() == "report 1 for Oslo"
+        server.kill()
+        assert read() == "report 2 for Oslo"  # the tool ran: no server, no L1 answer
+        server.start()
+        time.sleep(2.1)  # the breaker lets a probe through again
+        assert read() == "report 3 for Oslo"  # an empty server: a miss, not the old L1
+    finally:
+        server.stop()
