@@ -148,8 +148,12 @@ def test_tool_cache_hits_locally_and_stays_coherent(valkey_url: str, prefix: str
     time.sleep(ARRIVAL)
     assert read("r4") == "report 3 for Oslo"
     assert len(calls) == 3
-    stats = reader.stats()["weather"]
+    stats = reader.stats()["weather"]  # HGETALL replies over RESP3
     assert stats.hits == 3 and stats.misses == 2
+    reader.set_policy("weather", 30)
+    assert reader.invalidate("weather") == 1  # SCAN + UNLINK over RESP3
+    assert read("r5") == "report 4 for Oslo"
+    assert reader.effective_ttl("weather") == 30  # policies re-read (HGETALL) on the call
     reader.close()
     writer.close()
     plain.close()
@@ -188,6 +192,9 @@ def test_node_cache_hits_locally_and_clear_elsewhere_is_seen(valkey_url: str, pr
     time.sleep(ARRIVAL)
     assert g.invoke({"x": 1})["y"] == 2
     assert h.invoke({"x": 1})["y"] == 2  # shared through the server as before
+    g.clear_cache()  # SCAN + UNLINK through the L1 client
+    assert g.invoke({"x": 1})["y"] == 3
+    assert reader.stats().hits >= 2
     reader.close()
     other.close()
 
