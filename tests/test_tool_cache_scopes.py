@@ -346,3 +346,34 @@ def test_hit_keeps_the_current_call_id(client: Any, prefix: str) -> None:
     call(node, "first", {"city": "Oslo"}, user("a"))
     msg = call(node, "second", {"city": "Oslo", "units": "metric"}, user("a"))
     assert isinstance(msg, ToolMessage) and msg.tool_call_id == "second"
+
+
+def test_cached_function_follows_the_run_scope_and_control(client: Any, prefix: str) -> None:
+    from langgraph_valkey_cache import cached
+
+    cache = ToolCache(client, prefix=prefix, metrics=False, scope=("user_id",))
+    runs: list[str] = []
+
+    @cached(cache, name="search")
+    def search(query: str) -> str:
+        runs.append(query)
+        return f"{query} #{len(runs)}"
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("n", lambda state: {"messages": [AIMessage(search("q"))]})
+    builder.add_edge(START, "n")
+    graph = builder.compile()
+
+    def answer(config: Any) -> str:
+        return str(graph.invoke({"messages": []}, config)["messages"][-1].content)
+
+    assert answer(user("a")) == "q #1"
+    assert answer(user("b")) == "q #2"  # another user: not a's entry
+    assert answer(user("a")) == "q #1"
+    assert answer(user(None)) == "q #3"  # no scope value: runs, nothing stored
+    assert answer(user(None)) == "q #4"
+    assert answer(user("a", refresh=True)) == "q #5"
+    assert answer(user("a")) == "q #5"
+    assert answer(user("a", skip=True)) == "q #6"
+    assert answer(user("a")) == "q #5"
+    assert search("q") == "q #7"  # outside any run: no scope, runs uncached

@@ -15,8 +15,16 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
+from langchain_core.runnables.config import var_child_runnable_config
+
+from langgraph_valkey_cache._control import (
+    NO_CONTROL,
+    CacheControl,
+    read_control,
+    scope_values,
+    warn_missing_scope,
+)
 from langgraph_valkey_cache._failopen import BYPASS, COMPUTE, Plan
-from langgraph_valkey_cache._keys import digest
 from langgraph_valkey_cache._serde import dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache.cache.singleflight import Flight
 from langgraph_valkey_cache.cache.tools import ToolCache, canonical_args, fallback_pair
@@ -26,6 +34,23 @@ __all__ = ["cached"]
 logger = logging.getLogger("langgraph_valkey_cache.cache")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where LangGraph keeps the graph's ``Runtime`` (its ``context``) in a node's config.
+_CONFIG_KEY_RUNTIME = "__pregel_runtime"
+
+
+def _run_request(cache: ToolCache) -> tuple[CacheControl, tuple[str, ...] | None]:
+    """The enclosing run's ``cache_control`` and the cache's scope values (``None``: one
+    is missing), from the config of the runnable calling the function (a node, a tool)."""
+    config = var_child_runnable_config.get()
+    control = read_control(config) if config else NO_CONTROL
+    if not cache.scope:
+        return control, ()
+    runtime = ((config or {}).get("configurable") or {}).get(_CONFIG_KEY_RUNTIME)
+    scope = scope_values(config, cache.scope, getattr(runtime, "context", None))
+    if scope is None:
+        warn_missing_scope(cache, cache.scope)
+    return control, scope
 
 
 def cached(
@@ -43,6 +68,11 @@ def cached(
     processes; server errors just run it. Results go through the cache's serde, so
     they must be serialisable by it (LangChain ``Document``s, messages, JSON types...).
     A call whose arguments have no canonical JSON form runs uncached.
+
+    Called inside a graph node or tool, the function follows the run's config like the
+    tool cache: the ``ToolCache``'s ``scope`` values are part of the key (a run without
+    them runs the function uncached), and ``configurable["cache_control"]`` skips,
+    refreshes or sets the entry's TTL.
 
     Args:
         cache: a :class:`ToolCache` (its client, prefix, serde, single-flight settings
@@ -79,25 +109,35 @@ def cached(
                 raise ValueError("not a cached() entry")
             return cast(dict[str, Any], body)
 
-        def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan:
+        def plan(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            control: CacheControl,
+            scope: tuple[str, ...] | None,
+        ) -> Plan:
             yield from tool_cache._plan_policies()
             effective = tool_cache.effective_ttl(fname) if ttl is ... else ttl
-            if isinstance(effective, str):  # "no-cache"
-                yield BYPASS
+            if isinstance(effective, str) or scope is None or control.skip:
+                yield BYPASS  # "no-cache", no scope value, or skipped by the request
                 yield COMPUTE
                 return None
+            if control.ttl is not None:
+                effective = control.ttl
             try:
                 bound = signature.bind(*args, **kwargs)
                 bound.apply_defaults()
-                key = tool_cache.keys.entry(
-                    fname, digest(fname, canonical_args(bound.arguments, skip))
-                )
+                text = canonical_args(bound.arguments, skip)
+                key = tool_cache.keys.entry(fname, tool_cache.keys.call_digest(fname, text, scope))
             except (TypeError, ValueError) as exc:
                 logger.info("%s: arguments not cacheable (%s); running uncached", fname, exc)
                 yield BYPASS
                 yield COMPUTE
                 return None
-            return (yield from tool_cache._plan_entry(fname, key, effective, decode))
+            return (
+                yield from tool_cache._plan_entry(
+                    fname, key, effective, decode, read=not control.refresh
+                )
+            )
 
         def ran(box: dict[str, Any], value: Any, start: float) -> tuple[Any, bytes | None]:
             run_ms = int((time.perf_counter() - start) * 1000)
@@ -124,7 +164,10 @@ def cached(
                     return ran(box, await func(*args, **kwargs), start)
 
                 flight = await tool_cache._arun(
-                    plan(args, kwargs), "cached_call", compute=compute, fallback=fallback_pair
+                    plan(args, kwargs, *_run_request(tool_cache)),
+                    "cached_call",
+                    compute=compute,
+                    fallback=fallback_pair,
                 )
                 return answer(flight, box)
 
@@ -144,7 +187,10 @@ def cached(
                 return ran(box, func(*args, **kwargs), start)
 
             flight = tool_cache._run(
-                plan(args, kwargs), "cached_call", compute=compute, fallback=fallback_pair
+                plan(args, kwargs, *_run_request(tool_cache)),
+                "cached_call",
+                compute=compute,
+                fallback=fallback_pair,
             )
             return answer(flight, box)
 
