@@ -4,8 +4,8 @@ Each block is one test. ``valkey://localhost:6379`` in a block becomes the test 
 URL (a valkey-server with an FT.* module, so store search runs too). A block runs in a
 fresh namespace holding what the README's prose assumes the reader already has (see
 :func:`_context`: ``url``, ``client``, ``aclient``, ``builder``, ``model``, ``tools``,
-``config``, ``index``, ``expensive``). Top-level ``await`` is allowed: such a block runs in
-its own event loop.
+``agent``, ``inputs``, ``config``, ``index``, ``expensive``). Top-level ``await`` is
+allowed: such a block runs in its own event loop.
 
 A block can be skipped only with a visible reason, an HTML comment on the line right
 before its fence: ``<!-- readme-test: skip: why -->``.
@@ -142,7 +142,11 @@ def _context(url: str) -> dict[str, Any]:
     builder = StateGraph(MessagesState)
     builder.add_node("chat", chat)
     builder.add_edge(START, "chat")
+    from langchain.agents import create_agent
+
     return {
+        "agent": create_agent(model, [get_weather]),
+        "inputs": {"messages": [("user", "hi")]},
         "__name__": "readme",
         "url": url,
         "client": cache_client_from_url(url),
@@ -185,3 +189,56 @@ async def _run_async(code: Any, ns: dict[str, Any]) -> None:
         await eval(code, ns)
     finally:
         await ns["aclient"].aclose()
+
+
+# -- the TTL table's units, measured ------------------------------------------------------
+
+
+def _pttls(client: Any, prefix: str) -> list[int]:
+    """PTTL (ms) of every key under ``prefix`` that expires."""
+    ttls = [int(client.pttl(k)) for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+    return [t for t in ttls if t > 0]
+
+
+def test_ttl_units_are_the_tables(valkey_url: str, prefix: str) -> None:
+    """2 minutes for the saver and store, 120 seconds for the caches: all ~120 s."""
+    from langchain_core.outputs import Generation
+
+    from langgraph_valkey_cache import (
+        ToolCache,
+        ValkeyByteStore,
+        ValkeyCache,
+        ValkeyNodeCache,
+        ValkeySaver,
+        ValkeyStore,
+        cache_client_from_url,
+        cached,
+        client_from_url,
+    )
+
+    admin = client_from_url(valkey_url)
+    cclient = cache_client_from_url(valkey_url)
+    with ValkeySaver.from_conn_string(
+        valkey_url, prefix=f"{prefix}sv", ttl={"default_ttl": 2}
+    ) as saver:
+        graph = _context(valkey_url)["builder"].compile(checkpointer=saver)
+        graph.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "t"}})
+    with ValkeyStore.from_conn_string(valkey_url, prefix=f"{prefix}st") as store:
+        store.put(("docs",), "a", {"text": "hello"}, ttl=2)
+    llm = ValkeyCache(cclient, prefix=f"{prefix}llm", ttl=120, metrics=False)
+    llm.update("prompt", "model", [Generation(text="hi")])
+    tools = ToolCache(cclient, prefix=f"{prefix}tl", ttl=120, metrics=False)
+
+    @cached(tools, name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(2) == 4
+    ValkeyNodeCache(cclient, prefix=f"{prefix}nd", metrics=False).set({(("n",), "k"): (1, 120)})
+    ValkeyByteStore(cclient, prefix=f"{prefix}bs", ttl=120).mset([("k", b"v")])
+    for tier in ("sv", "st", "llm", "tl", "nd", "bs"):
+        ttls = _pttls(admin, f"{prefix}{tier}")
+        assert ttls, tier
+        assert all(100_000 < t <= 120_000 for t in ttls), (tier, ttls)
+    admin.close()
+    cclient.close()
