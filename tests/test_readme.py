@@ -239,6 +239,8 @@ def test_ttl_units_are_the_tables(valkey_url: str, prefix: str) -> None:
     for tier in ("sv", "st", "llm", "tl", "nd", "bs"):
         ttls = _pttls(admin, f"{prefix}{tier}")
         assert ttls, tier
-        assert all(100_000 < t <= 120_000 for t in ttls), (tier, ttls)
+        # the longest-lived key carries the TTL asked for (the saver may keep shorter-lived
+        # bookkeeping keys, e.g. a refresh throttle at a tenth of it)
+        assert 100_000 < max(ttls) <= 120_000, (tier, ttls)
     admin.close()
     cclient.close()
