@@ -54,7 +54,7 @@ local function declared()
   local ks = {ns = KEYS[1]}
   for j = 2, #KEYS do
     local rest = string.sub(KEYS[j], #base + 1)
-    if rest == 'runs' or rest == 't' then ks[rest] = KEYS[j]
+    if rest == 'runs' or rest == 't' or rest == 'x' then ks[rest] = KEYS[j]
     else ks[string.sub(rest, 1, 1)] = KEYS[j] end
   end
   return ks
@@ -83,11 +83,43 @@ local function hdel(key, fields)
     redis.call('HDEL', key, unpack(fields, i, math.min(i + 499, #fields)))
   end
 end
--- record = parent \t run \t blobfield,... \t deltachannel,... \n body
+-- record = parent \t run \t blobfield,... \t deltachannel,... [\t pair,...] \n body
+-- (pairs: the indexed metadata entries; records written before the index have none)
 local function header(rec)
   local nl = string.find(rec, '\n', 1, true)
   local parts = split(string.sub(rec, 1, nl - 1), '\t')
-  return parts[1], parts[2], split(parts[3], ','), split(parts[4], ',')
+  return parts[1], parts[2], split(parts[3], ','), split(parts[4], ','), split(parts[5], ',')
+end
+-- thread index bookkeeping (same slot): P:{T}:x counts, per indexed metadata pair, the
+-- checkpoints carrying it; P:{T}:runs holds one member per checkpoint of a run. What
+-- appears or disappears is reported to the client, which updates the global index.
+local XKEY, RUNS = base .. 'x', base .. 'runs'
+local function run_range(run) return '[' .. run .. ',', '(' .. run .. '-' end
+local function run_left(run)
+  local lo, hi = run_range(run)
+  return #redis.call('ZRANGEBYLEX', RUNS, lo, hi, 'LIMIT', 0, 1) > 0
+end
+local function new_drops() return {prs = {}, runs = {}, n = 0} end
+local function add_pairs(prs, fresh)
+  for _, p in ipairs(prs) do
+    if redis.call('HINCRBY', XKEY, p, 1) == 1 then fresh[#fresh + 1] = p end
+  end
+end
+local function drop_pairs(prs, drops)
+  for _, p in ipairs(prs) do
+    if redis.call('HINCRBY', XKEY, p, -1) <= 0 then
+      redis.call('HDEL', XKEY, p)
+      drops.prs[p] = true
+      drops.n = drops.n + 1
+    end
+  end
+end
+-- {gone, dropped pairs, runs no longer in the thread}
+local function report(drops)
+  local prs, runs = {}, {}
+  for p, _ in pairs(drops.prs) do prs[#prs + 1] = p end
+  for r, _ in pairs(drops.runs) do runs[#runs + 1] = r end
+  return {redis.call('EXISTS', KEYS[1]) == 0 and 1 or 0, prs, runs}
 end
 -- slide the expiry of every key of the thread together. The thread-level keys and the
 -- namespace just used (ks) are refreshed on every call; all namespaces (a graph that
@@ -98,6 +130,7 @@ local function touch(ttl, tk, ks)
   if ttl <= 0 then return end
   redis.call('PEXPIRE', tk.ns, ttl)
   redis.call('PEXPIRE', tk.runs, ttl)
+  if tk.x then redis.call('PEXPIRE', tk.x, ttl) end
   if ks then
     for _, k in ipairs(NSK) do redis.call('PEXPIRE', ks[k], ttl) end
   end
@@ -115,11 +148,27 @@ local function load_tuple(ks, ns, id, rec)
   for i = 1, #fields do if not blobs[i] then blobs[i] = '' end end
   return {ns, id, rec, blobs, writes}
 end
-local function delete_checkpoint(ks, id)
+-- returns the deleted record's blob fields
+local function delete_checkpoint(ks, ns, id, drops)
+  local fields = {}
   redis.call('ZREM', ks.i, id)
-  redis.call('HDEL', ks.c, id)
+  local rec = redis.call('HGET', ks.c, id)
+  if rec then
+    local _, run, fs, _, prs = header(rec)
+    fields = fs
+    if run ~= '' then
+      redis.call('ZREM', RUNS, run .. ',' .. ns .. ',' .. id)
+      if not run_left(run) and not drops.runs[run] then
+        drops.runs[run] = true
+        drops.n = drops.n + 1
+      end
+    end
+    drop_pairs(prs, drops)
+    redis.call('HDEL', ks.c, id)
+  end
   hdel(ks.w, split(redis.call('HGET', ks.d, id), ','))
   redis.call('HDEL', ks.d, id)
+  return fields
 end
 -- drop blobs no remaining checkpoint of the namespace refers to; forget empty namespaces
 local function gc_namespace(ns, ks)
@@ -143,7 +192,6 @@ local function gc_namespace(ns, ks)
   hdel(ks.b, drop)
 end
 -- run index member: run,ns,id
-local function run_range(run) return '[' .. run .. ',', '(' .. run .. '-' end
 -- keep the run index in step with the checkpoints that still exist
 local function gc_runs()
   local drop = {}
@@ -156,35 +204,123 @@ local function gc_runs()
   end
 end
 local function delete_thread()
+  local drops = new_drops()
+  for _, p in ipairs(redis.call('HKEYS', XKEY)) do drops.prs[p] = true end
+  for _, m in ipairs(redis.call('ZRANGE', RUNS, 0, -1)) do
+    drops.runs[string.sub(m, 1, string.find(m, ',', 1, true) - 1)] = true
+  end
   for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     for _, k in ipairs(NSK) do redis.call('DEL', nskey(k, ns)) end
   end
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[1], RUNS, base .. 't', XKEY)
+  return drops
+end
+local function chan(f) return string.sub(f, 1, string.find(f, ':', 1, true) - 1) end
+-- mark in keep the ancestors (from cursor on) a delta channel in remaining still needs:
+-- up to the nearest one holding a stored blob of it. Adds their blob fields to used.
+local function keep_delta_ancestors(ks, cursor, remaining, keep, used)
+  while cursor and cursor ~= '' and next(remaining) ~= nil do
+    local rec = redis.call('HGET', ks.c, cursor)
+    if not rec then return end
+    keep[cursor] = true
+    local parent, _, fields = header(rec)
+    for _, f in ipairs(fields) do
+      used[f] = true
+      if remaining[chan(f)] and redis.call('HEXISTS', ks.b, f) == 1 then
+        remaining[chan(f)] = nil
+      end
+    end
+    cursor = parent
+  end
+end
+-- retention: keep the newest `limit` checkpoints of a namespace plus the ancestors
+-- their delta channels need; delete the others and the blobs only they used.
+-- O(limit x channels) per call: HMGET of the retained records' headers.
+local function retain(ks, ns, limit, drops)
+  local ids = redis.call('ZREVRANGEBYLEX', ks.i, '+', '-')
+  if #ids <= limit then return end
+  local keep, used, kept_ids = {}, {}, {}
+  for i = 1, limit do keep[ids[i]] = true; kept_ids[i] = ids[i] end
+  local recs = hmget(ks.c, kept_ids)
+  local want, roots = {}, {}
+  for _, rec in ipairs(recs) do
+    if rec then
+      local parent, _, fields, deltas = header(rec)
+      for _, f in ipairs(fields) do used[f] = true end
+      for _, ch in ipairs(deltas) do want[ch] = true end
+      if parent ~= '' and not keep[parent] then roots[#roots + 1] = {parent, fields} end
+    end
+  end
+  if next(want) ~= nil then
+    for _, root in ipairs(roots) do
+      -- what the retained child of this ancestor still lacks
+      local remaining = {}
+      for ch, _ in pairs(want) do remaining[ch] = true end
+      for _, f in ipairs(root[2]) do
+        if remaining[chan(f)] and redis.call('HEXISTS', ks.b, f) == 1 then
+          remaining[chan(f)] = nil
+        end
+      end
+      keep_delta_ancestors(ks, root[1], remaining, keep, used)
+    end
+  end
+  local drop = {}
+  for i = limit + 1, #ids do
+    if not keep[ids[i]] then
+      for _, f in ipairs(delete_checkpoint(ks, ns, ids[i], drops)) do
+        if not used[f] then used[f] = true; drop[#drop + 1] = f end
+      end
+    end
+  end
+  hdel(ks.b, drop)
 end
 """
 
-# ARGV: id, record, run, ttl_ms, ns, then blob field/value pairs.
+# ARGV: id, record, run, ttl_ms, ns, pairs ('' = no metadata index, else '=' followed by
+# the comma-joined indexed pairs), keep_last (0 = all), then blob field/value pairs.
 # Order matters: blobs, record, then the index entry, so even a script error
 # part-way (scripts are not rolled back) never leaves a checkpoint without its blobs.
+# Reply: 1, or (when the global thread index must change) {new thread, runs new to the
+# thread, pairs new to the thread, gone, dropped pairs, dropped runs}.
 _PUT = r"""
 local id, rec, run, ttl, ns = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local indexing, limit = ARGV[6] ~= '', tonumber(ARGV[7])
 local ks = declared()
-for k = 6, #ARGV, 1000 do
+local new_thread = redis.call('EXISTS', KEYS[1]) == 0
+for k = 8, #ARGV, 1000 do
   redis.call('HSET', ks.b, unpack(ARGV, k, math.min(k + 999, #ARGV)))
 end
--- a new checkpoint of a run joins the run index (before its record: see above)
-if run ~= '' and redis.call('HEXISTS', ks.c, id) == 0 then
-  redis.call('ZADD', ks.runs, 0, run .. ',' .. ns .. ',' .. id)
+local fresh, new_runs, drops = {}, {}, new_drops()
+if indexing then add_pairs(split(string.sub(ARGV[6], 2), ','), fresh) end
+if (run ~= '' or indexing) and redis.call('HEXISTS', ks.c, id) == 1 then
+  -- the same id written again: forget what the old record contributed
+  local _, old_run, _, _, old_prs = header(redis.call('HGET', ks.c, id))
+  drop_pairs(old_prs, drops)
+  if old_run ~= '' and old_run ~= run then
+    redis.call('ZREM', RUNS, old_run .. ',' .. ns .. ',' .. id)
+    if not run_left(old_run) then drops.runs[old_run] = true; drops.n = drops.n + 1 end
+  end
+end
+-- a checkpoint of a run joins the run index (before its record: see above)
+if run ~= '' then
+  if not run_left(run) then new_runs[1] = run end
+  redis.call('ZADD', RUNS, 0, run .. ',' .. ns .. ',' .. id)
 end
 redis.call('SADD', KEYS[1], ns)
 redis.call('HSET', ks.c, id, rec)
 -- the index entry is the commit point: "latest" and listings only see complete records
 redis.call('ZADD', ks.i, 0, id)
+if limit > 0 then retain(ks, ns, limit, drops) end
 touch(ttl, ks, ks)
+if new_thread or #new_runs > 0 or #fresh > 0 or drops.n > 0 then
+  local r = report(drops)
+  return {new_thread and 1 or 0, new_runs, fresh, r[1], r[2], r[3]}
+end
 return 1
 """
 
-# ARGV: id, ttl_ms, ns, then field, value, overwrite ('0'/'1') triples
+# ARGV: id, ttl_ms, ns, then field, value, overwrite ('0'/'1') triples.
+# Reply: the number of writes added, or {that, 1} when this created the thread.
 _PUT_WRITES = r"""
 local id, ttl, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local ks = declared()
@@ -193,13 +329,16 @@ for k = 4, #ARGV, 3 do
   local cmd = (ARGV[k + 2] == '1') and 'HSET' or 'HSETNX'
   if redis.call(cmd, ks.w, ARGV[k], ARGV[k + 1]) == 1 then added[#added + 1] = ARGV[k] end
 end
+local new_thread = false
 if #added > 0 then
   local cur = redis.call('HGET', ks.d, id)
   local joined = table.concat(added, ',')
   redis.call('HSET', ks.d, id, (cur and cur ~= '') and (cur .. ',' .. joined) or joined)
-  redis.call('SADD', KEYS[1], ns)
+  -- whoever creates the thread marker reports the new thread (for the thread index)
+  new_thread = redis.call('SADD', KEYS[1], ns) == 1 and redis.call('SCARD', KEYS[1]) == 1
 end
 touch(ttl, ks, ks)
+if new_thread then return {#added, 1} end
 return #added
 """
 
@@ -245,29 +384,29 @@ for i = 1, math.min(limit, #cands) do
 end
 if #out > 0 then touch(ttl, tk) end
 local cursor = (#cands >= limit) and cands[limit][1] or ''
-return {out, cursor}
+return {out, cursor, redis.call('EXISTS', KEYS[1])}
 """
 
 _DELETE_THREAD = r"""
-delete_thread()
-return 1
+local drops = delete_thread()
+return report(drops)
 """
 
-# ARGV: encoded run ids
+# ARGV: encoded run ids. Reply: report() (gone, dropped pairs, dropped runs)
 _DELETE_RUNS = r"""
-local touched, n = {}, 0
+local touched, drops = {}, new_drops()
 for k = 1, #ARGV do
   local lo, hi = run_range(ARGV[k])
   for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], lo, hi)) do
     local p = split(m, ',')
-    delete_checkpoint(nskeys(p[2]), p[3])
+    delete_checkpoint(nskeys(p[2]), p[2], p[3], drops)
     touched[p[2]] = true
-    n = n + 1
   end
   redis.call('ZREMRANGEBYLEX', KEYS[2], lo, hi)
+  drops.runs[ARGV[k]] = true
 end
 for ns, _ in pairs(touched) do gc_namespace(ns, nskeys(ns)) end
-return n
+return report(drops)
 """
 
 # ARGV: strategy
@@ -276,8 +415,8 @@ return n
 # record's header) that the latest lacks: DeltaChannel state stays reconstructible.
 _PRUNE = r"""
 local strategy = ARGV[1]
-if strategy == 'delete' then delete_thread(); return 1 end
-local function chan(f) return string.sub(f, 1, string.find(f, ':', 1, true) - 1) end
+if strategy == 'delete' then return report(delete_thread()) end
+local drops = new_drops()
 for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local ks = nskeys(ns)
   local top = redis.call('ZREVRANGEBYLEX', ks.i, '+', '-', 'LIMIT', 0, 1)
@@ -301,13 +440,13 @@ for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       cursor = parent
     end
     for _, id in ipairs(redis.call('ZRANGE', ks.i, 0, -1)) do
-      if not keep[id] then delete_checkpoint(ks, id) end
+      if not keep[id] then delete_checkpoint(ks, ns, id, drops) end
     end
   end
   gc_namespace(ns, ks)
 end
 gc_runs()
-return 1
+return report(drops)
 """
 
 # Returns the whole thread as one msgpack document.
@@ -327,14 +466,22 @@ end
 return cmsgpack.pack(out)
 """
 
-# ARGV: dump, ttl_ms. Merges a dumped thread into this thread.
+# ARGV: dump, ttl_ms. Merges a dumped thread into this thread. Reply: like put's.
 _LOAD = r"""
 local ttl, tk = tonumber(ARGV[2]), declared()
 local data = cmsgpack.unpack(ARGV[1])
+local new_thread = redis.call('EXISTS', KEYS[1]) == 0
 local function hset_flat(key, flat)
   for i = 1, #flat, 1000 do redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat))) end
 end
-local runs = data[1]
+local runs, new_runs, seen, fresh = data[1], {}, {}, {}
+for _, m in ipairs(runs) do
+  local run = string.sub(m, 1, string.find(m, ',', 1, true) - 1)
+  if not seen[run] then
+    seen[run] = true
+    if not run_left(run) then new_runs[#new_runs + 1] = run end
+  end
+end
 for i = 1, #runs, 500 do
   local args = {}
   for j = i, math.min(i + 499, #runs) do args[#args + 1] = 0; args[#args + 1] = runs[j] end
@@ -346,14 +493,21 @@ for j = 2, #data do
   local ks = nskeys(ns)
   redis.call('SADD', KEYS[1], ns)
   for _, id in ipairs(d[2]) do redis.call('ZADD', ks.i, 0, id) end
-  hset_flat(ks.c, d[3])
+  local recs = d[3]
+  for i = 1, #recs, 2 do
+    if redis.call('HEXISTS', ks.c, recs[i]) == 0 then
+      local _, _, _, _, prs = header(recs[i + 1])
+      add_pairs(prs, fresh)
+    end
+    redis.call('HSET', ks.c, recs[i], recs[i + 1])
+  end
   hset_flat(ks.b, d[4])
   hset_flat(ks.w, d[5])
   hset_flat(ks.d, d[6])
   touch(ttl, tk, ks)
 end
 touch(ttl, tk)
-return #data - 1
+return {new_thread and 1 or 0, new_runs, fresh, 0, {}, {}}
 """
 
 # ARGV: id ('' = latest), encoded channel names...
@@ -395,6 +549,60 @@ end
 return out
 """
 
+# What the thread index should hold for this thread: {pairs, runs}, or nil if no thread.
+_INDEX_INFO = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local runs, seen = {}, {}
+for _, m in ipairs(redis.call('ZRANGE', RUNS, 0, -1)) do
+  local run = string.sub(m, 1, string.find(m, ',', 1, true) - 1)
+  if not seen[run] then seen[run] = true; runs[#runs + 1] = run end
+end
+return {redis.call('HKEYS', XKEY), runs}
+"""
+
+# --- the global thread index (one hash tag, ``P:{%ix}:...``: one slot, one shard) ---
+# All index keys are sorted sets with score 0 (lexicographic order of encoded thread
+# ids, so a cursor is a member and paging is stable while threads come and go).
+
+# KEYS: index keys. ARGV: (op, key number, member) triples; op 'a' adds, 'r' removes,
+# 'd' deletes the key (member unused).
+_INDEX_UPDATE = r"""
+for k = 1, #ARGV, 3 do
+  local key, op = KEYS[tonumber(ARGV[k + 1])], ARGV[k]
+  if op == 'a' then redis.call('ZADD', key, 0, ARGV[k + 2])
+  elseif op == 'r' then redis.call('ZREM', key, ARGV[k + 2])
+  else redis.call('DEL', key) end
+end
+return 1
+"""
+
+# KEYS: index keys to intersect. ARGV: cursor ('' = from the start), n.
+# Walks the smallest set from the cursor; a member counts when every other set holds it.
+# Reply {members, cursor ('' = done)}; examines at most 20 x n members per call.
+_INDEX_PAGE = r"""
+local cursor, n = ARGV[1], tonumber(ARGV[2])
+local order = {}
+for i = 1, #KEYS do order[i] = {KEYS[i], redis.call('ZCARD', KEYS[i])} end
+table.sort(order, function(a, b) return a[2] < b[2] end)
+local out, budget = {}, 20 * n
+local lo = (cursor == '') and '-' or ('(' .. cursor)
+while #out < n and budget > 0 do
+  local batch = redis.call('ZRANGEBYLEX', order[1][1], lo, '+', 'LIMIT', 0, math.min(budget, 2 * n))
+  if #batch == 0 then return {out, ''} end
+  for _, m in ipairs(batch) do
+    budget = budget - 1
+    local all = true
+    for i = 2, #order do
+      if not redis.call('ZSCORE', order[i][1], m) then all = false; break end
+    end
+    if all then out[#out + 1] = m end
+    lo = '(' .. m
+    if #out >= n or budget <= 0 then return {out, m} end
+  end
+end
+return {out, string.sub(lo, 2)}
+"""
+
 CHECKPOINT_SCRIPTS: dict[str, str] = {
     name: _PRELUDE + body
     for name, body in {
@@ -408,8 +616,11 @@ CHECKPOINT_SCRIPTS: dict[str, str] = {
         "dump": _DUMP,
         "load": _LOAD,
         "history": _HISTORY,
+        "index_info": _INDEX_INFO,
     }.items()
 }
+CHECKPOINT_SCRIPTS["index_update"] = _INDEX_UPDATE
+CHECKPOINT_SCRIPTS["index_page"] = _INDEX_PAGE
 
 
 class ScriptRegistry:

@@ -68,9 +68,19 @@ def test_round_trip_budget_sync(any_url: str, prefix: str) -> None:
     list(saver.list(_cfg("warm"), limit=10))
 
     thread = "budget"
+    cp0 = generate_checkpoint(channel_values={"a": 0}, channel_versions={"a": 1})
+    with count_commands() as log:
+        first = saver.put(_cfg(thread), cp0, generate_metadata(), {"a": 1})
+    # a new thread: the put script, then the thread index (another slot)
+    assert log.round_trips == 2 and log.commands == ["EVALSHA", "EVALSHA"], log.commands
     cp = generate_checkpoint(channel_values={"a": 1, "b": "x"}, channel_versions={"a": 1, "b": 1})
     with count_commands() as log:
-        stored = saver.put(_cfg(thread), cp, generate_metadata(), {"a": 1, "b": 1})
+        stored = saver.put(
+            _cfg(thread, cid=first["configurable"]["checkpoint_id"]),
+            cp,
+            generate_metadata(),
+            {"a": 1, "b": 1},
+        )
     assert log.round_trips == 1 and log.commands == ["EVALSHA"], log.commands
     with count_commands() as log:
         saver.put_writes(stored, [("a", 2), ("b", "y")], "task-1", "path")
@@ -97,9 +107,17 @@ async def test_round_trip_budget_async(any_url: str, prefix: str) -> None:
     await saver.aget_tuple(warm)
     _ = [t async for t in saver.alist(_cfg("warm"), limit=10)]
 
+    with count_commands() as log:
+        first = await saver.aput(_cfg("budget"), cp0, generate_metadata(), {"a": 1})
+    assert log.round_trips == 2, log.commands  # a new thread: plus its index entry
     cp = generate_checkpoint(channel_values={"a": 1}, channel_versions={"a": 1})
     with count_commands() as log:
-        stored = await saver.aput(_cfg("budget"), cp, generate_metadata(), {"a": 1})
+        stored = await saver.aput(
+            _cfg("budget", cid=first["configurable"]["checkpoint_id"]),
+            cp,
+            generate_metadata(),
+            {"a": 1},
+        )
     assert log.round_trips == 1 and log.commands == ["EVALSHA"], log.commands
     with count_commands() as log:
         await saver.aput_writes(stored, [("a", 2)], "task-1")
@@ -363,8 +381,8 @@ def test_ttl_refresh_of_all_namespaces_is_throttled(valkey_url: str, prefix: str
 
     before = pexpire_calls()
     _put_chain(saver, "fan", 1)
-    # thread-level keys (2) + the written namespace (5), not 5 per namespace (155)
-    assert pexpire_calls() - before == 7
+    # thread-level keys (3: ns, runs, x) + the written namespace (5), not 5 per namespace
+    assert pexpire_calls() - before == 8
     client.close()
 
 

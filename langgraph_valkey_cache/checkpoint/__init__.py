@@ -24,6 +24,7 @@ from langgraph_valkey_cache._plans import iter_plan, run_plan
 from langgraph_valkey_cache.checkpoint.base import (
     Op,
     Plan,
+    ScanKeys,
     ScanThreads,
     Script,
     TTLConfig,
@@ -126,6 +127,8 @@ class ValkeySaver(ValkeySaverBase):
                 self._thread_from_marker(k)
                 for k in scan_keys(self.client, self.keys.marker_pattern)
             ]
+        if isinstance(op, ScanKeys):
+            return builtins.list(scan_keys(self.client, op.pattern))
         raise TypeError(f"unexpected plan step {op!r}")
 
     def _run(self, plan: Plan, name: str) -> Any:
@@ -177,6 +180,22 @@ class ValkeySaver(ValkeySaverBase):
         """Every thread id with checkpoints under this saver's prefix, without reading
         any checkpoint (``SCAN`` of the thread markers, per primary on a cluster)."""
         return self._run(self._plan_thread_ids(), "thread_ids")
+
+    def search_threads(
+        self, filter: dict[str, Any] | None = None, *, limit: int | None = None
+    ) -> builtins.list[str]:
+        """Thread ids with at least one checkpoint whose metadata matches ``filter``
+        (all threads without one), from the thread index: one round trip per page of
+        100 candidates, plus one per candidate when the filter is not a single
+        ``index_metadata`` field. Ordered by encoded thread id."""
+        return self._run(self._plan_search_threads(filter, limit), "search_threads")
+
+    def reindex(self) -> int:
+        """Rebuild the thread index from the threads' own keys (``SCAN``): after an
+        upgrade from a version without it, or to drop entries of expired threads.
+        Metadata pairs are those recorded by checkpoints written with
+        ``index_metadata`` set. Returns the number of threads indexed."""
+        return self._run(self._plan_reindex(), "reindex")
 
     def delete_thread(self, thread_id: str) -> None:
         self._run(self._plan_delete_thread(thread_id), "delete_thread")
@@ -238,6 +257,14 @@ class ValkeySaver(ValkeySaverBase):
 
     async def athread_ids(self) -> builtins.list[str]:
         return await self._in_thread(self.thread_ids)
+
+    async def asearch_threads(
+        self, filter: dict[str, Any] | None = None, *, limit: int | None = None
+    ) -> builtins.list[str]:
+        return await self._in_thread(self.search_threads, filter, limit=limit)
+
+    async def areindex(self) -> int:
+        return await self._in_thread(self.reindex)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._in_thread(self.delete_thread, thread_id)

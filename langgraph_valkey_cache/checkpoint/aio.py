@@ -28,6 +28,7 @@ from langgraph_valkey_cache._plans import aiter_plan, arun_plan
 from langgraph_valkey_cache.checkpoint.base import (
     Op,
     Plan,
+    ScanKeys,
     ScanThreads,
     Script,
     ValkeySaverBase,
@@ -93,6 +94,8 @@ class AsyncValkeySaver(ValkeySaverBase):
                 self._thread_from_marker(k)
                 async for k in ascan_keys(self.client, self.keys.marker_pattern)
             ]
+        if isinstance(op, ScanKeys):
+            return [k async for k in ascan_keys(self.client, op.pattern)]
         raise TypeError(f"unexpected plan step {op!r}")
 
     async def _run(self, plan: Plan, name: str) -> Any:
@@ -151,6 +154,16 @@ class AsyncValkeySaver(ValkeySaverBase):
         """Every thread id with checkpoints under this saver's prefix, without reading
         any checkpoint (``SCAN`` of the thread markers, per primary on a cluster)."""
         return await self._run(self._plan_thread_ids(), "thread_ids")
+
+    async def asearch_threads(
+        self, filter: dict[str, Any] | None = None, *, limit: int | None = None
+    ) -> builtins.list[str]:
+        """See :meth:`ValkeySaver.search_threads`."""
+        return await self._run(self._plan_search_threads(filter, limit), "search_threads")
+
+    async def areindex(self) -> int:
+        """See :meth:`ValkeySaver.reindex`."""
+        return await self._run(self._plan_reindex(), "reindex")
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._run(self._plan_delete_thread(thread_id), "delete_thread")
@@ -221,6 +234,14 @@ class AsyncValkeySaver(ValkeySaverBase):
 
     def thread_ids(self) -> builtins.list[str]:
         return self._sync(self.athread_ids())
+
+    def search_threads(
+        self, filter: dict[str, Any] | None = None, *, limit: int | None = None
+    ) -> builtins.list[str]:
+        return self._sync(self.asearch_threads(filter, limit=limit))
+
+    def reindex(self) -> int:
+        return self._sync(self.areindex())
 
     def delete_thread(self, thread_id: str) -> None:
         self._sync(self.adelete_thread(thread_id))

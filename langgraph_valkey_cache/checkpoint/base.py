@@ -8,16 +8,28 @@ round trip is visible here.
 
 Record layout (one HASH field per checkpoint, see ``_keys.CheckpointKeys``)::
 
-    parent \\t run \\t blobfield,... \\t deltachannel,... \\n msgpack[ctype, cbytes, mtype, mbytes]
+    parent \\t run \\t blobfield,... \\t deltachannel,... \\t pair,... \\n body
+    body = msgpack[ctype, cbytes, mtype, mbytes]   (or 0x01 + zstd of it)
 
 The header is what the Lua scripts need (parent chain, blob lookup, run index,
-DeltaChannel-safe pruning); the body is the serde's output, untouched.
+indexed metadata pairs, DeltaChannel-safe pruning); the body is the serde's output.
+Blobs, record bodies and pending writes above ``compress_min_bytes`` are stored as
+``0x01`` + a zstd frame; every plain value starts with a msgpack array byte
+(``0x9X``), so a value reads back whatever the setting was when it was written.
+
+The thread index (``thread_index=True``, the default) is a set of sorted sets in one
+slot (``P:{%ix}:...``): every thread, the threads of each run, and the threads with a
+checkpoint carrying each indexed metadata pair (``index_metadata=``). Scripts cannot
+span slots, so the put script reports what changed for the index (a new thread, a run
+new to the thread, a pair whose count went from 0 to 1, or what a retention prune
+removed) and the plan sends one more script to the index slot only then.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,7 +52,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from langgraph_valkey_cache._client import require_bytes_client
-from langgraph_valkey_cache._keys import CheckpointKeys, decode, encode
+from langgraph_valkey_cache._keys import CheckpointKeys, decode, digest, encode
 from langgraph_valkey_cache._plans import Emit
 from langgraph_valkey_cache._scripts import CHECKPOINT_SCRIPTS, ScriptRegistry
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
@@ -52,6 +64,8 @@ _ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _REGISTRY = ScriptRegistry(CHECKPOINT_SCRIPTS)
 _LIST_PAGE = 100
 _KEY_CACHE_SIZE = 1024
+_ZSTD = b"\x01"  # codec marker: never the first byte of a msgpack array (0x90-0x9f, 0xdc)
+_PAIR_MAX = 200  # longer encoded values are indexed by their digest
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,13 @@ class ScanThreads:
 
 
 @dataclass(frozen=True)
+class ScanKeys:
+    """Reply: every key matching ``pattern`` (SCAN per primary)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
 class _NsKeys:
     """One (thread, namespace)'s encoded namespace and the KEYS of each script."""
 
@@ -80,7 +101,7 @@ class _NsKeys:
     history: tuple[bytes, ...]
 
 
-Op = Script | ScanThreads | Emit
+Op = Script | ScanThreads | ScanKeys | Emit
 Plan = Generator[Op, Any, Any]
 
 TTLConfig = dict[str, Any]
@@ -88,6 +109,10 @@ TTLConfig = dict[str, Any]
 
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _check_id(value: Any, what: str) -> str:
@@ -101,6 +126,41 @@ def _check_id(value: Any, what: str) -> str:
 
 def _matches(metadata: CheckpointMetadata, filter: dict[str, Any] | None) -> bool:
     return not filter or all(metadata.get(k) == v for k, v in filter.items())  # type: ignore[misc]
+
+
+def _value_code(value: Any) -> str | None:
+    """The index code of a metadata value, or None when it is not indexed (only str,
+    int, float and bool are). Values Python finds equal get the same code
+    (``1 == 1.0 == True``), so a filter finds every thread ``_matches`` would."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        code = "n" + str(value)
+    elif isinstance(value, float):
+        code = "n" + (str(int(value)) if value.is_integer() else repr(value))
+    elif isinstance(value, str):
+        code = "s" + value
+    else:
+        return None
+    enc = encode(code)
+    # codes start with n or s: "h" + a digest never equals one
+    return enc if len(enc) <= _PAIR_MAX else "h" + digest(code)
+
+
+def _zstd_loads(data: bytes) -> bytes:
+    try:
+        import zstandard
+    except ImportError:
+        raise RuntimeError(
+            "this checkpoint was stored compressed (zstd): pip install "
+            "'langgraph-valkey-cache[compress]' to read it"
+        ) from None
+    return cast(bytes, zstandard.ZstdDecompressor().decompress(data))
+
+
+def _unz(data: bytes) -> bytes:
+    """A stored value as written by the serde, whatever the compression setting."""
+    return _zstd_loads(data[1:]) if data[:1] == _ZSTD else data
 
 
 def _invalid_text(value: str, what: str, exc: UnicodeEncodeError) -> ValueError:
@@ -181,8 +241,40 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         ttl: TTLConfig | None = None,
         metrics: Any = True,
+        thread_index: bool = True,
+        index_metadata: Sequence[str] = (),
+        keep_last: int | None = None,
+        compress_min_bytes: int | None = None,
     ) -> None:
         super().__init__(serde=serde or default_serde())
+        if isinstance(index_metadata, str):
+            raise TypeError("index_metadata is a sequence of field names, e.g. ('user_id',)")
+        if index_metadata and not thread_index:
+            raise ValueError("index_metadata needs thread_index=True")
+        if keep_last is not None and (
+            not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1
+        ):
+            raise ValueError(f"keep_last must be a positive int or None, got {keep_last!r}")
+        if compress_min_bytes is not None:
+            if not isinstance(compress_min_bytes, int) or compress_min_bytes < 0:
+                raise ValueError(
+                    f"compress_min_bytes must be a non-negative int or None, "
+                    f"got {compress_min_bytes!r}"
+                )
+            try:
+                import zstandard  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "compress_min_bytes needs zstandard: "
+                    "pip install 'langgraph-valkey-cache[compress]'"
+                ) from None
+        self.thread_index = thread_index
+        self.index_metadata = tuple(index_metadata)
+        self._indexed = {f: _key_part(f, "index_metadata field") for f in self.index_metadata}
+        self.keep_last = keep_last
+        self._keep_arg = str(keep_last or 0).encode()
+        self.compress_min_bytes = compress_min_bytes
+        self._zlocal = threading.local()
         require_bytes_client(client, "the checkpointer", "serialized values are binary")
         self.client = client
         self.keys = CheckpointKeys(prefix)
@@ -233,12 +325,14 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             _key_part(thread_id, "thread_id")
             ns_enc = _key_part(ns, "checkpoint_ns")
             every = tuple(k.encode() for k in self.keys.script_keys(thread_id, ns_enc))
-            nsk, runs, _, i, c, b, w, d = every
-            # only what each script touches: without a TTL nothing is refreshed
+            nsk, runs, _, x, i, c, b, w, d = every
+            # only what each script touches: without a TTL nothing is refreshed; the
+            # pair counts only with a metadata index; retention deletes checkpoints
+            put = (nsk, runs, x, i, c, b) if self._indexed else (nsk, runs, i, c, b)
             found = _NsKeys(
                 ns_enc,
                 every,
-                every if self._ttl_ms else (nsk, runs, i, c, b),
+                every if self._ttl_ms or self.keep_last else put,
                 every if self._ttl_ms else (nsk, w, d),
                 every if self._read_ttl_ms else (nsk, i, c, b, w, d),
                 (nsk, i, c, b, w, d),
@@ -253,6 +347,44 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         return Script(name, self.keys.thread_keys(thread_id), args)
 
     # -- encoding ---------------------------------------------------------------------
+
+    def _z(self, data: bytes) -> bytes:
+        """``data``, zstd-compressed behind the codec marker when large enough (and
+        only if that saves bytes)."""
+        limit = self.compress_min_bytes
+        if limit is None or len(data) < limit:
+            return data
+        comp = getattr(self._zlocal, "c", None)
+        if comp is None:  # zstandard compressors are not thread-safe: one per thread
+            import zstandard
+
+            comp = self._zlocal.c = zstandard.ZstdCompressor(level=3)
+        out = _ZSTD + comp.compress(data)
+        return out if len(out) < len(data) else data
+
+    def _unblob(self, blob: bytes) -> Any:
+        return self.serde.loads_typed(unpack_typed(_unz(blob)))
+
+    def _pairs(self, metadata: dict[str, Any]) -> str:
+        """The indexed metadata pairs of a record, comma-joined (encoded: no commas)."""
+        out = []
+        for field, enc in self._indexed.items():
+            if field in metadata:
+                code = _value_code(metadata[field])
+                if code is not None:
+                    out.append(enc + "=" + code)
+        return ",".join(out)
+
+    def _filter_pairs(self, filter: dict[str, Any] | None) -> tuple[list[str], bool]:
+        """The index keys a filter can use, and whether they alone decide it (one
+        indexed entry: the pair index is exact per thread)."""
+        keys = []
+        for field, value in (filter or {}).items():
+            enc = self._indexed.get(field)
+            code = _value_code(value) if enc is not None else None
+            if code is not None:
+                keys.append(self.keys.index_pair(enc + "=" + code))  # type: ignore[operator]
+        return keys, len(keys) == len(filter or {}) == 1
 
     def _blob_field(self, channel: str, version: Any) -> str:
         found = self._fields.get((channel, version))
@@ -278,14 +410,17 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         field = self._blob_field
         fields = ",".join([field(ch, ver) for ch, ver in checkpoint["channel_versions"].items()])
         deltas = ",".join([_key_part(str(ch), "channel name") for ch in counters])
-        head = "\t".join((parent_id, run, fields, deltas))
+        parts = [parent_id, run, fields, deltas]
+        if self._indexed:
+            parts.append(self._pairs(metadata))
+        head = "\t".join(parts)
         body = ormsgpack.packb([ctyped[0], bytes(ctyped[1]), mtyped[0], bytes(mtyped[1])])
-        return head.encode() + b"\n" + body
+        return head.encode() + b"\n" + self._z(body)
 
     def _parse_record(self, rec: bytes) -> tuple[str | None, Checkpoint, CheckpointMetadata]:
         nl = rec.index(b"\n")
         parent = rec[:nl].split(b"\t", 1)[0].decode() or None
-        ctype, cbytes, mtype, mbytes = ormsgpack.unpackb(rec[nl + 1 :])
+        ctype, cbytes, mtype, mbytes = ormsgpack.unpackb(_unz(rec[nl + 1 :]))
         checkpoint = self.serde.loads_typed((ctype, cbytes))
         metadata = self.serde.loads_typed((mtype, mbytes))
         return parent, checkpoint, metadata
@@ -298,7 +433,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
 
     def _decode_writes(self, raw: Sequence[bytes | None]) -> list[tuple[Any, ...]]:
         """Writes as ``(task_id, channel, typed, task_path, idx)``, in writes_sort_key order."""
-        rows = [ormsgpack.unpackb(w) for w in raw if w]
+        rows = [ormsgpack.unpackb(_unz(w)) for w in raw if w]
         rows.sort(key=lambda r: writes_sort_key(r[2], r[0], r[1]))
         return [(r[0], r[3], (r[4], r[5]), r[2], r[1]) for r in rows]
 
@@ -310,7 +445,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         values: dict[str, Any] = {}
         for ch, blob in zip(self._header_channels(rec), blobs, strict=True):
             if blob:
-                values[ch] = self.serde.loads_typed(unpack_typed(blob))
+                values[ch] = self._unblob(blob)
         checkpoint["channel_values"] = values
         return CheckpointTuple(
             config={
@@ -357,16 +492,21 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         run = _key_part(str(run_id), "run_id") if run_id else ""
         values = checkpoint.get("channel_values", {})
         # bytes throughout: valkey-py then packs each argument without encoding it
-        args = [cid.encode(), b"", run.encode(), self._ttl_arg, nk.ns.encode()]
+        args = [cid.encode(), b"", run.encode(), self._ttl_arg, nk.ns.encode(), b"", self._keep_arg]
         stored = 0
         for ch, ver in new_versions.items():
             if ch in values:
                 blob = pack_typed(dumps_checked(self.serde, values[ch], f"value of channel {ch!r}"))
+                blob = self._z(blob)
                 args += (self._blob_field(ch, ver).encode(), blob)
                 stored += len(blob)
         rec = args[1] = self._record(checkpoint, meta, parent_id, run)
-        yield Script("put", nk.put, tuple(args))
+        if self._indexed:
+            args[5] = b"=" + self._pairs(meta).encode()
+        reply = yield Script("put", nk.put, tuple(args))
         self._telemetry.stored(len(rec) + stored)
+        if isinstance(reply, list):
+            yield from self._plan_index(thread_id, reply)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
     def _plan_put_writes(
@@ -391,13 +531,17 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         for idx, (channel, value) in enumerate(writes):
             widx = WRITES_IDX_MAP.get(channel, idx)
             t, b = dumps_checked(self.serde, value, f"write to channel {channel!r}")
-            packed = ormsgpack.packb(
-                [task, widx, task_path, _text(channel, "write channel"), t, bytes(b)]
+            packed = self._z(
+                ormsgpack.packb(
+                    [task, widx, task_path, _text(channel, "write channel"), t, bytes(b)]
+                )
             )
             args += ((prefix + str(widx)).encode(), packed, b"1" if widx < 0 else b"0")
             stored += len(packed)
-        yield Script("put_writes", nk.put_writes, tuple(args))
+        reply = yield Script("put_writes", nk.put_writes, tuple(args))
         self._telemetry.stored(stored)
+        if isinstance(reply, list):  # writes before any checkpoint created the thread
+            yield from self._plan_index(thread_id, [1, [], [], 0, [], []])
         return None
 
     def _plan_get_tuple(self, config: RunnableConfig) -> Plan:
@@ -411,6 +555,64 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         reply = yield Script("get", nk.get, (nk.ns.encode(), cid.encode(), self._read_ttl_arg))
         return self._parse_tuple(thread_id, reply) if reply else None
 
+    def _plan_index(self, thread_id: str, reply: list[Any]) -> Plan:
+        """Apply what a thread script reported to the global thread index:
+        ``[new thread, new runs, new pairs, gone, dropped pairs, dropped runs]``."""
+        if not self.thread_index:
+            return None
+        new_thread, new_runs, fresh, gone, dropped, dropped_runs = reply
+        member = encode(thread_id).encode()
+        keys: list[str] = []
+        slot: dict[str, int] = {}
+        args: list[Any] = []
+
+        def op(kind: bytes, key: str) -> None:
+            if key not in slot:
+                keys.append(key)
+                slot[key] = len(keys)
+            args.extend((kind, slot[key], member))
+
+        # removals first: an overwrite may drop and re-add the same entry
+        if int(gone):
+            op(b"r", self.keys.index_threads())
+        for p in dropped:
+            op(b"r", self.keys.index_pair(_str(p)))
+        for r in dropped_runs:
+            op(b"r", self.keys.index_run(_str(r)))
+        if int(new_thread):
+            op(b"a", self.keys.index_threads())
+        for r in new_runs:
+            op(b"a", self.keys.index_run(_str(r)))
+        for p in fresh:
+            op(b"a", self.keys.index_pair(_str(p)))
+        if args:
+            yield Script("index_update", tuple(keys), tuple(args))
+        return None
+
+    def _plan_forget(self, thread_enc: bytes, keys: Sequence[str]) -> Plan:
+        """A thread the index named is gone (expired): drop it from ``keys``."""
+        args: list[Any] = []
+        for i in range(len(keys)):
+            args += (b"r", i + 1, thread_enc)
+        yield Script("index_update", tuple(keys), tuple(args))
+
+    def _plan_index_threads(self, keys: Sequence[str], page: int) -> Plan:
+        """Pages of encoded thread ids in every one of ``keys``, as lists (Emit)."""
+        cursor = ""
+        while True:
+            members, cursor = yield Script("index_page", tuple(keys), (cursor, page))
+            cursor = _str(cursor) if cursor else ""
+            if members:
+                yield Emit(list(members))
+            if not cursor:
+                return None
+
+    def _candidates(self, filter: dict[str, Any] | None) -> tuple[list[str], bool]:
+        keys, exact = self._filter_pairs(filter)
+        if not keys:
+            return [self.keys.index_threads()], not filter
+        return keys, exact
+
     def _plan_list_thread(
         self,
         thread_id: str,
@@ -419,8 +621,10 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         filter: dict[str, Any] | None,
         before: str,
         limit: int | None,
+        emit: bool = True,
     ) -> Plan:
-        """Emit a thread's checkpoints newest first; returns how many were emitted."""
+        """Emit a thread's checkpoints newest first; returns ``(emitted, gone)``
+        (gone: the thread has no data at all). ``emit=False`` only counts."""
         emitted = 0
         keys: tuple[str | bytes, ...]
         if ns is not None:
@@ -435,11 +639,13 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             if reply and (not before or checkpoint_id < before):
                 tup = self._parse_tuple(thread_id, reply)
                 if _matches(tup.metadata, filter):
-                    yield Emit(tup)
-                    return 1
-            return 0
+                    if emit:
+                        yield Emit(tup)
+                    return 1, False
+            return 0, False
         exact = not filter and not checkpoint_id
         cursor = before
+        gone = False
         while limit is None or emitted < limit:
             page_size = min(limit - emitted, _LIST_PAGE) if (exact and limit) else _LIST_PAGE
             reply = yield Script(
@@ -447,19 +653,21 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                 ("1" if ns is not None else "0", ns_enc, cursor, page_size, self._read_ttl_ms),
             )  # fmt: skip
             tuples, cursor = reply[0], _str(reply[1]) if reply[1] else ""
+            gone = not int(reply[2])
             for raw in tuples:
                 if checkpoint_id and _str(raw[1]) != checkpoint_id:
                     continue
                 tup = self._parse_tuple(thread_id, raw)
                 if not _matches(tup.metadata, filter):
                     continue
-                yield Emit(tup)
+                if emit:
+                    yield Emit(tup)
                 emitted += 1
                 if limit is not None and emitted >= limit:
-                    return emitted
+                    return emitted, gone
             if not cursor:
                 break
-        return emitted
+        return emitted, gone
 
     def _plan_list(
         self,
@@ -471,20 +679,95 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         if limit is not None and limit <= 0:
             return None
         before_id = (get_checkpoint_id(before) if before else None) or ""
-        if config is None:
-            threads = yield ScanThreads()
-            ns, cid = None, None
-        else:
-            threads = [self._thread_id(config)]
+        if config is not None:
+            thread_id = self._thread_id(config)
             ns = config["configurable"].get("checkpoint_ns")
             cid = get_checkpoint_id(config)
-        for thread_id in threads:
-            n = yield from self._plan_list_thread(thread_id, ns, cid, filter, before_id, limit)
-            if limit is not None:
-                limit -= n
-                if limit <= 0:
+            yield from self._plan_list_thread(thread_id, ns, cid, filter, before_id, limit)
+            return None
+        if not self.thread_index:
+            for thread_id in (yield ScanThreads()):
+                n, _ = yield from self._plan_list_thread(
+                    thread_id, None, None, filter, before_id, limit
+                )
+                if limit is not None:
+                    limit -= n
+                    if limit <= 0:
+                        break
+            return None
+        keys, _ = self._candidates(filter)
+        # the index names threads; each thread's listing applies the whole filter (so
+        # with one, a thread may give nothing: full pages)
+        page = min(limit, _LIST_PAGE) if limit and not filter else _LIST_PAGE
+        pages = self._plan_index_threads(keys, page)
+        reply = None
+        while True:
+            try:
+                op = pages.send(reply)
+            except StopIteration:
+                return None
+            if not isinstance(op, Emit):
+                reply = yield op
+                continue
+            reply = None
+            for member in op.item:
+                thread_id = decode(_str(member))
+                n, gone = yield from self._plan_list_thread(
+                    thread_id, None, None, filter, before_id, limit
+                )
+                if gone:
+                    yield from self._plan_forget(_bytes(member), keys)
+                if limit is not None:
+                    limit -= n
+                    if limit <= 0:
+                        return None
+
+    def _plan_search_threads(self, filter: dict[str, Any] | None, limit: int | None) -> Plan:
+        """Thread ids with at least one checkpoint whose metadata matches ``filter``."""
+        if limit is not None and limit <= 0:
+            return []
+        found: list[str] = []
+        if not self.thread_index:
+            for thread_id in (yield ScanThreads()):
+                if not filter:
+                    found.append(thread_id)
+                else:
+                    n, _ = yield from self._plan_list_thread(
+                        thread_id, None, None, filter, "", 1, emit=False
+                    )
+                    if n:
+                        found.append(thread_id)
+                if limit is not None and len(found) >= limit:
                     break
-        return None
+            return found
+        keys, exact = self._candidates(filter)
+        page = min(limit, _LIST_PAGE) if limit and exact else _LIST_PAGE
+        pages = self._plan_index_threads(keys, page)
+        reply = None
+        while True:
+            try:
+                op = pages.send(reply)
+            except StopIteration:
+                return found
+            if not isinstance(op, Emit):
+                reply = yield op
+                continue
+            reply = None
+            for member in op.item:
+                thread_id = decode(_str(member))
+                if not exact:
+                    # several entries (each may match a different checkpoint) or a
+                    # field that is not indexed: check the thread's checkpoints
+                    n, gone = yield from self._plan_list_thread(
+                        thread_id, None, None, filter, "", 1, emit=False
+                    )
+                    if gone:
+                        yield from self._plan_forget(_bytes(member), keys)
+                    if not n:
+                        continue
+                found.append(thread_id)
+                if limit is not None and len(found) >= limit:
+                    return found
 
     def _plan_thread_ids(self) -> Plan:
         threads = yield ScanThreads()
@@ -492,29 +775,79 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
 
     def _plan_delete_thread(self, thread_id: str) -> Plan:
         tid = self._thread_id({"configurable": {"thread_id": thread_id}})
-        yield self._thread_script("delete_thread", tid)
+        reply = yield self._thread_script("delete_thread", tid)
+        yield from self._plan_index(tid, [0, [], [], *reply])
 
     def _plan_delete_for_runs(self, run_ids: Sequence[str]) -> Plan:
         if not run_ids:
             return None
         runs = [_key_part(str(r), "run_id") for r in run_ids]
-        threads = yield ScanThreads()
+        threads: list[str]
+        if self.thread_index:
+            threads, seen = [], set()
+            for run in runs:
+                pages = self._plan_index_threads([self.keys.index_run(run)], _LIST_PAGE)
+                reply = None
+                while True:
+                    try:
+                        op = pages.send(reply)
+                    except StopIteration:
+                        break
+                    if isinstance(op, Emit):
+                        reply = None
+                        for m in op.item:
+                            if m not in seen:
+                                seen.add(m)
+                                threads.append(decode(_str(m)))
+                    else:
+                        reply = yield op
+        else:
+            threads = yield ScanThreads()
         for thread_id in threads:
-            yield self._thread_script("delete_runs", thread_id, *runs)
+            reply = yield self._thread_script("delete_runs", thread_id, *runs)
+            yield from self._plan_index(thread_id, [0, [], [], *reply])
         return None
 
     def _plan_copy_thread(self, source_thread_id: str, target_thread_id: str) -> Plan:
         src = self._thread_id({"configurable": {"thread_id": source_thread_id}})
         dst = self._thread_id({"configurable": {"thread_id": target_thread_id}})
         dump = yield self._thread_script("dump", src)
-        yield self._thread_script("load", dst, dump, self._ttl_ms)
+        reply = yield self._thread_script("load", dst, dump, self._ttl_ms)
+        yield from self._plan_index(dst, reply)
 
     def _plan_prune(self, thread_ids: Sequence[str], strategy: str) -> Plan:
         if strategy not in ("keep_latest", "delete"):
             raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
         for thread_id in thread_ids:
             tid = self._thread_id({"configurable": {"thread_id": thread_id}})
-            yield self._thread_script("prune", tid, strategy)
+            reply = yield self._thread_script("prune", tid, strategy)
+            yield from self._plan_index(tid, [0, [], [], *reply])
+
+    def _plan_reindex(self) -> Plan:
+        """Rebuild the thread index from the threads' own data (SCAN of the thread
+        markers): after an upgrade from a version without it, a crash between a
+        checkpoint write and its index write, or TTL expiries never listed since."""
+        entries: dict[str, list[bytes]] = {self.keys.index_threads(): []}
+        for thread_id in (yield ScanThreads()):
+            member = encode(thread_id).encode()
+            info = yield self._thread_script("index_info", thread_id)
+            if not info:
+                continue
+            entries[self.keys.index_threads()].append(member)
+            for p in info[0]:
+                entries.setdefault(self.keys.index_pair(_str(p)), []).append(member)
+            for r in info[1]:
+                entries.setdefault(self.keys.index_run(_str(r)), []).append(member)
+        stale = yield ScanKeys(self.keys.index_pattern())
+        for key in stale:
+            entries.setdefault(_str(key), [])
+        for key, members in entries.items():
+            # one script per key: it is replaced atomically
+            args: list[Any] = [b"d", 1, b""]
+            for m in members:
+                args += (b"a", 1, m)
+            yield Script("index_update", (key,), tuple(args))
+        return len(entries[self.keys.index_threads()])
 
     def _plan_delta_history(self, config: RunnableConfig, channels: Sequence[str]) -> Plan:
         if not channels:
@@ -536,7 +869,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             terminated: dict[str, Any] = {}
             for ch, blob in zip(self._header_channels(rec), blobs, strict=True):
                 if ch in remaining and blob:
-                    terminated[ch] = self.serde.loads_typed(unpack_typed(blob))
+                    terminated[ch] = self._unblob(blob)
             for tid, ch, typed, _, _ in reversed(self._decode_writes(writes)):
                 if ch in remaining:
                     collected[ch].append((tid, ch, self.serde.loads_typed(typed)))
