@@ -239,7 +239,7 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
                 publishes.append(publish_step(rk, data, px, held[0], 1000))
             else:
                 cmds.append(("SET", rk, data) if px is None else ("SET", rk, data, "PX", px))
-        for step in publishes:  # one by one: `yield from` a list cannot take the replies
+        for step in publishes:  # noqa: UP028 (`yield from` a list cannot take the replies)
             yield step
         if len(cmds) == 1:
             yield Cmd(cmds[0])
