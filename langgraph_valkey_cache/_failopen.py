@@ -455,31 +455,39 @@ class Executor:
             tel.savings(t, model, tel.label("tool", t.tool) if t.tool else None)
         if t.provider_input_tokens or t.provider_read_tokens or t.provider_write_tokens:
             tel.provider_cache(t, model)
-        if self.stats is not None and (
-            t.hits or t.misses or t.saved_usd or t.saved_ms or t.fields or t.tokens_saved
-            or t.calls_saved or t.provider_input_tokens
-        ):  # fmt: skip
-            fields: dict[str, int | float] = {
-                "hits": t.hits, "misses": t.misses, "saved_usd": t.saved_usd,
-                "saved_ms": t.saved_ms, "tokens_saved": t.tokens_saved,
-                "calls_saved": t.calls_saved,
-            }  # fmt: skip
+        if self.stats is not None:
+            # only the counters that moved: this runs on every hit
+            f: dict[str, int | float] = {}
+            if t.hits:
+                f["hits"] = t.hits
+            if t.misses:
+                f["misses"] = t.misses
+            if t.saved_usd:
+                f["saved_usd"] = t.saved_usd
+            if t.saved_ms:
+                f["saved_ms"] = t.saved_ms
+            if t.tokens_saved:
+                f["tokens_saved"] = t.tokens_saved
+            if t.calls_saved:
+                f["calls_saved"] = t.calls_saved
             if t.provider_input_tokens:
-                fields["provider.input_tokens"] = t.provider_input_tokens
-                fields["provider.read_tokens"] = t.provider_read_tokens
-                fields["provider.write_tokens"] = t.provider_write_tokens
-                fields["provider.saved_usd"] = t.provider_saved_usd
-            if model is not None:
+                f["provider.input_tokens"] = t.provider_input_tokens
+                f["provider.read_tokens"] = t.provider_read_tokens
+                f["provider.write_tokens"] = t.provider_write_tokens
+                f["provider.saved_usd"] = t.provider_saved_usd
+            if model is not None and f:
                 by = f"model.{model}."
-                fields[by + "hits"] = t.hits
-                fields[by + "tokens_saved"] = t.tokens_saved
-                fields[by + "saved_usd"] = t.saved_usd
+                if t.hits:
+                    f[by + "hits"] = t.hits
+                    f[by + "tokens_saved"] = t.tokens_saved
+                    f[by + "saved_usd"] = t.saved_usd
                 if t.provider_input_tokens:
-                    fields[by + "provider.read_tokens"] = t.provider_read_tokens
-                    fields[by + "provider.saved_usd"] = t.provider_saved_usd
+                    f[by + "provider.read_tokens"] = t.provider_read_tokens
+                    f[by + "provider.saved_usd"] = t.provider_saved_usd
             if t.fields:
-                fields.update(t.fields)
-            self.stats.record(t.stats_key, **fields)
+                f.update(t.fields)
+            if f:
+                self.stats.record(t.stats_key, **f)
         for more in t.more:
             self.tally(more)
 
