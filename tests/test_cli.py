@@ -20,7 +20,7 @@ import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
-from langgraph.types import Command, Send, interrupt
+from langgraph.types import Command, Send, StateSnapshot, interrupt
 
 from langgraph_valkey_cache import ValkeySaver
 from langgraph_valkey_cache.__main__ import main
@@ -299,3 +299,49 @@ def test_process_exit_codes_without_tracebacks(argv: list[str], code: int, messa
     assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
     if "required" not in message:  # argparse's own errors print the usage first
         assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+class _Sub(TypedDict):
+    x: str
+
+
+def _sub_step(state: _Sub) -> dict[str, Any]:
+    return {"x": state["x"] + "1"}
+
+
+def _sub_ask(state: _Sub) -> dict[str, Any]:
+    return {"x": state["x"] + interrupt("sub?")}
+
+
+def test_inspect_a_subgraph_namespace(
+    valkey_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inner = StateGraph(_Sub)
+    inner.add_node("step", _sub_step)
+    inner.add_node("ask", _sub_ask)
+    inner.add_edge(START, "step")
+    inner.add_edge("step", "ask")
+    outer = StateGraph(_Sub)
+    outer.add_node("sub", inner.compile())
+    outer.add_edge(START, "sub")
+    opts = ["--url", valkey_url, "--prefix", prefix]
+    with ValkeySaver.from_conn_string(valkey_url, prefix=prefix) as saver:
+        graph = outer.compile(checkpointer=saver)
+        graph.invoke({"x": "a"}, _cfg("nested"))
+        [task] = graph.get_state(_cfg("nested"), subgraphs=True).tasks
+    sub_state = task.state
+    assert isinstance(sub_state, StateSnapshot)
+    ns = sub_state.config["configurable"]["checkpoint_ns"]
+    assert ns.startswith("sub:")
+    report = _json(capsys, *opts, "inspect", "nested", "--ns", ns)
+    assert report["checkpoint_ns"] == ns
+    assert report["checkpoint_id"] == sub_state.config["configurable"]["checkpoint_id"]
+    assert report["next"] == list(sub_state.next) == ["ask"]
+    assert report["values"] == sub_state.values == {"x": "a1"}
+    # the root checkpoint waits on the subgraph node; the history spans both namespaces
+    root = _json(capsys, *opts, "inspect", "nested")
+    assert root["next"] == ["sub"]
+    assert {h["checkpoint_ns"] for h in root["history"]} == {"", ns}
+    sub_step0 = [h for h in root["history"] if h["checkpoint_ns"] == ns][-2]["checkpoint_id"]
+    diff = _json(capsys, *opts, "diff", "nested", sub_step0, "latest", "--ns", ns)
+    assert diff["checkpoint_ns"] == ns and diff["changed"] == {"x": {"before": "a", "after": "a1"}}
