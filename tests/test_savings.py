@@ -76,6 +76,15 @@ class PricedModel(BaseChatModel):
         self.seen_kwargs.append(kwargs)
         return ChatResult(generations=[ChatGeneration(message=self._message(messages))])
 
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._generate(messages, stop, None, **kwargs)
+
 
 def _price(**usage: int) -> float:
     return float(calc_price(Usage(**usage), "gpt-4o-mini").total_price)
@@ -389,3 +398,20 @@ def test_ledger_and_registry_on_a_cluster(cluster_url: str, prefix: str, capsys:
     assert (mine["hits"], mine["tokens_saved"]) == (1, IN + OUT)
     assert mine["provider_prompt_cache"]["read_tokens"] == 100
     client.close()
+
+
+async def test_async_hits_and_astats(valkey_url: str, prefix: str) -> None:
+    aclient = client_from_url(valkey_url, asyncio=True)
+    cache = ValkeyCache(aclient, prefix=prefix, metrics=False)
+    model = PricedModel(cache=cache, cache_creation=800)
+    for _ in range(3):
+        await model.ainvoke("async question")
+    assert model.calls == 1
+    st = await cache.astats()
+    assert (st.hits, st.misses, st.tokens_saved) == (2, 1, 2 * (IN + OUT))
+    assert st.provider_write_tokens == 800
+    # writing 800 tokens costs gpt-4o-mini nothing extra (no write rate): no saving
+    assert st.provider_saved_usd == pytest.approx(_provider_saving("gpt-4o-mini", IN, 0, 800))
+    price = _price(input_tokens=IN, output_tokens=OUT, cache_write_tokens=800)
+    assert st.saved_usd == pytest.approx(2 * price, rel=1e-9)
+    await aclient.aclose()
