@@ -507,9 +507,21 @@ def _render_diff(report: dict[str, Any], width: int) -> str:
 
 def _short(value: Any, width: int, *, count: bool = True) -> str:
     text = _text(value, count=count)
-    if width > 0 and len(text) > width:
-        return text[: max(width - 1, 1)] + "…"
-    return text
+    if width <= 0 or len(text) <= width:
+        return text
+    if isinstance(value, list | tuple) and len(value) > 1:
+        # a long list (a conversation): its newest items are the ones worth the room
+        head = f"[{len(value)}] …, " if count else "[…, "
+        items: list[str] = []
+        for item in reversed(value):
+            rendered = _text(item)
+            if items and len(head) + len(", ".join([rendered, *items])) > width:
+                break
+            items.insert(0, rendered)
+        text = head + ", ".join(items) + ("" if count else "]")
+        if len(text) <= width:
+            return text
+    return text[: max(width - 1, 1)] + "…"
 
 
 def _text(value: Any, *, count: bool = True) -> str:
