@@ -2,7 +2,8 @@
 
 Every command but ``demo`` takes ``--url``, ``--prefix`` and ``--json`` anywhere on the
 line. Errors are one line on stderr with a non-zero exit code: 1 nothing found (unknown
-thread or checkpoint), 2 usage (bad arguments, bad URL), 3 server unreachable or refusing.
+thread or checkpoint), 2 usage (bad arguments, bad URL), 3 server unreachable or refusing
+(``LGV_CLI_TRACEBACK=1`` re-raises an unexpected error with its traceback).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ PROG = "python -m langgraph_valkey_cache"
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_SERVER = 1, 2, 3
 _DEFAULT_CP_PREFIX = "lgv:cp"
 _DEFAULT_WIDTH = 100
-# channels LangGraph keeps for its own bookkeeping: hidden from values and diffs
-# unless --internal is given
-_INTERNAL = re.compile(r"^(__.*__|branch:.*|__pregel_.*)$")
+# channels LangGraph keeps for its own bookkeeping (__start__, __pregel_tasks,
+# branch:to:<node>, join:<a+b>:<node>): hidden from values and diffs unless --internal
+_INTERNAL = re.compile(r"^(__|branch:|join:)")
 _START, _TASKS = "__start__", "__pregel_tasks"
 _CONTROL_WRITES = {"__interrupt__", "__error__", "__scheduled__", "__resume__"}
 
@@ -134,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _fail(str(exc))
         return exc.code
+    except KeyboardInterrupt:
+        return 130
     except Exception as exc:  # one line for the user, never a traceback
+        if os.environ.get("LGV_CLI_TRACEBACK"):
+            raise
         message, code = _describe(exc, args.url)
         _fail(message)
         return code
@@ -198,7 +203,12 @@ def _describe(exc: Exception, url: str | None) -> tuple[str, int]:
         return f"cannot reach {where}: {_first_line(exc)}", EXIT_SERVER
     if isinstance(exc, vexc.ResponseError):
         return f"server error from {where}: {_first_line(exc)}", EXIT_SERVER
-    return f"{type(exc).__name__}: {_first_line(exc)}", EXIT_NOT_FOUND
+    if isinstance(exc, ValueError | TypeError):  # our own argument checks (ids, names)
+        return f"{_first_line(exc)}", EXIT_USAGE
+    return (
+        f"{type(exc).__name__}: {_first_line(exc)} (LGV_CLI_TRACEBACK=1 shows the traceback)",
+        EXIT_NOT_FOUND,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -256,6 +256,7 @@ def test_errors_are_one_line_with_an_exit_code(
         (["diff", "nobody", "latest", "latest~1"], 1, "no checkpoints for thread 'nobody'"),
         (["diff", "open", "latest", "latest~9"], 1, "thread 'open' has only 3 checkpoints"),
         (["inspect", "open", "--ns", "sub"], 1, "thread 'open' namespace 'sub'"),
+        (["inspect", "\ud800"], 2, "thread_id"),  # the saver refuses it: a usage error
     ]
     for argv, code, message in cases:
         got, out, err = _run(capsys, *opts, *argv)
