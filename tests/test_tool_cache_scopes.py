@@ -377,3 +377,12 @@ def test_cached_function_follows_the_run_scope_and_control(client: Any, prefix: 
     assert answer(user("a", skip=True)) == "q #6"
     assert answer(user("a")) == "q #5"
     assert search("q") == "q #7"  # outside any run: no scope, runs uncached
+
+
+def test_invalidate_without_a_known_schema_warns(
+    client: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = ToolCache(client, prefix=prefix, metrics=False)
+    with caplog.at_level(logging.WARNING, "langgraph_valkey_cache"):
+        assert cache.invalidate("weather", {"city": "Lima"}) == 0
+    assert any("no schema of this tool" in r.getMessage() for r in caplog.records)

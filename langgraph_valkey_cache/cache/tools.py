@@ -190,19 +190,26 @@ class ToolPolicy:
     Args:
         ttl: seconds an entry lives (``None``: no expiry).
         enabled: ``False`` never caches the tool (side effects, fresh data).
+        cost_usd: what one call of the tool costs (a paid API): each hit adds it to
+            ``saved_usd``.
     """
 
     ttl: float | None = None
     enabled: bool = True
+    cost_usd: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps({"ttl": self.ttl, "enabled": self.enabled})
+        return json.dumps({"ttl": self.ttl, "enabled": self.enabled, "cost_usd": self.cost_usd})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ToolPolicy:
         data = json.loads(text)
         ttl = data.get("ttl")
-        return cls(ttl=None if ttl is None else float(ttl), enabled=bool(data.get("enabled", True)))
+        return cls(
+            ttl=None if ttl is None else float(ttl),
+            enabled=bool(data.get("enabled", True)),
+            cost_usd=float(data.get("cost_usd") or 0.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,7 @@ class ToolStats:
     saved_ms: int = 0
     run_ms: int = 0
     uncacheable: int = 0
+    saved_usd: float = 0.0  # hits x the policy's cost_usd
 
     @property
     def calls(self) -> int:
@@ -650,7 +658,9 @@ class ToolCache(CacheCore):
             yield Tally(misses=1, stats_key=stats_key, fields=fields, tool=name)
         else:
             saved_ms = int(flight.value.get("run_ms", 0))
-            yield Tally(hits=1, saved_ms=saved_ms, stats_key=stats_key, tool=name)
+            policy = self._policy(name)
+            cost = float(policy.cost_usd) if policy is not None else 0.0
+            yield Tally(hits=1, saved_ms=saved_ms, saved_usd=cost, stats_key=stats_key, tool=name)
         return flight
 
     def _plan_local(self, key: str, load: Callable[[bytes], Any]) -> Plan:
@@ -701,6 +711,13 @@ class ToolCache(CacheCore):
     ) -> Plan:
         name, obj = (tool, None) if isinstance(tool, str) else (tool.name, tool)
         if args is not None:
+            if obj is None and name not in self._by_name:
+                logger.warning(
+                    "invalidate(%r, args): no schema of this tool seen yet, so args are "
+                    "keyed as given (defaults not filled); pass the tool object or "
+                    "ToolCache(tools=...) to match entries its calls wrote",
+                    name,
+                )
             key = self.key_for(name, args, obj, scope=scope)
             return int((yield Cmd(("DEL", key, lease_key(key)))))
         keys = yield Scan(self.keys.tool_pattern(name))
@@ -901,13 +918,19 @@ class ToolCache(CacheCore):
 
 
 def _stats(name: str, fields: Mapping[str, float]) -> ToolStats:
-    return ToolStats(tool=name, **{f: int(fields.get(f, 0)) for f in _STAT_FIELDS})
+    return ToolStats(
+        tool=name,
+        saved_usd=float(fields.get("saved_usd", 0.0)),
+        **{f: int(fields.get(f, 0)) for f in _STAT_FIELDS},
+    )
 
 
 def _totals(per_tool: Iterable[ToolStats]) -> CacheStats:
     total = CacheStats()
     for st in per_tool:
-        total += CacheStats(hits=st.hits, misses=st.misses, saved_ms=st.saved_ms)
+        total += CacheStats(
+            hits=st.hits, misses=st.misses, saved_ms=st.saved_ms, saved_usd=st.saved_usd
+        )
     return total
 
 
