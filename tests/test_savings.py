@@ -6,6 +6,7 @@ pass through and priced apart, every cache names itself in the server's registry
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -415,3 +416,43 @@ async def test_async_hits_and_astats(valkey_url: str, prefix: str) -> None:
     price = _price(input_tokens=IN, output_tokens=OUT, cache_write_tokens=800)
     assert st.saved_usd == pytest.approx(2 * price, rel=1e-9)
     await aclient.aclose()
+
+
+def test_tool_hits_add_time_and_the_policy_cost(valkey_url: str, prefix: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from langgraph_valkey_cache.cache.tools import ToolPolicy
+
+    registry = CollectorRegistry()
+    client = client_from_url(valkey_url)
+    tools = ToolCache(
+        client, prefix=prefix, metrics=registry,
+        policies={"paid_api": ToolPolicy(ttl=60, cost_usd=0.02)},
+    )  # fmt: skip
+
+    @cached(tools, name="paid_api")
+    def paid_api(q: str) -> str:
+        return q * 2
+
+    @cached(tools, name="free")
+    def free(q: str) -> str:
+        time.sleep(0.02)  # its hits each save the recorded ~20 ms
+        return q
+
+    for _ in range(3):  # 1 miss, 2 hits each
+        paid_api("x")
+        free("x")
+    per_tool = tools.stats()
+    assert per_tool["paid_api"].saved_usd == pytest.approx(0.04)
+    assert per_tool["free"].saved_usd == 0.0
+    assert tools.totals().saved_usd == pytest.approx(0.04)
+    assert registry.get_sample_value(
+        "langgraph_valkey_cache_cost_saved_usd_total", {"tier": "tool_cache"}
+    ) == pytest.approx(0.04)
+    saved_s = registry.get_sample_value(
+        "langgraph_valkey_cache_time_saved_seconds_total", {"tier": "tool_cache", "tool": "free"}
+    )
+    assert saved_s is not None and 0.04 <= saved_s < 1.0
+    assert per_tool["free"].saved_ms == pytest.approx(saved_s * 1000, abs=2)
+    assert ToolPolicy.from_json(ToolPolicy(ttl=5, cost_usd=0.5).to_json()).cost_usd == 0.5
+    client.close()
