@@ -340,3 +340,38 @@ def test_tool_cache_fails_open_not_stale_when_the_server_dies(prefix: str) -> No
         assert read() == "report 3 for Oslo"  # an empty server: a miss, not the old L1
     finally:
         server.stop()
+
+
+def test_threads_each_stay_coherent(l1: Any, writer: Any, prefix: str) -> None:
+    """Several threads (so several pooled connections, each with its own L1) read while
+    another client keeps writing: no thread sees a value go back, all see the last."""
+    import threading
+
+    key = f"{prefix}:n"
+    writer.set(key, b"0")
+    stop = threading.Event()
+    errors: list[str] = []
+    finals: list[int] = []
+
+    def reader() -> None:
+        seen = 0
+        while not stop.is_set():
+            got = int(l1.execute_command("GET", key))
+            if got < seen:
+                errors.append(f"{got} after {seen}")
+            seen = got
+        time.sleep(ARRIVAL)
+        finals.append(int(l1.execute_command("GET", key)))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(1, 101):
+        writer.set(key, str(i).encode())
+        time.sleep(0.003)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert finals == [100] * 4
+    assert local_cache_stats(l1)["hits"] > 0  # the reads were served locally in between
