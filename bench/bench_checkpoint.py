@@ -18,6 +18,12 @@ what the saver costs the agent's process; the server is another process).
 ``--repeat R`` runs the agent loop R times per saver and keeps the best (the machine
 is shared: the minimum is the least disturbed run).
 
+``--memory`` adds a server-memory table: bytes per checkpoint (``MEMORY USAGE`` of a
+thread's keys, plus this saver's thread-index keys, over its checkpoints) for the agent
+loop (about 11 KB of state at the end) and for a 50-message chat thread (25 turns of
+~400-character messages drawn from a Zipf vocabulary, about as compressible as prose),
+for our saver as is, with ``compress_min_bytes=1024`` and langgraph-checkpoint-aws's.
+
 ``--one-way-ms`` routes every saver through a delaying TCP proxy (bench/_latency.py,
 its own process) to show what round trips cost over a real network; the measured
 round-trip time is printed.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import random
 import statistics
 import time
 from collections import Counter
@@ -201,6 +208,85 @@ def measure_ops(
     }
 
 
+def _vocabulary(rng: random.Random, n: int = 2000) -> list[str]:
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    weights = [12, 9, 8, 8, 7, 7, 6, 6, 6, 4, 4, 3, 3, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+    return ["".join(rng.choices(letters, weights, k=rng.randint(2, 9))) for _ in range(n)]
+
+
+def _text(rng: random.Random, vocab: list[str], chars: int) -> str:
+    # Zipf-distributed words: roughly the redundancy of natural language
+    weights = [1 / (i + 1) for i in range(len(vocab))]
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        w = rng.choices(vocab, weights)[0]
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)
+
+
+def build_chat_graph() -> Any:
+    def reply(state: MessagesState) -> dict[str, Any]:
+        rng = random.Random(len(state["messages"]))
+        return {"messages": [AIMessage(_text(rng, _VOCAB, 400))]}
+
+    b = StateGraph(MessagesState)
+    b.add_node("model", reply)
+    b.add_edge(START, "model")
+    b.add_edge("model", END)
+    return b.compile
+
+
+_VOCAB = _vocabulary(random.Random(7))
+CHAT_TURNS = 25  # 50 messages
+
+
+def state_bytes(saver: Any, config: dict[str, Any]) -> int:
+    tup = saver.get_tuple(config)
+    return sum(
+        len(saver.serde.dumps_typed(v)[1]) for v in tup.checkpoint["channel_values"].values()
+    )
+
+
+def memory_table(
+    raw: valkey.Valkey, url: str, make_client: Any
+) -> list[tuple[str, str, float, int]]:
+    """(scenario, saver, bytes per checkpoint, final state bytes) rows."""
+    tag = f"{random.randrange(1 << 30):x}"  # fresh keys each run: nothing is flushed
+    savers: dict[str, Any] = {
+        "ValkeySaver (ours)": lambda: ValkeySaver(make_client(url), prefix=f"mem-a{tag}"),
+        "ValkeySaver (ours, compress_min_bytes=1024)": lambda: ValkeySaver(
+            make_client(url), prefix=f"mem-z{tag}", compress_min_bytes=1024
+        ),
+    }
+    try:
+        from langgraph_checkpoint_aws import ValkeySaver as AwsValkeySaver
+    except ImportError:
+        pass
+    else:
+        savers["langgraph-checkpoint-aws ValkeySaver"] = lambda: AwsValkeySaver(make_client(url))
+    rows = []
+    for k, scenario in enumerate(("agent loop (20 steps)", "chat, 50 messages")):
+        for j, (name, factory) in enumerate(savers.items()):
+            saver = factory()
+            thread = f"memthread-{tag}-{k}-{j}"
+            config = {"configurable": {"thread_id": thread}}
+            if scenario.startswith("agent"):
+                build_graph()(checkpointer=saver).invoke({"messages": [HumanMessage("go")]}, config)
+            else:
+                graph = build_chat_graph()(checkpointer=saver)
+                rng = random.Random(1)
+                for _ in range(CHAT_TURNS):
+                    graph.invoke({"messages": [HumanMessage(_text(rng, _VOCAB, 400))]}, config)
+            n = sum(1 for _ in saver.list(config))
+            total = float(thread_bytes(raw, f"*{thread}*"))
+            if isinstance(saver, ValkeySaver):  # its share of the thread index too
+                total += thread_bytes(raw, f"{saver.keys.prefix}:{{%ix}}:*") / (k + 1)
+            rows.append((scenario, name, total / n, state_bytes(saver, config)))
+    return rows
+
+
 def thread_bytes(client: valkey.Valkey, match: str) -> int:
     return sum(
         client.memory_usage(k, samples=0) or 0 for k in client.scan_iter(match=match, count=1000)
@@ -214,6 +300,7 @@ def main() -> None:
     parser.add_argument("--one-way-ms", type=float, default=0.0)
     parser.add_argument("--ops", type=int, default=0, help="per-operation replays (0: off)")
     parser.add_argument("--repeat", type=int, default=1, help="agent-loop runs, best kept")
+    parser.add_argument("--memory", action="store_true", help="server bytes per checkpoint")
     parser.add_argument(
         "--client",
         choices=("ours", "plain"),
@@ -231,7 +318,9 @@ def main() -> None:
             return valkey.asyncio.Valkey.from_url(url)
         return valkey.Valkey.from_url(url)
 
-    with embedded_or_url(args.url, print) as direct_url:
+    with embedded_or_url(args.url, print) as server:
+        # a URL, or (newer demo helper) an object carrying one
+        direct_url = str(getattr(server, "url", server))
         raw = client_from_url(direct_url)
         url, proxy = direct_url, None
         if args.one_way_ms:
@@ -240,6 +329,7 @@ def main() -> None:
             proxy, url = spawn(int(direct_url.rsplit(":", 1)[1]), args.one_way_ms)
             print(f"through a delaying proxy: measured RTT {measured_rtt_ms(url):.2f} ms")
 
+        mem_rows = memory_table(raw, url, make_client) if args.memory else []
         ops_rows: list[tuple[str, dict[str, tuple[float, float]]]] = []
         calls = record_calls() if args.ops else []
         if calls:
@@ -339,6 +429,13 @@ def main() -> None:
             b = f"{nbytes[name]:,.0f}" if name in nbytes else "-"
             print(f"{name:<40}{wall / steps * 1e6:>9.0f}{wall / base_wall:>9.2f}"
                   f"{cpu / steps * 1e6:>13.0f}{cpu / base_cpu:>9.2f}{b:>12}  {rt}")  # fmt: skip
+        if mem_rows:
+            print("\nserver bytes per checkpoint (MEMORY USAGE of every key / checkpoints)")
+            print(f"{'scenario':<24}{'saver':<46}{'bytes/ckpt':>12}{'x aws':>8}{'state B':>9}")
+            aws = {sc: mb for sc, name, mb, _ in mem_rows if "aws" in name}
+            for sc, name, mb, st in mem_rows:
+                ratio = f"{mb / aws[sc]:.2f}" if sc in aws else "-"
+                print(f"{sc:<24}{name:<46}{mb:>12,.0f}{ratio:>8}{st:>9,}")
         if ops_rows:
             op_names = ("put", "put_writes", "get_tuple")
             print(f"\nper call, {args.ops} interleaved replays of one thread's {len(calls)} "

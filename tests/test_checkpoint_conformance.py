@@ -62,6 +62,19 @@ def _registered(flavour: str, url: str, prefix: str) -> Any:
             yield AsyncValkeySaver(client, prefix=prefix)
             await client.aclose()
 
+    elif flavour == "sync-zstd-indexed":
+        # everything compressed, metadata filters through the thread index
+        async def factory() -> AsyncIterator[BaseCheckpointSaver]:
+            client = client_from_url(url)
+            saver = ValkeySaver(
+                client,
+                prefix=prefix,
+                compress_min_bytes=0,
+                index_metadata=("source", "step", "score", "run_id", "user_id"),
+            )
+            yield SyncBridge(saver)
+            client.close()
+
     else:
 
         async def factory() -> AsyncIterator[BaseCheckpointSaver]:
@@ -72,7 +85,7 @@ def _registered(flavour: str, url: str, prefix: str) -> Any:
     return checkpointer_test(name=f"{flavour}-{prefix}")(factory)
 
 
-@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("flavour", ["sync", "async", "sync-zstd-indexed"])
 async def test_conformance_all_capabilities(flavour: str, any_url: str, prefix: str) -> None:
     report = await validate(_registered(flavour, any_url, prefix))
     failures = {
