@@ -486,10 +486,6 @@ class ToolCache(CacheCore):
             self._by_name[tool.name] = tool
         return info
 
-    def _injected_of(self, tool: BaseTool | None) -> frozenset[str]:
-        info = self._remember(tool)
-        return _ALWAYS_INJECTED if info is None else info.injected
-
     def _injected_names(self, name: str) -> tuple[str, ...]:
         if isinstance(self.key_injected, dict):
             return self.key_injected.get(name, ())
