@@ -347,3 +347,47 @@ def test_inspect_a_subgraph_namespace(
     sub_step0 = [h for h in root["history"] if h["checkpoint_ns"] == ns][-2]["checkpoint_id"]
     diff = _json(capsys, *opts, "diff", "nested", sub_step0, "latest", "--ns", ns)
     assert diff["checkpoint_ns"] == ns and diff["changed"] == {"x": {"before": "a", "after": "a1"}}
+
+
+def _append(name: str) -> Any:
+    def node(state: State) -> dict[str, Any]:
+        return {"items": [name]}
+
+    return node
+
+
+def test_next_through_a_join_barrier(
+    valkey_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """p and q start together, r follows q; j waits for both p and r (a join edge)."""
+    g = StateGraph(State)
+    for name in ("p", "q", "r", "j"):
+        g.add_node(name, _append(name))  # type: ignore[call-overload]
+    g.add_edge(START, "p")
+    g.add_edge(START, "q")
+    g.add_edge("q", "r")
+    g.add_edge(["p", "r"], "j")
+    opts = ["--url", valkey_url, "--prefix", prefix]
+    with ValkeySaver.from_conn_string(valkey_url, prefix=prefix) as saver:
+        graph = g.compile(checkpointer=saver, interrupt_before=["j"])
+        graph.invoke({"messages": [], "items": [], "note": ""}, _cfg("join"))
+        history = list(graph.get_state_history(_cfg("join")))
+    nexts = []
+    for snap in history:
+        cid = snap.config["configurable"]["checkpoint_id"]
+        report = _json(capsys, *opts, "inspect", "join", cid)
+        assert Counter(report["next"]) == Counter(snap.next), snap.metadata
+        nexts.append(sorted(snap.next))
+    # step 1 may list j too: LangGraph hands the barrier's set to the background
+    # checkpoint writer by reference, so whether it holds {p} or already {p, r} there
+    # depends on timing (InMemorySaver's history shows the same); agreeing is the test
+    assert nexts[0] == ["j"] and nexts[2] == ["p", "q"] and "r" in nexts[1]
+    assert _json(capsys, *opts, "inspect", "join")["next"] == ["j"]
+    # stopped before r: the barrier holds only p, so j is not next
+    with ValkeySaver.from_conn_string(valkey_url, prefix=prefix) as saver:
+        graph = g.compile(checkpointer=saver, interrupt_before=["r"])
+        graph.invoke({"messages": [], "items": [], "note": ""}, _cfg("half"))
+        assert graph.get_state(_cfg("half")).next == ("r",)
+    report = _json(capsys, *opts, "inspect", "half", "--internal")
+    assert report["values"]["join:p+r:j"] == ["p"]
+    assert report["next"] == ["r"]
