@@ -375,3 +375,29 @@ def test_threads_each_stay_coherent(l1: Any, writer: Any, prefix: str) -> None:
     assert errors == []
     assert finals == [100] * 4
     assert local_cache_stats(l1)["hits"] > 0  # the reads were served locally in between
+
+
+async def test_async_node_cache_local(valkey_url: str, writer: Any, prefix: str) -> None:
+    aclient = client_from_url(valkey_url, asyncio=True)
+    cache = ValkeyNodeCache(aclient, prefix=prefix, metrics=False, local_cache=True)
+    calls: Counter[str] = Counter()
+
+    async def work(state: S) -> dict[str, int]:
+        calls["work"] += 1
+        return {"y": calls["work"]}
+
+    builder = StateGraph(S)
+    builder.add_node("work", work, cache_policy=CachePolicy())
+    builder.add_edge(START, "work")
+    g = builder.compile(cache=cache)
+    assert (await g.ainvoke({"x": 1}))["y"] == 1
+    assert (await g.ainvoke({"x": 1}))["y"] == 1
+    with count_commands() as log:
+        assert (await g.ainvoke({"x": 1}))["y"] == 1
+    assert log.round_trips == 0
+    for key in writer.scan_iter(match=f"{prefix}:n:*"):
+        writer.delete(key)  # another client drops the entry
+    await asyncio.sleep(ARRIVAL)
+    assert (await g.ainvoke({"x": 1}))["y"] == 2
+    await cache.aclose()
+    await aclient.aclose()
