@@ -169,7 +169,8 @@ class Tally:
     provider_input_tokens: int = 0
     provider_read_tokens: int = 0
     provider_write_tokens: int = 0
-    provider_saved_usd: float = 0.0
+    provider_saved_usd: float = 0.0  # net: read saving minus write premium
+    provider_premium_usd: float = 0.0  # the write premium alone (>= 0)
     more: tuple[Tally, ...] = ()
     bypassed: int = 0  # lookups not made on purpose (skip, refresh, unscoped, uncacheable)
 

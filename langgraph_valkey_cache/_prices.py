@@ -259,13 +259,25 @@ class Pricer:
         """What provider prompt caching saved on ``usage``: its input at the full input
         rate minus its input as billed (reads at the discounted rate, writes at the
         cache-write premium). Negative when the write premium outweighs the reads."""
+        read_saving, write_premium = self.provider_parts(model, usage, provider)
+        return read_saving - write_premium
+
+    def provider_parts(
+        self, model: str | None, usage: TokenUsage, provider: str | None = None
+    ) -> tuple[float, float]:
+        """``(read saving, write premium)`` in USD: the cache reads at the input rate
+        minus at the read rate, and the cache writes at the write rate minus at the
+        input rate (both priced inside the response's whole input, so tiered rates
+        apply as billed)."""
         if not usage.cache_read and not usage.cache_write:
-            return 0.0
-        full = self._parts(model, provider, TokenUsage(usage.input_tokens))[1]
+            return 0.0, 0.0
+        n = usage.input_tokens
+        full = self._parts(model, provider, TokenUsage(n))[1]
+        read_only = self._parts(model, provider, TokenUsage(n, 0, usage.cache_read))[1]
         billed = self._parts(
-            model, provider, TokenUsage(usage.input_tokens, 0, usage.cache_read, usage.cache_write)
+            model, provider, TokenUsage(n, 0, usage.cache_read, usage.cache_write)
         )[1]
-        return full - billed
+        return full - read_only, billed - read_only
 
 
 #: The pricer of caches built without ``prices=`` (genai-prices only).
@@ -370,12 +382,13 @@ def fresh_tally(
         if usage is None:
             continue
         model = model_of(gen, llm_string)
-        saving = pricer.provider_saving(model, usage, _provider_of(gen))
+        read_saving, premium = pricer.provider_parts(model, usage, _provider_of(gen))
         return Tally(
             provider_input_tokens=usage.input_tokens,
             provider_read_tokens=usage.cache_read,
             provider_write_tokens=usage.cache_write,
-            provider_saved_usd=float(saving),
+            provider_saved_usd=float(read_saving - premium),
+            provider_premium_usd=float(premium),
             model=model,
             stored_bytes=stored_bytes,
         )

@@ -43,6 +43,7 @@ class Metrics:
     calls_saved: Counter
     provider_tokens: Counter
     provider_saved: Counter
+    provider_premium: Counter
 
 
 _metrics_by_registry: dict[int, Metrics] = {}
@@ -112,8 +113,15 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             ),
             provider_saved=Counter(
                 f"{_NS}_provider_cache_saved_usd",
-                "What provider prompt caching saved on fresh responses (reads at the "
-                "cached rate against the input rate, minus the cache-write premium)",
+                "What provider prompt-cache reads saved on fresh responses (read at the "
+                "cached rate against the input rate; the write premium is apart)",
+                ["tier", "model"],
+                registry=reg,
+            ),
+            provider_premium=Counter(
+                f"{_NS}_provider_cache_write_premium_usd",
+                "What provider prompt-cache writes cost above the input rate on fresh "
+                "responses (net saving = provider_cache_saved_usd minus this)",
                 ["tier", "model"],
                 registry=reg,
             ),
@@ -300,8 +308,13 @@ class Telemetry:
         ):
             if n:
                 self._child("provider_tokens", m, kind).inc(n)
-        if t.provider_saved_usd > 0:  # a counter only grows: a net loss shows in stats()
-            self._child("provider_saved", m).inc(t.provider_saved_usd)
+        # counters only grow: the read saving and the write premium apart (net = the
+        # difference, what stats() reports as provider_saved_usd)
+        read_saving = t.provider_saved_usd + t.provider_premium_usd
+        if read_saving > 0:
+            self._child("provider_saved", m).inc(read_saving)
+        if t.provider_premium_usd > 0:
+            self._child("provider_premium", m).inc(t.provider_premium_usd)
 
 
 #: Distinct model / tool names per tier and process that keep their own label.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import Usage, calc_price
 from prometheus_client import CollectorRegistry
 
 from langgraph_valkey_cache import ValkeyCache
@@ -73,6 +74,7 @@ def test_the_panels_the_issue_asks_for() -> None:
     for metric in (
         "requests_total", "errors_total", "tokens_saved_total", "cost_saved_usd_total",
         "provider_cache_tokens_total", "provider_cache_saved_usd_total",
+        "provider_cache_write_premium_usd_total",
     ):  # fmt: skip
         assert f"langgraph_valkey_cache_{metric}" in exprs
     assert "sum by (tier, reason)" in exprs  # errors by reason
@@ -109,4 +111,11 @@ def test_a_cache_in_use_emits_the_ledger_series(valkey_url: str, prefix: str) ->
     assert value(f"{ns}_provider_cache_tokens_total", model="gpt-4o-mini", kind="input") == IN
     assert value(f"{ns}_provider_cache_saved_usd_total", model="gpt-4o-mini") > 0
     assert value(f"{ns}_operation_duration_seconds_count", operation="lookup") == 3
+    # a model that bills cache writes above the input rate: the premium series
+    claude = PricedModel(cache=cache, model_name="claude-sonnet-4-5", cache_creation=500)
+    claude.invoke("dashboard")
+    premium = value(f"{ns}_provider_cache_write_premium_usd_total", model="claude-sonnet-4-5")
+    full = calc_price(Usage(input_tokens=IN), "claude-sonnet-4-5").input_price
+    billed = calc_price(Usage(input_tokens=IN, cache_write_tokens=500), "claude-sonnet-4-5")
+    assert premium == pytest.approx(float(billed.input_price - full)) and premium > 0
     client.close()
