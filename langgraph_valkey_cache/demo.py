@@ -622,8 +622,12 @@ def _graph(
 
             return tool_cache.wrap(request, inner) if tool_cache else inner(request)
 
-        async def awrap(self, request: Any, execute: Any) -> Any:  # pragma: no cover
-            raise NotImplementedError("the demo runs sync")
+        async def awrap(self, request: Any, execute: Callable[[Any], Any]) -> Any:
+            async def inner(r: Any) -> Any:
+                runs[0] += 1
+                return await execute(r)
+
+            return await tool_cache.awrap(request, inner) if tool_cache else await inner(request)
 
     agent_model = ScriptedChatModel(latency=latency)
     # the FAQ model's cache: the semantic one when there is one, else the global exact one

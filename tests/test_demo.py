@@ -155,3 +155,35 @@ def test_demo_on_a_server_without_search_module_cleans_up(valkey_url: str) -> No
     assert not list(client.scan_iter(match="lgv-demo:*"))  # no --keep: nothing left
     assert not [f for f in client.hkeys(REGISTRY_KEY) if b"lgv-demo:" in f]
     client.close()
+
+
+def test_demo_keep_on_url_then_cli(valkey_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from langgraph_valkey_cache.__main__ import main
+
+    lines: list[str] = []
+    run_demo(valkey_url, lines.append, keep=True, model_latency=0.0)
+    out = "\n".join(lines)
+    assert "kill" not in out  # the server is the caller's: nothing to stop
+    base = re.search(r"under (lgv-demo:[0-9a-f]+):\*", out)[1]  # type: ignore[index]
+    commands = [
+        shlex.split(line.strip())[3:]
+        for line in lines
+        if line.startswith("  python -m langgraph_valkey_cache ")
+    ]
+    assert commands[0] == ["--url", valkey_url, "--prefix", f"{base}:cp", "threads"]
+    capsys.readouterr()
+    assert main(commands[0]) == 0
+    assert capsys.readouterr().out.split() == sorted({t for t, _, _ in SCRIPT})
+    assert main([*commands[2], "--json"]) == 0  # diff alice latest~1 latest
+    assert json.loads(capsys.readouterr().out)
+    client = valkey.Valkey.from_url(valkey_url)
+    try:
+        kept = list(client.scan_iter(match=f"{base}:*"))
+        assert kept and not list(client.scan_iter(match=f"{base}:nocache:*"))
+        for key in kept:
+            client.unlink(key)
+        stale = [f for f in client.hkeys(REGISTRY_KEY) if base.encode() in f]
+        assert stale  # `stats` finds the kept caches through the registry
+        client.hdel(REGISTRY_KEY, *stale)
+    finally:
+        client.close()
