@@ -497,16 +497,19 @@ def _render_diff(report: dict[str, Any], width: int) -> str:
         f"thread {report['thread_id']}: {a['checkpoint_id']} (step {a['step']}) -> "
         f"{b['checkpoint_id']} (step {b['step']})"
     ]
+    names = [*report["added"], *report["removed"], *report["changed"]]
+    pad = max(map(len, names), default=0)
     for k, v in report["added"].items():
-        lines.append(f"+ {k}  {_short(v, width)}")
+        lines.append(f"+ {k:<{pad}}  {_short(v, width)}")
     for k, v in report["removed"].items():
-        lines.append(f"- {k}  {_short(v, width)}")
+        lines.append(f"- {k:<{pad}}  {_short(v, width)}")
     for k, v in report["changed"].items():
         if "appended" in v:
             new = v["appended"]
-            lines.append(f"~ {k}  +{len(new)} item(s): {_short(new, width, count=False)}")
+            what = f"+{len(new)} item(s): {_short(new, width, count=False)}"
         else:
-            lines.append(f"~ {k}  {_short(v['before'], width)} -> {_short(v['after'], width)}")
+            what = f"{_short(v['before'], width)} -> {_short(v['after'], width)}"
+        lines.append(f"~ {k:<{pad}}  {what}")
     if len(lines) == 1:
         lines.append("(no channel changed)")
     return "\n".join(lines)

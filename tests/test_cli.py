@@ -207,10 +207,11 @@ def test_diff_reports_added_changed_removed(
 
     code, out, err = _run(capsys, *opts, "diff", "done", step0, "latest")
     assert code == 0, err
-    lines = out.splitlines()
+    lines = [" ".join(line.split()) for line in out.splitlines()]
     assert lines[0].startswith(f"thread done: {step0} (step 0) -> {ids[0]}")
-    assert "~ items  +4 item(s): ['a', 'b', 'w1', 'w2']" in lines
-    assert "~ note  '' -> 'approved: yes'" in lines
+    assert "~ items +4 item(s): ['a', 'b', 'w1', 'w2']" in lines
+    assert "~ note '' -> 'approved: yes'" in lines
+    assert "~ messages +2 item(s): […, ai: 'done']" in lines  # the long one left out
     # latest~N counts back from the newest; a checkpoint against itself changes nothing
     again = _json(capsys, *opts, "diff", "done", f"latest~{len(ids) - 2}", ids[0])
     assert again == report
