@@ -203,6 +203,8 @@ def _describe(exc: Exception, url: str | None) -> tuple[str, int]:
         return f"cannot reach {where}: {_first_line(exc)}", EXIT_SERVER
     if isinstance(exc, vexc.ResponseError):
         return f"server error from {where}: {_first_line(exc)}", EXIT_SERVER
+    if isinstance(exc, vexc.InvalidResponse):  # something else listens there
+        return f"{where} does not answer like Valkey: {_first_line(exc)}", EXIT_SERVER
     if isinstance(exc, ValueError | TypeError):  # our own argument checks (ids, names)
         return f"{_first_line(exc)}", EXIT_USAGE
     return (

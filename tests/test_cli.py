@@ -270,6 +270,31 @@ def test_errors_are_one_line_with_an_exit_code(
     assert got == 2 and "matches 3 checkpoints" in err
 
 
+def test_a_server_that_is_not_valkey(capsys: pytest.CaptureFixture[str]) -> None:
+    """Something else on the port (here: a socket that answers HTTP): exit 3, one line."""
+    import threading
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+
+        def answer() -> None:
+            for _ in range(8):  # the client may reconnect and retry
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        code, out, err = _run(capsys, "threads", "--url", f"valkey://127.0.0.1:{port}")
+    assert (code, out) == (3, "")
+    assert "does not answer like Valkey" in err and err.count("\n") == 1
+
+
 def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
