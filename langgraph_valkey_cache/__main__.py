@@ -249,6 +249,8 @@ def _report(tup: Any, internal: bool, *, live: bool) -> dict[str, Any]:
     conf = tup.config["configurable"]
     parent = (tup.parent_config or {}).get("configurable", {})
     values = tup.checkpoint["channel_values"]
+    names = task_nodes(tup)
+    writes = tup.pending_writes or []
     return {
         "thread_id": conf["thread_id"],
         "checkpoint_ns": conf.get("checkpoint_ns", ""),
@@ -259,9 +261,15 @@ def _report(tup: Any, internal: bool, *, live: bool) -> dict[str, Any]:
         "source": tup.metadata.get("source"),
         "next": next_nodes(tup, live=live),
         "values": {k: values[k] for k in sorted(values) if internal or not _INTERNAL.match(k)},
+        "interrupts": [
+            {"node": names.get(task), "value": getattr(i, "value", i)}
+            for task, channel, value in writes
+            if channel == "__interrupt__"
+            for i in (value if isinstance(value, list | tuple) else [value])
+        ],
         "pending_writes": [
-            {"task_id": task, "channel": channel, "value": value}
-            for task, channel, value in tup.pending_writes or []
+            {"task_id": task, "node": names.get(task), "channel": channel, "value": value}
+            for task, channel, value in writes
         ],
         "metadata": dict(tup.metadata),
     }
@@ -287,14 +295,19 @@ def _render_report(report: dict[str, Any], width: int) -> str:
         f"created     {report['ts']}",
         f"step        {report['step']} ({report['source']})",
         f"next        {', '.join(report['next']) or '(none: the run is done)'}",
-        "values",
     ]
+    for i in report["interrupts"]:
+        lines.append(f"interrupt   {i['node'] or '?'}: {_short(i['value'], width)}")
+    lines.append("values")
     lines += _render_mapping(report["values"], width) or ["  (none)"]
-    lines.append("pending writes")
+    lines.append("pending writes (task's node or id, channel, value)")
     writes = report["pending_writes"]
+    who = [w["node"] or w["task_id"][:8] for w in writes]
+    wpad = max(map(len, who), default=0)
     pad = max((len(w["channel"]) for w in writes), default=0)
-    for w in writes:
-        lines.append(f"  {w['task_id'][:8]}  {w['channel']:<{pad}}  {_short(w['value'], width)}")
+    for name, w in zip(who, writes, strict=True):
+        value = _short(w["value"], width)
+        lines.append(f"  {name:<{wpad}}  {w['channel']:<{pad}}  {value}")
     if not writes:
         lines.append("  (none)")
     lines.append("metadata")
@@ -323,9 +336,30 @@ def next_nodes(tup: Any, *, live: bool = False) -> list[str]:
     latest checkpoint, as LangGraph's ``get_state`` without an id) leaves out tasks that
     already finished in an interrupted step, found by recomputing LangGraph's task ids.
     """
+    tasks = _tasks(tup)
+    if live and tup.pending_writes:
+        finished = _finished_tasks(tup.pending_writes)
+        ids = _task_ids(tup, tasks)
+        if ids is not None:
+            tasks = [t for t, tid in zip(tasks, ids, strict=True) if tid not in finished]
+    return [node for node, _, _ in tasks]
+
+
+def task_nodes(tup: Any) -> dict[str, str]:
+    """Task id -> node name for the tasks a checkpoint triggers (empty if unknown)."""
+    tasks = _tasks(tup)
+    ids = _task_ids(tup, tasks) or []
+    return {tid: node for tid, (node, _, _) in zip(ids, tasks, strict=False)}
+
+
+_Task = tuple[str, str, tuple[str, ...]]  # (node, kind, task id parts)
+
+
+def _tasks(tup: Any) -> list[_Task]:
+    """The tasks a checkpoint triggers, in LangGraph's order (Sends, then pulls)."""
     cp = tup.checkpoint
     values, versions, seen = cp["channel_values"], cp["channel_versions"], cp["versions_seen"]
-    tasks: list[tuple[str, str, tuple[str, ...]]] = []  # (node, kind, id parts), LangGraph's order
+    tasks: list[_Task] = []
     for idx, packet in enumerate(values.get(_TASKS) or []):
         node = getattr(packet, "node", None)
         if isinstance(node, str):
@@ -344,12 +378,7 @@ def next_nodes(tup: Any, *, live: bool = False) -> list[str]:
             for c in chans
         ):
             tasks.append((node, "__pregel_pull", tuple(chans)))
-    if live and tup.pending_writes:
-        finished = _finished_tasks(tup.pending_writes)
-        ids = _task_ids(tup, tasks)
-        if ids is not None:
-            tasks = [t for t, tid in zip(tasks, ids, strict=True) if tid not in finished]
-    return [node for node, _, _ in tasks]
+    return tasks
 
 
 def _trigger_target(channel: str) -> str | None:
@@ -384,7 +413,7 @@ def _finished_tasks(writes: Iterable[tuple[str, str, Any]]) -> set[str]:
     return {task for task, channel, _ in writes if channel not in _CONTROL_WRITES}
 
 
-def _task_ids(tup: Any, tasks: list[tuple[str, str, tuple[str, ...]]]) -> list[str] | None:
+def _task_ids(tup: Any, tasks: list[_Task]) -> list[str] | None:
     """LangGraph's ids for ``tasks`` (None when this langgraph computes them otherwise)."""
     import binascii
 

@@ -25,6 +25,8 @@ from langgraph.types import Command, Send, StateSnapshot, interrupt
 from langgraph_valkey_cache import ValkeySaver
 from langgraph_valkey_cache.__main__ import main
 
+NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"  # LangGraph's writes not of a task
+
 
 class State(TypedDict):
     messages: Annotated[list[AnyMessage], add_messages]
@@ -130,6 +132,9 @@ def test_inspect_agrees_with_get_state_on_every_checkpoint(
             )
             assert report["parent_checkpoint_id"] == parent
             assert "history" not in report  # only for the latest
+            # every write of a task this checkpoint ran is named by its node
+            for w in report["pending_writes"]:
+                assert w["node"] is not None or w["task_id"] == NULL_TASK_ID, w
     # the graph exercised every kind of trigger: start, pull, Send, done
     assert {("__start__",), ("a",), ("ask", "b", "w", "w"), ()} <= seen_next
 
@@ -143,10 +148,12 @@ def test_inspect_latest_leaves_out_tasks_that_finished(
     report = _json(capsys, *opts, "inspect", "open")
     assert report["next"] == ["ask"]
     assert report["checkpoint_id"] == state.config["configurable"]["checkpoint_id"]
-    writes = {(w["channel"], json.dumps(w["value"])) for w in report["pending_writes"]}
-    assert ("items", '["b"]') in writes and ("items", '["w1"]') in writes
+    writes = {(w["node"], w["channel"], json.dumps(w["value"])) for w in report["pending_writes"]}
+    assert ("b", "items", '["b"]') in writes and ("w", "items", '["w1"]') in writes
     [interrupted] = [w for w in report["pending_writes"] if w["channel"] == "__interrupt__"]
+    assert interrupted["node"] == "ask"
     assert interrupted["value"][0]["value"] == "approve?"
+    assert report["interrupts"] == [{"node": "ask", "value": "approve?"}]
     history = report["history"]
     assert [h["checkpoint_id"] for h in history] == [
         s.config["configurable"]["checkpoint_id"] for s in graph.get_state_history(_cfg("open"))
@@ -168,7 +175,9 @@ def test_inspect_text_truncates_values(
     # messages as type: content; a list too long for the width keeps its newest items
     assert messages.split("  ", 2)[2].startswith("[2] …, ai: 'planning xxx")
     assert "  note      'from a'" in lines
-    assert any("__interrupt__" in line and "approve?" in line for line in lines)
+    assert "interrupt   ask: 'approve?'" in lines
+    assert any(line.startswith("  ask  __interrupt__") and "approve?" in line for line in lines)
+    assert "  b    items          ['b']" in lines
     assert "history (newest first)" in lines
     assert sum(line.startswith("  (root) ") for line in lines) == 3
     # --width 0: nothing cut
