@@ -1,7 +1,7 @@
 """Every ```python block of README.md runs, against a real embedded server.
 
-Each block is one test. ``valkey://localhost:6379`` in a block becomes the test server's
-URL (a valkey-server with an FT.* module, so store search runs too). A block runs in a
+Each block is one test. ``valkey://localhost:6379`` in a block becomes the URL of a
+server of this module's own (with an FT.* module, so store search runs too). A block runs in a
 fresh namespace holding what the README's prose assumes the reader already has (see
 :func:`_context`: ``url``, ``client``, ``aclient``, ``builder``, ``model``, ``tools``,
 ``agent``, ``inputs``, ``config``, ``index``, ``expensive``). Top-level ``await`` is
@@ -159,21 +159,31 @@ def _context(url: str) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def readme_url() -> Iterator[str]:
+    """A server of the README's own: its blocks write under the default prefixes (and the
+    caches' registry), which no other test's server should see."""
+    from langgraph_valkey_cache.embedded import EmbeddedValkey, redisearch_module_path
+
+    with EmbeddedValkey(search=redisearch_module_path()) as server:
+        yield server.url
+
+
 @pytest.fixture
-def context(redisearch_url: str) -> Iterator[dict[str, Any]]:
+def context(readme_url: str) -> Iterator[dict[str, Any]]:
     from langchain_core.globals import set_llm_cache
 
-    ns = _context(redisearch_url)
+    ns = _context(readme_url)
     yield ns
     set_llm_cache(None)
     ns["client"].close()
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_readme_block_runs(block: Block, context: dict[str, Any], redisearch_url: str) -> None:
+def test_readme_block_runs(block: Block, context: dict[str, Any], readme_url: str) -> None:
     if block.skip:
         pytest.skip(f"README line {block.line}: {block.skip}")
-    source = block.source.replace(README_URL, redisearch_url)
+    source = block.source.replace(README_URL, readme_url)
     code = compile(source, f"README.md:{block.line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if code.co_flags & inspect.CO_COROUTINE:
         asyncio.run(_run_async(code, context))
