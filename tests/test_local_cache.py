@@ -401,3 +401,30 @@ async def test_async_node_cache_local(valkey_url: str, writer: Any, prefix: str)
     assert (await g.ainvoke({"x": 1}))["y"] == 2
     await cache.aclose()
     await aclient.aclose()
+
+
+def test_llm_cache_local_cache_flag_hits_locally_and_stays_coherent(
+    valkey_url: str, prefix: str
+) -> None:
+    from langchain_core.outputs import Generation
+
+    from langgraph_valkey_cache import ValkeyCache
+
+    plain = client_from_url(valkey_url)
+    reader = ValkeyCache(plain, prefix=prefix, metrics=False, local_cache=True)
+    assert has_local_cache(reader.client) and not has_local_cache(plain)
+    writer = ValkeyCache(client_from_url(valkey_url), prefix=prefix, metrics=False)
+    writer.update("p", "m", [Generation(text="one")])
+    assert reader.lookup("p", "m") == [Generation(text="one")]
+    with count_commands() as log:
+        assert reader.lookup("p", "m") == [Generation(text="one")]
+    assert log.round_trips == 0  # served in process
+    writer.update("p", "m", [Generation(text="two")])  # overwritten elsewhere
+    time.sleep(ARRIVAL)
+    assert reader.lookup("p", "m") == [Generation(text="two")]
+    writer.clear()
+    time.sleep(ARRIVAL)
+    assert reader.lookup("p", "m") is None
+    reader.close()
+    writer.close()
+    plain.close()

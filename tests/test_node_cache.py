@@ -290,3 +290,20 @@ async def test_single_flight_tasks_and_failing_leader(any_url: str, prefix: str)
     assert 0.5 < time.monotonic() - t0 < 3
     assert runs == [5, 7, 7]
     await client.aclose()
+
+
+def test_single_flight_get_then_set_publishes_without_errors(valkey_url: str, prefix: str) -> None:
+    """A miss takes the lease; the matching set stores the value and drops the lease in
+    one script, with no error counted (a plan step replying into a list would fail open)."""
+    client = client_from_url(valkey_url)
+    cache: ValkeyNodeCache[Any] = ValkeyNodeCache(
+        client, prefix=prefix, single_flight=True, metrics=False, stats_flush_interval=0
+    )
+    key = (NS_A, "k")
+    assert cache.get([key]) == {}  # a miss: this process now holds the lease
+    cache.set({key: ({"v": 1}, 60)})
+    assert cache.get([key]) == {key: {"v": 1}}
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.errors) == (1, 1, 0), stats
+    assert client.exists(f"{cache.keys.entry(NS_A, 'k')}") == 1
+    client.close()

@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 
 from langgraph_valkey_cache._cachebase import CacheCore
-from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url, with_local_cache
 from langgraph_valkey_cache._control import (
     NO_CONTROL,
     CacheControl,
@@ -412,6 +412,10 @@ class ValkeyCache(CacheCore, BaseCache):
             :func:`~langgraph_valkey_cache.cache_client_from_url` sets to the budget).
         stats_flush_interval: seconds between flushes of this process's hit/miss counts
             to the ``<prefix>:stats`` hash every process adds to (see :meth:`stats`).
+        local_cache: serve repeated hits from a coherent in-process L1 (valkey-py
+            client-side caching, invalidated by the server; standalone servers only):
+            the cache then talks through clients of its own to the same server (see
+            ``cache_client_from_url(url, local_cache=True)``).
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
@@ -446,7 +450,10 @@ class ValkeyCache(CacheCore, BaseCache):
         timeout: float = CACHE_TIMEOUT,
         stats_flush_interval: float = 1.0,
         prices: PriceTable | None = None,
+        local_cache: bool = False,
     ) -> None:
+        if local_cache:
+            client, async_client = with_local_cache(client), with_local_cache(async_client)
         self.pricer = Pricer(prices) if prices else DEFAULT_PRICER
         self.codec = LLMCacheCodec(prefix, ttl=ttl, normalize=normalize, scope=scope)
         self.cost_of = cost_of

@@ -292,17 +292,22 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
             warn_missing_scope(self, self.scope)
         return control, scope
 
+    def _plan_lookup(self, keys: Sequence[FullKey]) -> Plan | None:
+        """The ``get`` plan of this run, or None when there is nothing to read (no keys,
+        ``cache_control`` skip/refresh, or no value for the scope)."""
+        if not keys:
+            return None
+        control, scope = self._request()
+        if scope is None or not control.reads:
+            return None
+        return self._plan_get(keys, scope)
+
     # --- BaseCache ----------------------------------------------------------------------
 
     def get(self, keys: Sequence[FullKey]) -> dict[FullKey, ValueT]:
         """Cached values of ``keys`` (missing, expired or unreadable ones left out)."""
-        if not keys:
-            return {}
-        control, scope = self._request()
-        if scope is None or not control.reads:
-            return {}
-        plan = self._plan_get(keys, scope)
-        return self._run(plan, "get", default={}, lookups=len(keys))
+        plan = self._plan_lookup(keys)
+        return {} if plan is None else self._run(plan, "get", default={}, lookups=len(keys))
 
     def set(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:
         """Store values, each with its TTL in seconds (None: no expiry)."""
@@ -319,12 +324,9 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
 
     async def aget(self, keys: Sequence[FullKey]) -> dict[FullKey, ValueT]:
         """Async :meth:`get`."""
-        if not keys:
+        plan = self._plan_lookup(keys)
+        if plan is None:
             return {}
-        control, scope = self._request()
-        if scope is None or not control.reads:
-            return {}
-        plan = self._plan_get(keys, scope)
         return await self._arun(plan, "get", default={}, lookups=len(keys))
 
     async def aset(self, pairs: Mapping[FullKey, tuple[ValueT, int | None]]) -> None:

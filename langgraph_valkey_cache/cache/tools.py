@@ -690,14 +690,7 @@ class ToolCache(CacheCore):
             return Flight(summary, "fallback")
         except (ValueError, TypeError) as exc:
             logger.warning("undecodable tool cache entry, recomputing: %s", exc)
-        summary, payload = yield COMPUTE
-        if payload is not None:
-            px = () if ttl is None else ("PX", max(1, int(ttl * 1000)))
-            try:
-                yield Cmd(("SET", key, payload, *px))
-            except CacheUnavailable:
-                pass
-        return Flight(summary, "leader")
+        return (yield from self._plan_refresh(key, ttl))
 
     def _plan_invalidate(
         self,
