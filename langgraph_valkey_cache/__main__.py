@@ -103,7 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("thread_id")
     inspect.add_argument(
-        "checkpoint", nargs="?", default=None, help="checkpoint id (default: the latest)"
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="an id, a unique id prefix, latest or latest~N (default: the latest, with history)",
+    )
+    inspect.add_argument(
+        "--history",
+        type=int,
+        default=20,
+        metavar="N",
+        help="list the thread's N newest checkpoints, every namespace (default 20, 0: all)",
     )
     diff = sub.add_parser(
         "diff", help="channel values added, changed and removed from A to B", parents=[common, view]
@@ -241,7 +251,10 @@ def _inspect(saver: Any, args: argparse.Namespace) -> None:
     report = _report(tup, args.internal, live=live)
     if args.checkpoint is None:
         config: RunnableConfig = {"configurable": {"thread_id": args.thread_id}}
-        report["history"] = [_summary(t) for t in saver.list(config)]
+        limit = args.history + 1 if args.history > 0 else None  # one more: are there more?
+        history = [_summary(t) for t in saver.list(config, limit=limit)]
+        report["history_truncated"] = limit is not None and len(history) == limit
+        report["history"] = history[: args.history] if limit else history
     _out(report, args.json, lambda: _render_report(report, args.width))
 
 
@@ -319,6 +332,8 @@ def _render_report(report: dict[str, Any], width: int) -> str:
                 f"  {h['checkpoint_ns'] or '(root)'} {h['checkpoint_id']} step={h['step']} "
                 f"source={h['source']} writes={h['writes']}"
             )
+        if report["history_truncated"]:
+            lines.append(f"  ... older ones left out (--history {len(report['history'])}; 0: all)")
     return "\n".join(lines)
 
 

@@ -159,6 +159,12 @@ def test_inspect_latest_leaves_out_tasks_that_finished(
         s.config["configurable"]["checkpoint_id"] for s in graph.get_state_history(_cfg("open"))
     ]
     assert history[-1]["source"] == "input"
+    assert report["history_truncated"] is False
+    short = _json(capsys, *opts, "inspect", "open", "--history", "2")
+    assert short["history"] == history[:2] and short["history_truncated"] is True
+    code, out, _ = _run(capsys, *opts, "inspect", "open", "--history", "1")
+    assert out.splitlines()[-1] == "  ... older ones left out (--history 1; 0: all)"
+    assert _json(capsys, *opts, "inspect", "open", "--history", "3")["history_truncated"] is False
     assert _json(capsys, *opts, "inspect", "done")["next"] == []
 
 
