@@ -8,7 +8,8 @@ fresh namespace holding what the README's prose assumes the reader already has (
 allowed: such a block runs in its own event loop.
 
 A block can be skipped only with a visible reason, an HTML comment on the line right
-before its fence: ``<!-- readme-test: skip: why -->``.
+before its fence: ``<!-- readme-test: skip: why -->``. The commands of the "Command line"
+section's ```bash block run too (the other bash blocks install, test and benchmark).
 """
 
 from __future__ import annotations
@@ -254,3 +255,55 @@ def test_ttl_units_are_the_tables(valkey_url: str, prefix: str) -> None:
         assert 100_000 < max(ttls) <= 120_000, (tier, ttls)
     admin.close()
     cclient.close()
+
+
+# -- the command-line block ---------------------------------------------------------------
+
+_CLI = "python -m langgraph_valkey_cache"
+_ID_PLACEHOLDER = "1f0c6b2e"  # the README's example checkpoint id prefix
+
+
+def cli_lines(text: str) -> list[str]:
+    """The CLI invocations in the ```bash blocks of the "Command line" section."""
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.splitlines():
+            if line.startswith(_CLI):
+                lines.append(line.split("#", 1)[0].strip())
+    return lines
+
+
+def test_readme_cli_block_runs(readme_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command of the block, on a thread T1 that ran (``$URL`` and the example id
+    prefix replaced; the demo lines are tests/test_demo.py's)."""
+    import shlex
+
+    from langgraph_valkey_cache import ValkeySaver
+    from langgraph_valkey_cache.__main__ import main
+
+    with ValkeySaver.from_conn_string(readme_url) as saver:  # the default prefix
+        graph = _context(readme_url)["builder"].compile(checkpointer=saver)
+        graph.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "T1"}})
+        ids = [
+            t.config["configurable"]["checkpoint_id"]
+            for t in saver.list({"configurable": {"thread_id": "T1"}})
+        ]
+    assert len(ids) >= 3
+    # the shortest prefix of the second newest id that names it alone
+    size = next(n for n in range(8, 37) if sum(i.startswith(ids[1][:n]) for i in ids) == 1)
+    ran = 0
+    for line in cli_lines(README.read_text(encoding="utf-8")):
+        argv = shlex.split(line)[len(_CLI.split()) :]
+        if argv[0] == "demo":
+            continue
+        argv = [
+            readme_url if a == "$URL" else ids[1][:size] if a == _ID_PLACEHOLDER else a
+            for a in argv
+        ]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert (code, err) == (0, ""), line
+        assert out.strip(), line
+        ran += 1
+    assert ran >= 5
