@@ -209,7 +209,14 @@ def _describe(exc: Exception, url: str | None) -> tuple[str, int]:
     where = _redact(url or "")
     if isinstance(exc, vexc.AuthenticationError | vexc.AuthorizationError):
         return f"{where} refused the connection: {_first_line(exc)}", EXIT_SERVER
-    if isinstance(exc, vexc.ConnectionError | vexc.TimeoutError | OSError):
+    unreachable = (
+        vexc.ConnectionError,
+        vexc.TimeoutError,
+        OSError,
+        vexc.ValkeyClusterException,  # no node of a cluster URL answered
+        vexc.ClusterDownError,
+    )
+    if isinstance(exc, unreachable):
         return f"cannot reach {where}: {_first_line(exc)}", EXIT_SERVER
     if isinstance(exc, vexc.ResponseError):
         return f"server error from {where}: {_first_line(exc)}", EXIT_SERVER

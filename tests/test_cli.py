@@ -322,6 +322,7 @@ def _dead_port() -> int:
         (["threads", "--url", "valkey://:s3cret@127.0.0.1:{port}"], 3, "cannot reach valkey://:***@127.0.0.1:"),
         (["inspect", "t1", "--url", "valkey://127.0.0.1:{port}"], 3, "Connection refused"),
         (["stats", "--url", "valkey://127.0.0.1:{port}"], 3, "cannot reach"),
+        (["threads", "--url", "valkey://127.0.0.1:{port}?cluster=true"], 3, "cannot reach"),
         (["threads", "--url", "http://localhost:6379"], 2, "bad URL 'http://localhost:6379'"),
         (["diff", "t1", "a", "b"], 2, "diff needs --url or VALKEY_URL"),
         (["inspect"], 2, "the following arguments are required: thread_id"),
