@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -48,7 +47,12 @@ from langgraph_valkey_cache._failopen import CacheUnavailable, Cmd, Pipe, Plan, 
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, NodeCacheKeys
 from langgraph_valkey_cache._serde import default_serde, dumps_checked, pack_typed, unpack_typed
 from langgraph_valkey_cache.cache.llm import unlink_plan
-from langgraph_valkey_cache.cache.singleflight import FlightOptions, lease_step, publish_step
+from langgraph_valkey_cache.cache.singleflight import (
+    FlightOptions,
+    lease_step,
+    lease_token,
+    publish_step,
+)
 
 __all__ = ["ValkeyNodeCache"]
 
@@ -197,7 +201,7 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
             while waiting:
                 still = []
                 for rk in waiting:
-                    token = uuid.uuid4().hex
+                    token = lease_token()
                     kind, raw = yield lease_step(rk, token, lease_ms)
                     kind = int(kind)
                     if kind == 1:

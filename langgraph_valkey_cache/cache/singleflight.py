@@ -66,8 +66,9 @@ sync and async classes only hand them to an executor. Other caches reuse the pie
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -95,6 +96,7 @@ __all__ = [
     "guarded_plan",
     "lease_key",
     "lease_step",
+    "lease_token",
     "publish_step",
 ]
 
@@ -117,6 +119,24 @@ class Flight(Generic[T]):
     def computed(self) -> bool:
         """True when ``compute`` ran in this call."""
         return self.outcome in ("leader", "fallback")
+
+
+_token_prefix = os.urandom(8).hex()
+_token_counter = itertools.count()
+
+
+def _new_token_prefix() -> None:
+    global _token_prefix
+    _token_prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+def lease_token() -> str:
+    """A token no other lease holder has: a random per-process prefix (new after a fork)
+    plus a counter (``uuid4`` costs an ``os.urandom`` call on every miss)."""
+    return f"{_token_prefix}{next(_token_counter):x}"
 
 
 def _ms(seconds: float) -> int:
@@ -201,7 +221,7 @@ def flight_plan(
     def computed(reply: Any) -> tuple[Any, bytes | None]:
         return (reply, payload_of(reply)) if payload_of is not None else reply
 
-    token = uuid.uuid4().hex
+    token = lease_token()
     lease_ms = _ms(opts.lease_ttl)
     ttl_ms = None if ttl is None else _ms(ttl)
     deadline: float | None = None
@@ -253,7 +273,7 @@ def guarded_plan(
 ) -> Plan:
     """Single-flight around your own lookup and store plans (any data layout);
     ``COMPUTE`` replies the value."""
-    token = uuid.uuid4().hex
+    token = lease_token()
     lease_ms = _ms(opts.lease_ttl)
     found = yield from lookup()
     if found is not None:

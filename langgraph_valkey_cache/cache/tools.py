@@ -84,6 +84,7 @@ _STAT_FIELDS = ("hits", "misses", "saved_ms", "run_ms", "uncacheable")
 # Names LangGraph injects without an annotation (ToolNode treats "runtime" as injected).
 _ALWAYS_INJECTED = frozenset({"runtime"})
 _NO_CACHE: Literal["no-cache"] = "no-cache"
+_SEEN_KEYS = 4096  # memoised call keys per ToolCache
 
 
 # --- canonical arguments ------------------------------------------------------------
@@ -405,6 +406,7 @@ class ToolCache(CacheCore):
             else normalize_scope(key_injected)
         )
         self._tools: dict[int, _ToolInfo] = {}
+        self._seen_keys: dict[tuple[Any, ...], str] = {}  # (call) -> key, bounded
         self._by_name: dict[str, BaseTool] = {}
         self._warned_injected: set[tuple[str, ...]] = set()
         for t in tools:
@@ -468,11 +470,19 @@ class ToolCache(CacheCore):
         injected: str | None,
     ) -> str:
         info = self._remember(tool)
-        if info is None:
-            text = canonical_args(args, _ALWAYS_INJECTED)
-        else:
-            text = canonical_args(normalized_args(info.schema, args), info.injected)
-        return self.keys.entry(name, self.keys.call_digest(name, text, scope, injected))
+        raw = canonical_args(args, _ALWAYS_INJECTED if info is None else info.injected)
+        # normalising through the schema and hashing cost ~20 us: once per distinct call
+        memo = (name, id(info), raw, scope, injected)
+        found = self._seen_keys.get(memo)
+        if found is None:
+            text = raw
+            if info is not None:
+                text = canonical_args(normalized_args(info.schema, args), info.injected)
+            found = self.keys.entry(name, self.keys.call_digest(name, text, scope, injected))
+            if len(self._seen_keys) >= _SEEN_KEYS:
+                self._seen_keys.clear()
+            self._seen_keys[memo] = found
+        return found
 
     def _remember(self, tool: BaseTool | None) -> _ToolInfo | None:
         if tool is None:
