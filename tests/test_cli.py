@@ -279,6 +279,9 @@ def test_errors_are_one_line_with_an_exit_code(
         assert (got, out) == (code, ""), argv
         assert err.count("\n") == 1 and message in err, (argv, err)
         assert err.startswith("python -m langgraph_valkey_cache: error: ")
+    # the demo prints a story, not a document: --json is refused before it starts
+    got, out, err = _run(capsys, "demo", "--json")
+    assert (got, out) == (2, "") and "demo has no --json output" in err
     # an id prefix shared by several checkpoints is a usage error
     shared = graph.get_state(_cfg("open")).config["configurable"]["checkpoint_id"][:4]
     got, _, err = _run(capsys, *opts, "inspect", "open", shared)
