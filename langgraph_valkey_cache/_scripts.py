@@ -11,8 +11,8 @@ against a half-migrated thread; keys a script only derives are not checked):
 * one-namespace scripts (``put``, ``put_writes``, ``get``, ``list`` of one namespace,
   ``history``) get the thread's ``P:{T}:ns`` first, then exactly the keys of
   :meth:`CheckpointKeys.script_keys` they touch (``declared`` names them by suffix;
-  without a TTL ``put`` needs 5, ``put_writes`` 3: every key is one more argument to
-  pack on the hot path). Every key they touch is declared, except the other
+  without a TTL or retention ``put`` needs 6 (7 with a metadata index), ``put_writes``
+  3: every key is one more argument to pack on the hot path). Every key they touch is declared, except the other
   namespaces' keys the throttled TTL refresh extends (at most once per ttl/10; only
   with a TTL).
 * thread-wide scripts (``delete_thread``, ``delete_runs``, ``prune``, ``dump``,
@@ -41,13 +41,13 @@ __all__ = ["CHECKPOINT_SCRIPTS", "SINGLE_FLIGHT_SCRIPTS", "ScriptRegistry"]
 # namespace set ``P:{T}:ns``; thread-wide scripts get its run index and refresh marker
 # as KEYS[2] and KEYS[3].
 _PRELUDE = r"""
-local NSK = {'i', 'c', 'b', 'w', 'd'}
+local NSK = {'i', 'c', 'b', 'w', 'd', 'e'}
 local base = string.sub(KEYS[1], 1, -3)
 local function nskey(kind, ns) return base .. kind .. ':' .. ns end
 -- the keys of a namespace the script discovered (not declared)
 local function nskeys(ns)
   return {i = nskey('i', ns), c = nskey('c', ns), b = nskey('b', ns),
-          w = nskey('w', ns), d = nskey('d', ns)}
+          w = nskey('w', ns), d = nskey('d', ns), e = nskey('e', ns)}
 end
 -- the declared keys, named by what follows the thread base: ns, runs, t or a kind letter
 local function declared()
@@ -140,13 +140,46 @@ local function touch(ttl, tk, ks)
     end
   end
 end
+-- a list stored item by item: 0x02 then the 16-byte digests of its items (P:{T}:e:<ns>)
+local function item_refs(blob)
+  local out = {}
+  if blob and string.byte(blob, 1) == 2 then
+    for i = 2, #blob, 16 do out[#out + 1] = string.sub(blob, i, i + 15) end
+  end
+  return out
+end
+-- per blob, the items of the list blobs ({} for the others)
+local function load_items(ks, blobs)
+  local out = {}
+  for i, blob in ipairs(blobs) do
+    local refs = item_refs(blob)
+    if #refs > 0 then
+      local got = hmget(ks.e, refs)
+      for j = 1, #refs do if not got[j] then got[j] = '' end end
+      out[i] = got
+    else
+      out[i] = {}
+    end
+  end
+  return out
+end
+-- drop the items of `candidates` (digest set) that no list blob in `blobs` refers to
+local function gc_items(ks, candidates, blobs)
+  if next(candidates) == nil then return end
+  for _, blob in ipairs(blobs) do
+    for _, r in ipairs(item_refs(blob)) do candidates[r] = nil end
+  end
+  local drop = {}
+  for r, _ in pairs(candidates) do drop[#drop + 1] = r end
+  hdel(ks.e, drop)
+end
 local function load_tuple(ks, ns, id, rec)
   local _, _, fields = header(rec)
   local blobs = hmget(ks.b, fields)
   local writes = hmget(ks.w, split(redis.call('HGET', ks.d, id), ','))
   -- false (missing) cannot travel inside a reply array reliably: use ''
   for i = 1, #fields do if not blobs[i] then blobs[i] = '' end end
-  return {ns, id, rec, blobs, writes}
+  return {ns, id, rec, blobs, writes, load_items(ks, blobs)}
 end
 -- returns the deleted record's blob fields
 local function delete_checkpoint(ks, ns, id, drops)
@@ -190,6 +223,11 @@ local function gc_namespace(ns, ks)
     if not used[f] then drop[#drop + 1] = f end
   end
   hdel(ks.b, drop)
+  if redis.call('EXISTS', ks.e) == 1 then
+    local all = {}
+    for _, r in ipairs(redis.call('HKEYS', ks.e)) do all[r] = true end
+    gc_items(ks, all, redis.call('HVALS', ks.b))
+  end
 end
 -- run index member: run,ns,id
 -- keep the run index in step with the checkpoints that still exist
@@ -272,12 +310,29 @@ local function retain(ks, ns, limit, drops)
       end
     end
   end
+  if #drop > 0 and ks.e and redis.call('EXISTS', ks.e) == 1 then
+    -- items only the dropped list blobs refer to, checked against the kept blobs of
+    -- the same channels (an item's digest covers its channel: none is shared across)
+    local candidates, chans, dropped = {}, {}, {}
+    for _, blob in ipairs(hmget(ks.b, drop)) do
+      for _, r in ipairs(item_refs(blob)) do candidates[r] = true end
+    end
+    for _, f in ipairs(drop) do chans[chan(f)] = true; dropped[f] = true end
+    local kept = {}
+    for f, _ in pairs(used) do
+      if chans[chan(f)] and not dropped[f] then kept[#kept + 1] = f end
+    end
+    local live = {}
+    for _, v in ipairs(hmget(ks.b, kept)) do if v then live[#live + 1] = v end end
+    gc_items(ks, candidates, live)
+  end
   hdel(ks.b, drop)
 end
 """
 
 # ARGV: id, record, run, ttl_ms, ns, pairs ('' = no metadata index, else '=' followed by
-# the comma-joined indexed pairs), keep_last (0 = all), then blob field/value pairs.
+# the comma-joined indexed pairs), keep_last (0 = all), the number n of list item
+# arguments, n item digest/value arguments, then blob field/value pairs.
 # Order matters: blobs, record, then the index entry, so even a script error
 # part-way (scripts are not rolled back) never leaves a checkpoint without its blobs.
 # Reply: 1, or (when the global thread index must change) {new thread, runs new to the
@@ -287,7 +342,12 @@ local id, rec, run, ttl, ns = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV
 local indexing, limit = ARGV[6] ~= '', tonumber(ARGV[7])
 local ks = declared()
 local new_thread = redis.call('EXISTS', KEYS[1]) == 0
-for k = 8, #ARGV, 1000 do
+-- list items first (content-addressed: writing one again changes nothing), then blobs
+local nitems = tonumber(ARGV[8])
+for k = 9, 8 + nitems, 1000 do
+  redis.call('HSET', ks.e, unpack(ARGV, k, math.min(k + 999, 8 + nitems)))
+end
+for k = 9 + nitems, #ARGV, 1000 do
   redis.call('HSET', ks.b, unpack(ARGV, k, math.min(k + 999, #ARGV)))
 end
 local fresh, new_runs, drops = {}, {}, new_drops()
@@ -461,6 +521,7 @@ for _, ns in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('HGETALL', ks.b),
     redis.call('HGETALL', ks.w),
     redis.call('HGETALL', ks.d),
+    redis.call('HGETALL', ks.e),
   }
 end
 return cmsgpack.pack(out)
@@ -504,6 +565,7 @@ for j = 2, #data do
   hset_flat(ks.b, d[4])
   hset_flat(ks.w, d[5])
   hset_flat(ks.d, d[6])
+  hset_flat(ks.e, d[7] or {})
   touch(ttl, tk, ks)
 end
 touch(ttl, tk)
@@ -539,7 +601,8 @@ while cursor and cursor ~= '' and left > 0 do
     if remaining[ch] then v = redis.call('HGET', ks.b, f) end
     blobs[i] = v or ''
   end
-  out[#out + 1] = {cursor, r, blobs, hmget(ks.w, split(redis.call('HGET', ks.d, cursor), ','))}
+  out[#out + 1] = {cursor, r, blobs, hmget(ks.w, split(redis.call('HGET', ks.d, cursor), ',')),
+                   load_items(ks, blobs)}
   for i, f in ipairs(fields) do
     local ch = string.sub(f, 1, string.find(f, ':', 1, true) - 1)
     if remaining[ch] and blobs[i] ~= '' then remaining[ch] = nil; left = left - 1 end

@@ -76,16 +76,18 @@ def _registered(flavour: str, url: str, prefix: str) -> Any:
             client.close()
 
     else:
+        # list channels stored whole, as before list_items
+        options = {"list_items": False} if flavour == "sync-whole-lists" else {}
 
         async def factory() -> AsyncIterator[BaseCheckpointSaver]:
             client = client_from_url(url)
-            yield SyncBridge(ValkeySaver(client, prefix=prefix))
+            yield SyncBridge(ValkeySaver(client, prefix=prefix, **options))
             client.close()
 
     return checkpointer_test(name=f"{flavour}-{prefix}")(factory)
 
 
-@pytest.mark.parametrize("flavour", ["sync", "async", "sync-zstd-indexed"])
+@pytest.mark.parametrize("flavour", ["sync", "async", "sync-zstd-indexed", "sync-whole-lists"])
 async def test_conformance_all_capabilities(flavour: str, any_url: str, prefix: str) -> None:
     report = await validate(_registered(flavour, any_url, prefix))
     failures = {

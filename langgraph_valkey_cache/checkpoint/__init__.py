@@ -51,6 +51,16 @@ class ValkeySaver(ValkeySaverBase):
         ttl: ``{"default_ttl": minutes, "refresh_on_read": bool}``; every key of a
             thread expires together, sliding on each write (and read, if asked).
         metrics: ``False`` to turn Prometheus metrics off, or a registry.
+        thread_index: keep the thread index (``list(None)``, ``search_threads`` and
+            ``delete_for_runs`` without ``SCAN``); ``False`` scans instead.
+        index_metadata: metadata fields whose values the thread index records, e.g.
+            ``("user_id",)``: ``search_threads({"user_id": "alice"})``.
+        keep_last: keep at most this many checkpoints per thread namespace (plus the
+            ancestors a DeltaChannel needs), pruned by ``put`` itself.
+        compress_min_bytes: zstd-compress stored values at least this large (needs
+            the ``compress`` extra); values are readable whatever the setting.
+        list_items: store list values (message lists) item by item, each item once
+            per thread namespace (default); ``False`` stores them whole.
 
     Example:
         ```python

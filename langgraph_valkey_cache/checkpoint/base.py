@@ -27,6 +27,7 @@ removed) and the plan sends one more script to the index slot only then.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import threading
@@ -66,6 +67,8 @@ _LIST_PAGE = 100
 _KEY_CACHE_SIZE = 1024
 _ZSTD = b"\x01"  # codec marker: never the first byte of a msgpack array (0x90-0x9f, 0xdc)
 _PAIR_MAX = 200  # longer encoded values are indexed by their digest
+_ITEMS = b"\x02"  # a list stored item by item: the marker, then 16-byte item digests
+_MIN_ITEMS = 2  # shorter lists are stored whole
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         index_metadata: Sequence[str] = (),
         keep_last: int | None = None,
         compress_min_bytes: int | None = None,
+        list_items: bool = True,
     ) -> None:
         super().__init__(serde=serde or default_serde())
         if isinstance(index_metadata, str):
@@ -274,6 +278,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self.keep_last = keep_last
         self._keep_arg = str(keep_last or 0).encode()
         self.compress_min_bytes = compress_min_bytes
+        self.list_items = list_items
         self._zlocal = threading.local()
         require_bytes_client(client, "the checkpointer", "serialized values are binary")
         self.client = client
@@ -325,17 +330,24 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             _key_part(thread_id, "thread_id")
             ns_enc = _key_part(ns, "checkpoint_ns")
             every = tuple(k.encode() for k in self.keys.script_keys(thread_id, ns_enc))
-            nsk, runs, _, x, i, c, b, w, d = every
+            # list items (content-addressed, per namespace): P:{T}:e:<ns>
+            e = (self.keys.base(thread_id) + "e:" + ns_enc).encode()
+            every += (e,)
+            nsk, runs, _, x, i, c, b, w, d, e = every
             # only what each script touches: without a TTL nothing is refreshed; the
             # pair counts only with a metadata index; retention deletes checkpoints
-            put = (nsk, runs, x, i, c, b) if self._indexed else (nsk, runs, i, c, b)
+            put: tuple[bytes, ...] = (
+                (nsk, runs, x, i, c, b) if self._indexed else (nsk, runs, i, c, b)
+            )
+            if self.list_items:
+                put += (e,)
             found = _NsKeys(
                 ns_enc,
                 every,
                 every if self._ttl_ms or self.keep_last else put,
                 every if self._ttl_ms else (nsk, w, d),
-                every if self._read_ttl_ms else (nsk, i, c, b, w, d),
-                (nsk, i, c, b, w, d),
+                every if self._read_ttl_ms else (nsk, i, c, b, w, d, e),
+                (nsk, i, c, b, w, d, e),
             )
             if len(self._key_cache) >= _KEY_CACHE_SIZE:
                 self._key_cache.clear()
@@ -364,6 +376,32 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
 
     def _unblob(self, blob: bytes) -> Any:
         return self.serde.loads_typed(unpack_typed(_unz(blob)))
+
+    def _value(self, blob: bytes, items: Sequence[bytes], channel: str) -> Any:
+        """A channel value: one blob, or a list reassembled from its stored items."""
+        if blob[:1] != _ITEMS:
+            return self._unblob(blob)
+        if len(items) * 16 != len(blob) - 1 or not all(items):
+            raise RuntimeError(
+                f"checkpoint data is damaged: an item of list channel {channel!r} is missing"
+            )
+        return [self._unblob(it) for it in items]
+
+    def _list_blob(self, channel: str, value: list[Any], out: list[bytes]) -> bytes:
+        """The reference blob of a list stored item by item; appends the items'
+        (digest, value) arguments to ``out``. A digest covers the channel and the
+        item's stored bytes, so an item is stored once per namespace and channel, and
+        garbage collection only compares blobs of one channel."""
+        salt = _key_part(channel, "channel name").encode() + b"\x00"
+        refs = [_ITEMS]
+        for i, item in enumerate(value):
+            packed = self._z(
+                pack_typed(dumps_checked(self.serde, item, f"item {i} of channel {channel!r}"))
+            )
+            ref = hashlib.blake2b(salt + packed, digest_size=16).digest()
+            refs.append(ref)
+            out += (ref, packed)
+        return b"".join(refs)
 
     def _pairs(self, metadata: dict[str, Any]) -> str:
         """The indexed metadata pairs of a record, comma-joined (encoded: no commas)."""
@@ -438,14 +476,14 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         return [(r[0], r[3], (r[4], r[5]), r[2], r[1]) for r in rows]
 
     def _parse_tuple(self, thread_id: str, reply: list[Any]) -> CheckpointTuple:
-        ns_enc, cid, rec, blobs, writes = reply
+        ns_enc, cid, rec, blobs, writes, items = reply
         ns = decode(_str(ns_enc))
         cid = _str(cid)
         parent, checkpoint, metadata = self._parse_record(rec)
         values: dict[str, Any] = {}
-        for ch, blob in zip(self._header_channels(rec), blobs, strict=True):
+        for ch, blob, its in zip(self._header_channels(rec), blobs, items, strict=True):
             if blob:
-                values[ch] = self._unblob(blob)
+                values[ch] = self._value(blob, its, ch)
         checkpoint["channel_values"] = values
         return CheckpointTuple(
             config={
@@ -494,12 +532,23 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         # bytes throughout: valkey-py then packs each argument without encoding it
         args = [cid.encode(), b"", run.encode(), self._ttl_arg, nk.ns.encode(), b"", self._keep_arg]
         stored = 0
+        blobs: list[bytes] = []
+        items: list[bytes] = []
         for ch, ver in new_versions.items():
             if ch in values:
-                blob = pack_typed(dumps_checked(self.serde, values[ch], f"value of channel {ch!r}"))
-                blob = self._z(blob)
-                args += (self._blob_field(ch, ver).encode(), blob)
+                value = values[ch]
+                if self.list_items and type(value) is list and len(value) >= _MIN_ITEMS:
+                    blob = self._list_blob(ch, value, items)
+                else:
+                    blob = self._z(
+                        pack_typed(dumps_checked(self.serde, value, f"value of channel {ch!r}"))
+                    )
+                blobs += (self._blob_field(ch, ver).encode(), blob)
                 stored += len(blob)
+        stored += sum(len(v) for v in items[1::2])
+        args.append(str(len(items)).encode())
+        args += items
+        args += blobs
         rec = args[1] = self._record(checkpoint, meta, parent_id, run)
         if self._indexed:
             args[5] = b"=" + self._pairs(meta).encode()
@@ -863,13 +912,13 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
         seeds: dict[str, Any] = {}
         remaining = set(channels)
-        for _, rec, blobs, writes in ancestors:
+        for _, rec, blobs, writes, items in ancestors:
             if not remaining:
                 break
             terminated: dict[str, Any] = {}
-            for ch, blob in zip(self._header_channels(rec), blobs, strict=True):
+            for ch, blob, its in zip(self._header_channels(rec), blobs, items, strict=True):
                 if ch in remaining and blob:
-                    terminated[ch] = self._unblob(blob)
+                    terminated[ch] = self._value(blob, its, ch)
             for tid, ch, typed, _, _ in reversed(self._decode_writes(writes)):
                 if ch in remaining:
                     collected[ch].append((tid, ch, self.serde.loads_typed(typed)))

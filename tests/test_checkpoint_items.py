@@ -1,0 +1,173 @@
+"""List channels stored item by item (``list_items=True``, the default): a growing
+message list writes each message once per thread namespace; states, histories and
+pending writes are exactly InMemorySaver's (differential tests), and items no
+checkpoint refers to any more are collected by prune, retention and deletes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import Command, interrupt
+
+from langgraph_valkey_cache import AsyncValkeySaver, ValkeySaver
+from langgraph_valkey_cache._client import client_from_url, scan_keys
+
+
+def _chat_graph() -> Any:
+    def model(state: MessagesState) -> dict[str, Any]:
+        n = len(state["messages"])
+        out: list[Any] = [AIMessage(f"answer {n} " + "lorem ipsum " * 20, id=f"ai-{n}")]
+        if n == 7:  # an edit in place and a removal: the list does not only grow
+            first = state["messages"][0]
+            out.append(HumanMessage("edited", id=first.id))
+            out.append(RemoveMessage(id=str(state["messages"][1].id)))
+        return {"messages": out}
+
+    def review(state: MessagesState) -> dict[str, Any]:
+        if len(state["messages"]) == 4:
+            verdict = interrupt("ok?")
+            return {"messages": [HumanMessage(f"verdict {verdict}", id="verdict")]}
+        return {}
+
+    b = StateGraph(MessagesState)
+    b.add_node("model", model)
+    b.add_node("review", review)
+    b.add_edge(START, "model")
+    b.add_edge("model", "review")
+    b.add_edge("review", END)
+    return b
+
+
+def _norm(value: Any) -> str:
+    """repr without interrupt ids (derived from checkpoint ids, which differ per saver)."""
+    return re.sub(r"(Interrupt\(value=.*?), id='[0-9a-f]+'", r"\1", repr(value))
+
+
+def _transcript(graph: Any) -> list[Any]:
+    config = {"configurable": {"thread_id": "chat"}}
+    out: list[Any] = []
+    for i in range(6):
+        got = graph.invoke({"messages": [HumanMessage(f"q{i} " * 30, id=f"h-{i}")]}, config)
+        if "__interrupt__" in got:
+            got = graph.invoke(Command(resume="yes"), config)
+        out.append([(m.id, m.content) for m in got["messages"]])
+    history = list(graph.get_state_history(config))
+    out.append([([(m.id, m.content) for m in s.values["messages"]], s.next) for s in history])
+    # every checkpoint's pending writes, and a fork from the middle of the history
+    tuples = list(graph.checkpointer.list(config))
+    out.append([[(w[1], _norm(w[2])) for w in t.pending_writes or []] for t in tuples])
+    middle = history[len(history) // 2]
+    forked = graph.update_state(middle.config, {"messages": [HumanMessage("fork", id="fork")]})
+    out.append([(m.id, m.content) for m in graph.get_state(forked).values["messages"]])
+    return out
+
+
+def test_messages_match_in_memory_and_are_stored_once(any_url: str, prefix: str) -> None:
+    expected = _transcript(_chat_graph().compile(checkpointer=InMemorySaver()))
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    assert _transcript(_chat_graph().compile(checkpointer=saver)) == expected
+    base = saver.keys.base("chat")
+    items = client.hlen(base + "e:")
+    config = {"configurable": {"thread_id": "chat"}}
+    distinct = {
+        (m.id, m.content)
+        for t in saver.list(config)
+        for m in t.checkpoint["channel_values"].get("messages", [])
+    }
+    # each distinct message once (a RemoveMessage write is a pending write, not an item)
+    assert items == len(distinct)
+    whole = ValkeySaver(client, prefix=prefix + "w", list_items=False)
+    assert _transcript(_chat_graph().compile(checkpointer=whole)) == expected
+    mem = {
+        name: sum(
+            client.memory_usage(k, samples=0) or 0 for k in scan_keys(client, f"{p}:{{chat}}:*")
+        )
+        for name, p in (("items", prefix), ("whole", prefix + "w"))
+    }
+    assert mem["items"] < mem["whole"] * 0.8, mem  # a short thread; see bench --memory
+    client.close()
+
+
+def test_items_are_collected(any_url: str, prefix: str) -> None:
+    client = client_from_url(any_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    graph = _chat_graph().compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "chat"}}
+    _transcript(graph)
+    e = saver.keys.base("chat") + "e:"
+    before = client.hlen(e)
+    latest = graph.get_state(config).values
+    saver.copy_thread("chat", "copy")
+    copy = {"configurable": {"thread_id": "copy"}}
+    assert graph.get_state(copy).values == latest
+    saver.prune(["chat"])
+    after = client.hlen(e)
+    assert 0 < after < before  # only the latest checkpoint's messages remain
+    assert after == len(latest["messages"])
+    assert graph.get_state(config).values == latest
+    graph.invoke({"messages": [HumanMessage("again", id="again")]}, config)
+    assert graph.get_state(config).values["messages"][-2].id == "again"
+    saver.delete_thread("chat")
+    assert not client.exists(e)
+    assert graph.get_state(copy).values == latest  # the copy has its own items
+    client.close()
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_retention_collects_items(valkey_url: str, prefix: str, keep: int) -> None:
+    reference = _chat_graph().compile(checkpointer=InMemorySaver())
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix, keep_last=keep)
+    graph = _chat_graph().compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "chat"}}
+    e = saver.keys.base("chat") + "e:"
+    for i in range(8):
+        for g in (reference, graph):
+            got = g.invoke({"messages": [HumanMessage(f"q{i}", id=f"h-{i}")]}, config)
+            if "__interrupt__" in got:
+                g.invoke(Command(resume="yes"), config)
+        ours = list(graph.get_state_history(config))
+        theirs = list(reference.get_state_history(config))
+        assert [s.values for s in ours] == [s.values for s in theirs[: len(ours)]]
+        referenced = {(m.id, m.content) for s in ours for m in s.values.get("messages", [])}
+        # no item outlives the checkpoints that refer to it
+        assert client.hlen(e) <= len(referenced)
+    client.close()
+
+
+async def test_async_items_match_in_memory(valkey_url: str, prefix: str) -> None:
+    reference = _chat_graph().compile(checkpointer=InMemorySaver())
+    async with AsyncValkeySaver.from_conn_string(valkey_url, prefix=prefix) as saver:
+        graph = _chat_graph().compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": "a"}}
+        for i in range(5):
+            for g in (reference, graph):
+                got = await g.ainvoke({"messages": [HumanMessage(f"q{i}", id=f"h{i}")]}, config)
+                if "__interrupt__" in got:
+                    await g.ainvoke(Command(resume="no"), config)
+        ours = [s.values async for s in graph.aget_state_history(config)]
+        theirs = [s.values async for s in reference.aget_state_history(config)]
+        assert ours == theirs
+
+
+def test_duplicate_items_and_plain_lists(valkey_url: str, prefix: str) -> None:
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    values = {"l": [1, "a", 1, None, {"k": [1, 2]}, b"raw", 1.5], "one": [7], "empty": []}
+    versions: dict[str, str | int | float] = {k: 1 for k in values}
+    cp = generate_checkpoint(channel_values=values, channel_versions=versions)
+    saver.put(
+        {"configurable": {"thread_id": "d", "checkpoint_ns": ""}}, cp, generate_metadata(), versions
+    )
+    tup = saver.get_tuple({"configurable": {"thread_id": "d"}})
+    assert tup is not None and tup.checkpoint["channel_values"] == values
+    assert client.hlen(saver.keys.base("d") + "e:") == 6  # 1 stored once
+    client.close()
