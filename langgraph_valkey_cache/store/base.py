@@ -52,7 +52,7 @@ from langgraph.store.base import (
 
 from langgraph_valkey_cache._client import is_cluster, require_bytes_client
 from langgraph_valkey_cache._keys import StoreKeys, decode, digest, encode
-from langgraph_valkey_cache._scripts import ScriptRegistry
+from langgraph_valkey_cache._scripts import STORE_SCRIPTS, ScriptRegistry
 from langgraph_valkey_cache._search import (
     MAX_KNN_K,
     filter_command,
@@ -69,7 +69,6 @@ from langgraph_valkey_cache._search import (
 )
 from langgraph_valkey_cache._telemetry import Telemetry
 from langgraph_valkey_cache.store import search as q
-from langgraph_valkey_cache.store._lua import STORE_SCRIPTS
 
 __all__ = ["Call", "Embed", "Pipe", "Sleep", "ValkeyStoreBase", "op_name"]
 
