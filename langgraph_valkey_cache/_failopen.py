@@ -97,7 +97,9 @@ else:  # pragma: no cover - Python 3.10
 @dataclass(slots=True)
 class Cmd:
     """One command: ``client.execute_command(*args)``. ``node="random"`` routes a
-    keyless command (``FT.*``) to one primary of a cluster."""
+    keyless command (``FT.*``) to one primary of a cluster; ``node="primaries"`` sends it
+    to every primary (one node when standalone) and replies a list, a server's error
+    reply (``ResponseError``) standing in the list as a value."""
 
     args: tuple[Any, ...]
     node: str | None = None
@@ -548,6 +550,16 @@ class Executor:
         client = self.client
         t = type(step)
         if t is Cmd:
+            if step.node == "primaries":
+                nodes = client.get_primaries() if self.cluster else [None]
+                out = []
+                for node in nodes:
+                    extra = {} if node is None else {"target_nodes": node}
+                    try:
+                        out.append(client.execute_command(*step.args, **extra))
+                    except ResponseError as exc:
+                        out.append(exc)
+                return out
             if step.node is not None and self.cluster:
                 return client.execute_command(*step.args, target_nodes=client.get_random_node())
             return client.execute_command(*step.args)
@@ -649,6 +661,18 @@ class Executor:
             return await asyncio.to_thread(self._io, step)
         client = self.client
         t = type(step)
+        if t is Cmd and step.node == "primaries":
+            if self.cluster:
+                await client.initialize()
+            nodes = client.get_primaries() if self.cluster else [None]
+            out = []
+            for node in nodes:
+                extra = {} if node is None else {"target_nodes": node}
+                try:
+                    out.append(await client.execute_command(*step.args, **extra))
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
         if t is Cmd:
             if step.node is not None and self.cluster:
                 # the async cluster client learns its nodes on its first command: before

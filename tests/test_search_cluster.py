@@ -119,3 +119,11 @@ def test_cluster_without_coordinator_is_a_clear_error(search_cluster_url: str) -
         with ValkeyStore.from_conn_string(lone.url, index=_index(emb)) as store:
             with pytest.raises(RuntimeError, match="--use-coordinator"):
                 store.setup()
+        # the semantic cache's explicit setup() says the same (lookups stay fail-open)
+        from langgraph_valkey_cache import ValkeySemanticCache, client_from_url
+
+        client = client_from_url(lone.url)
+        cache = ValkeySemanticCache(client, emb, prefix="nocoord", dims=DIMS, metrics=False)
+        with pytest.raises(RuntimeError, match="--use-coordinator"):
+            cache.setup()
+        client.close()

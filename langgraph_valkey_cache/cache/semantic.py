@@ -62,6 +62,7 @@ from langgraph_valkey_cache._failopen import (
     Pipe,
     Plan,
     Scan,
+    Sleep,
     Tally,
 )
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
@@ -459,8 +460,10 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             self.dims = len((yield Call(e.embed_query, e.aembed_query, ("dimension probe",))))
         return self.dims
 
-    def _plan_setup(self) -> Plan:
-        """Create the index unless it exists (then check its dimensions)."""
+    def _plan_setup(self, wait: bool = False) -> Plan:
+        """Create the index unless it exists (then check its dimensions). ``wait``
+        (explicit ``setup()`` only, never on the fail-open path): on a cluster, until
+        every primary has the index, or raise naming the coordinator."""
         index = self.keys.index()
         # FT._LIST first: an existing index is the common case, and FT.CREATE's "already
         # exists" would be a loud error on the fail-open path
@@ -471,7 +474,26 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             self._check_existing((yield Cmd(("FT.INFO", index), node="random")))
         else:
             yield Cmd(self._create_args(self.dims or 0), node="random")
+        if wait and self.cluster:
+            yield from self._plan_wait_everywhere(index)
         self._ready = True
+
+    def _plan_wait_everywhere(self, index: str, seconds: float = 10.0) -> Plan:
+        """FT.INFO is per node: the coordinator creates the index on every primary a
+        moment after FT.CREATE; without the coordinator it never does."""
+        deadline = time.monotonic() + seconds
+        while True:
+            infos = yield Cmd(("FT.INFO", index), node="primaries")
+            missing = sum(isinstance(i, Exception) for i in infos)
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"FT index {index} is missing on {missing} of the cluster's {len(infos)} "
+                    "primaries: valkey-search must run with its coordinator on a cluster "
+                    "(config file line: loadmodule /path/libsearch.so --use-coordinator)"
+                )
+            yield Sleep(0.05)
 
     def _plan_ready(self) -> Plan:
         """Before anything is embedded: is the server worth it, and is the index there?"""
@@ -633,12 +655,12 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         """Create the FT index (idempotent). Raises ``SearchModuleMissing`` without the
         search module and ``ValueError`` when the existing index has other dimensions."""
         with self._strict_errors():
-            self._run_strict(self._plan_setup(), "setup")
+            self._run_strict(self._plan_setup(wait=True), "setup")
 
     async def asetup(self) -> None:
         """Async :meth:`setup`."""
         with self._strict_errors():
-            await self._arun_strict(self._plan_setup(), "setup")
+            await self._arun_strict(self._plan_setup(wait=True), "setup")
 
     def drop_index(self) -> None:
         """Drop the FT index (entries stay; ``clear()`` removes them). Raises on errors."""
