@@ -332,7 +332,8 @@ end
 
 # ARGV: id, record, run, ttl_ms, ns, pairs ('' = no metadata index, else '=' followed by
 # the comma-joined indexed pairs), keep_last (0 = all), the number n of list item
-# arguments, n item digest/value arguments, then blob field/value pairs.
+# arguments ('v' first: check that the items not sent are stored, else reply -1 and
+# write nothing), n item digest/value arguments, then blob field/value pairs.
 # Order matters: blobs, record, then the index entry, so even a script error
 # part-way (scripts are not rolled back) never leaves a checkpoint without its blobs.
 # Reply: 1, or (when the global thread index must change) {new thread, runs new to the
@@ -343,7 +344,19 @@ local indexing, limit = ARGV[6] ~= '', tonumber(ARGV[7])
 local ks = declared()
 local new_thread = redis.call('EXISTS', KEYS[1]) == 0
 -- list items first (content-addressed: writing one again changes nothing), then blobs
-local nitems = tonumber(ARGV[8])
+local verify = string.sub(ARGV[8], 1, 1) == 'v'
+local nitems = tonumber(verify and string.sub(ARGV[8], 2) or ARGV[8])
+if verify then
+  -- the client left out items it saw stored: they must still be there (a prune, a
+  -- retention or a delete elsewhere may have collected them), or nothing is written
+  local sent = {}
+  for k = 9, 8 + nitems, 2 do sent[ARGV[k]] = true end
+  for k = 10 + nitems, #ARGV, 2 do
+    for _, r in ipairs(item_refs(ARGV[k])) do
+      if not sent[r] and redis.call('HEXISTS', ks.e, r) == 0 then return -1 end
+    end
+  end
+end
 for k = 9, 8 + nitems, 1000 do
   redis.call('HSET', ks.e, unpack(ARGV, k, math.min(k + 999, 8 + nitems)))
 end

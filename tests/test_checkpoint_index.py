@@ -99,6 +99,14 @@ def test_listing_10k_threads_sends_no_scan(any_url: str, prefix: str) -> None:
     assert log.round_trips <= 2 and "SCAN" not in log.commands  # the index alone decides
     assert saver.search_threads({"user_id": "u42"}, limit=3) == threads[:3]
 
+    # a rebuild (in chunks of 1000 members) gives the same index
+    before = client.zrange(saver.keys.index_threads(), 0, -1)
+    pair = saver.keys.index_pair("user_id=su42")
+    pair_before = client.zrange(pair, 0, -1)
+    assert saver.reindex() == n + 1
+    assert client.zrange(saver.keys.index_threads(), 0, -1) == before
+    assert client.zrange(pair, 0, -1) == pair_before
+
     # without the index the same listing scans the keyspace (what the index replaces)
     plain = ValkeySaver(client, prefix=prefix, thread_index=False)
     with count_commands() as log:

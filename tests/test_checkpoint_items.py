@@ -161,13 +161,61 @@ def test_duplicate_items_and_plain_lists(valkey_url: str, prefix: str) -> None:
 
     client = client_from_url(valkey_url)
     saver = ValkeySaver(client, prefix=prefix)
-    values = {"l": [1, "a", 1, None, {"k": [1, 2]}, b"raw", 1.5], "one": [7], "empty": []}
+    values = {
+        "l": [1, "a", 1, None, b"raw", 1.5, "x" * 300, -7, 2**40, True],
+        "nested": [{"k": [1, 2]}, [3]],  # maps and arrays inside: stored whole
+        "one": [7],
+        "empty": [],
+    }
     versions: dict[str, str | int | float] = {k: 1 for k in values}
     cp = generate_checkpoint(channel_values=values, channel_versions=versions)
-    saver.put(
-        {"configurable": {"thread_id": "d", "checkpoint_ns": ""}}, cp, generate_metadata(), versions
-    )
+    cfg = {"configurable": {"thread_id": "d", "checkpoint_ns": ""}}
+    saver.put(cfg, cp, generate_metadata(), versions)
     tup = saver.get_tuple({"configurable": {"thread_id": "d"}})
     assert tup is not None and tup.checkpoint["channel_values"] == values
-    assert client.hlen(saver.keys.base("d") + "e:") == 6  # 1 stored once
+    assert client.hlen(saver.keys.base("d") + "e:") == 9  # 1 stored once
+    client.close()
+
+
+def test_items_collected_elsewhere_are_sent_again(any_url: str, prefix: str) -> None:
+    """A saver does not resend items it saw stored; when another saver collected them
+    meanwhile, the put script refuses (nothing written) and they are sent again."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    from langgraph_valkey_cache.testing import count_commands
+
+    client = client_from_url(any_url)
+    writer = ValkeySaver(client, prefix=prefix)
+    other = ValkeySaver(client, prefix=prefix)
+    msgs = [HumanMessage(f"m{i} " * 50, id=f"m{i}") for i in range(6)]
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "k", "checkpoint_ns": ""}}
+    parent = None
+    for n in (2, 3, 4):
+        cp = generate_checkpoint(
+            channel_values={"messages": msgs[:n]}, channel_versions={"messages": n}
+        )
+        conf = {"configurable": {**cfg["configurable"], "checkpoint_id": parent}} if parent else cfg
+        with count_commands() as log:
+            parent = writer.put(conf, cp, generate_metadata(), {"messages": n})["configurable"][
+                "checkpoint_id"
+            ]
+        sent = sum(1 for c in log.commands if c == "EVALSHA")
+        assert sent == (2 if n == 2 else 1)  # the first: + the thread index
+    e = writer.keys.base("k") + "e:"
+    assert client.hlen(e) == 4
+    # another saver drops everything but a new checkpoint holding other messages
+    other.delete_thread("k")
+    cp = generate_checkpoint(
+        channel_values={"messages": msgs[4:6]}, channel_versions={"messages": 9}
+    )
+    other.put(cfg, cp, generate_metadata(), {"messages": 9})
+    cp = generate_checkpoint(
+        channel_values={"messages": msgs[:5]}, channel_versions={"messages": 10}
+    )
+    with count_commands() as log:
+        writer.put(cfg, cp, generate_metadata(), {"messages": 10})
+    assert log.commands.count("EVALSHA") == 2  # refused, then sent whole
+    tup = writer.get_tuple({"configurable": {"thread_id": "k"}})
+    assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs[:5]
+    assert client.hlen(e) == 6
     client.close()

@@ -68,7 +68,11 @@ _KEY_CACHE_SIZE = 1024
 _ZSTD = b"\x01"  # codec marker: never the first byte of a msgpack array (0x90-0x9f, 0xdc)
 _PAIR_MAX = 200  # longer encoded values are indexed by their digest
 _ITEMS = b"\x02"  # a list stored item by item: the marker, then 16-byte item digests
+_RAW = b"\x00"  # a stored item: 0x00 + its msgpack bytes, or _ZSTD + zstd of them
 _MIN_ITEMS = 2  # shorter lists are stored whole
+_KNOWN_ITEMS = 100_000  # item digests remembered per namespace (16 bytes each)
+_REMEMBER_LIST = 1 << 20  # the last version of lists up to 1 MB is kept, per channel...
+_LISTS_SIZE = 256  # ...of this many (thread, namespace, channel)s
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,65 @@ def _value_code(value: Any) -> str | None:
     enc = encode(code)
     # codes start with n or s: "h" + a digest never equals one
     return enc if len(enc) <= _PAIR_MAX else "h" + digest(code)
+
+
+def _array_start(data: bytes) -> tuple[int, int] | None:
+    """(items, offset of the first) of a msgpack array, or None if ``data`` is not one."""
+    if not data:
+        return None
+    b0 = data[0]
+    if 0x90 <= b0 <= 0x9F:
+        return b0 & 0x0F, 1
+    if b0 == 0xDC:
+        return int.from_bytes(data[1:3], "big"), 3
+    if b0 == 0xDD:
+        return int.from_bytes(data[1:5], "big"), 5
+    return None
+
+
+def _split_array(data: bytes, pos: int, n: int) -> list[bytes] | None:
+    """The ``n`` top-level items of a msgpack array from ``pos`` to its end, as byte
+    slices, when every item is flat (an ext, as LangGraph's serde writes messages and
+    other objects, a string, bytes or a scalar); None for anything else (nested maps
+    and arrays: the list is stored whole). An ext item is skipped by its length."""
+    out = []
+    size = len(data)
+    for _ in range(n):
+        if pos >= size:
+            return None
+        start, b = pos, data[pos]
+        if b <= 0x7F or b >= 0xE0 or b in (0xC0, 0xC2, 0xC3):
+            pos += 1
+        elif 0xA0 <= b <= 0xBF:
+            pos += 1 + (b & 0x1F)
+        elif 0xD4 <= b <= 0xD8:  # fixext 1..16
+            pos += 2 + (1 << (b - 0xD4))
+        elif b in (0xC7, 0xD9, 0xC4):  # ext8 (+ type byte), str8, bin8
+            pos += (3 if b == 0xC7 else 2) + data[pos + 1]
+        elif b in (0xC8, 0xDA, 0xC5):
+            pos += (4 if b == 0xC8 else 3) + int.from_bytes(data[pos + 1 : pos + 3], "big")
+        elif b in (0xC9, 0xDB, 0xC6):
+            pos += (6 if b == 0xC9 else 5) + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        elif b in (0xCC, 0xD0):
+            pos += 2
+        elif b in (0xCD, 0xD1):
+            pos += 3
+        elif b in (0xCA, 0xCE, 0xD2):
+            pos += 5
+        elif b in (0xCB, 0xCF, 0xD3):
+            pos += 9
+        else:
+            return None
+        out.append(data[start:pos])
+    return out if pos == size else None
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _zstd_loads(data: bytes) -> bytes:
@@ -279,6 +342,12 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self._keep_arg = str(keep_last or 0).encode()
         self.compress_min_bytes = compress_min_bytes
         self.list_items = list_items
+        # (thread, ns) -> digests of list items this saver stored there
+        self._known: dict[tuple[str, str], set[bytes]] = {}
+        self._salts: dict[str, Any] = {}  # channel -> blake2b primed with its name
+        # (thread, ns, channel) -> (items, bytes after the array header, digests,
+        # item arguments) of the last list version this saver wrote there
+        self._lists: dict[tuple[str, str, str], tuple[int, bytes, list[bytes], list[bytes]]] = {}
         self._zlocal = threading.local()
         require_bytes_client(client, "the checkpointer", "serialized values are binary")
         self.client = client
@@ -385,22 +454,64 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             raise RuntimeError(
                 f"checkpoint data is damaged: an item of list channel {channel!r} is missing"
             )
-        return [self._unblob(it) for it in items]
+        parts = [it[1:] if it[:1] == _RAW else _zstd_loads(it[1:]) for it in items]
+        return self.serde.loads_typed(("msgpack", _array_header(len(parts)) + b"".join(parts)))
 
-    def _list_blob(self, channel: str, value: list[Any], out: list[bytes]) -> bytes:
-        """The reference blob of a list stored item by item; appends the items'
-        (digest, value) arguments to ``out``. A digest covers the channel and the
-        item's stored bytes, so an item is stored once per namespace and channel, and
-        garbage collection only compares blobs of one channel."""
-        salt = _key_part(channel, "channel name").encode() + b"\x00"
-        refs = [_ITEMS]
-        for i, item in enumerate(value):
-            packed = self._z(
-                pack_typed(dumps_checked(self.serde, item, f"item {i} of channel {channel!r}"))
+    def _list_blob(
+        self, thread_id: str, ns: str, channel: str, typed: tuple[str, bytes], out: list[bytes]
+    ) -> bytes | None:
+        """The reference blob of a list stored item by item (None: store it whole);
+        appends the items' (digest, stored item) arguments to ``out``. The list is
+        serialised once, as a whole, and cut into its items. A digest covers the channel
+        and the item's stored bytes, so an item is stored once per namespace and
+        channel, and garbage collection only compares blobs of one channel."""
+        if typed[0] != "msgpack":  # e.g. an encrypting serde: opaque bytes
+            return None
+        data = bytes(typed[1])
+        start = _array_start(data)
+        if start is None:
+            return None
+        n, pos = start
+        # a growing list starts with the previous version's items (same bytes): only
+        # the new ones are cut and hashed
+        key = (thread_id, ns, channel)
+        prev = self._lists.get(key)
+        prev_refs: list[bytes] = []
+        prev_items: list[bytes] = []
+        if prev is not None and prev[0] <= n and data.startswith(prev[1], pos):
+            _, body, prev_refs, prev_items = prev
+            parts = _split_array(data, pos + len(body), n - len(prev_refs))
+        else:
+            parts = _split_array(data, pos, n)
+        if parts is None:
+            return None
+        salt = self._salts.get(channel)
+        if salt is None:
+            salt = hashlib.blake2b(
+                _key_part(channel, "channel name").encode() + b"\x00", digest_size=16
             )
-            ref = hashlib.blake2b(salt + packed, digest_size=16).digest()
+            if len(self._salts) >= _KEY_CACHE_SIZE:
+                self._salts.clear()
+            self._salts[channel] = salt
+        refs = [_ITEMS, *prev_refs]
+        out += prev_items
+        limit = self.compress_min_bytes
+        for part in parts:
+            stored = _RAW + part
+            if limit is not None and len(part) >= limit:
+                packed = self._z(part)
+                if packed is not part:
+                    stored = packed
+            h = salt.copy()
+            h.update(stored)
+            ref = h.digest()
             refs.append(ref)
-            out += (ref, packed)
+            out += (ref, stored)
+        if len(data) <= _REMEMBER_LIST:
+            if len(self._lists) >= _LISTS_SIZE:
+                self._lists.clear()
+            mine = out[len(out) - 2 * n :]
+            self._lists[key] = (n, data[pos:], refs[1:], mine)
         return b"".join(refs)
 
     def _pairs(self, metadata: dict[str, Any]) -> str:
@@ -537,22 +648,42 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         for ch, ver in new_versions.items():
             if ch in values:
                 value = values[ch]
+                typed = dumps_checked(self.serde, value, f"value of channel {ch!r}")
+                blob = None
                 if self.list_items and type(value) is list and len(value) >= _MIN_ITEMS:
-                    blob = self._list_blob(ch, value, items)
-                else:
-                    blob = self._z(
-                        pack_typed(dumps_checked(self.serde, value, f"value of channel {ch!r}"))
-                    )
+                    blob = self._list_blob(thread_id, ns, ch, typed, items)
+                if blob is None:
+                    blob = self._z(pack_typed(typed))
                 blobs += (self._blob_field(ch, ver).encode(), blob)
                 stored += len(blob)
-        stored += sum(len(v) for v in items[1::2])
-        args.append(str(len(items)).encode())
-        args += items
-        args += blobs
         rec = args[1] = self._record(checkpoint, meta, parent_id, run)
         if self._indexed:
             args[5] = b"=" + self._pairs(meta).encode()
-        reply = yield Script("put", nk.put, tuple(args))
+        known = self._known.get((thread_id, ns)) if items else None
+        if known:
+            # items this saver saw stored in this namespace are not sent again (the
+            # script checks they are still there)
+            fresh = [x for i in range(0, len(items), 2) if items[i] not in known
+                     for x in items[i : i + 2]]  # fmt: skip
+            reply = yield Script(
+                "put", nk.put, (*args, b"v" + str(len(fresh)).encode(), *fresh, *blobs)
+            )
+            if reply == -1:  # collected meanwhile: send them all
+                known.clear()
+                reply = yield Script(
+                    "put", nk.put, (*args, str(len(items)).encode(), *items, *blobs)
+                )
+        else:
+            reply = yield Script("put", nk.put, (*args, str(len(items)).encode(), *items, *blobs))
+        if items:
+            if known is None:
+                if len(self._known) >= _KEY_CACHE_SIZE:
+                    self._known.clear()
+                known = self._known[(thread_id, ns)] = set()
+            if len(known) > _KNOWN_ITEMS:
+                known.clear()
+            known.update(items[0::2])
+        stored += sum(len(v) for v in items[1::2])
         self._telemetry.stored(len(rec) + stored)
         if isinstance(reply, list):
             yield from self._plan_index(thread_id, reply)
@@ -822,8 +953,14 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         threads = yield ScanThreads()
         return threads
 
+    def _forget_items(self, thread_id: str) -> None:
+        """This saver is about to drop items of ``thread_id``: stop skipping them."""
+        for key in [k for k in self._known if k[0] == thread_id]:
+            self._known.pop(key, None)
+
     def _plan_delete_thread(self, thread_id: str) -> Plan:
         tid = self._thread_id({"configurable": {"thread_id": thread_id}})
+        self._forget_items(tid)
         reply = yield self._thread_script("delete_thread", tid)
         yield from self._plan_index(tid, [0, [], [], *reply])
 
@@ -853,6 +990,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         else:
             threads = yield ScanThreads()
         for thread_id in threads:
+            self._forget_items(thread_id)
             reply = yield self._thread_script("delete_runs", thread_id, *runs)
             yield from self._plan_index(thread_id, [0, [], [], *reply])
         return None
@@ -869,6 +1007,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
         for thread_id in thread_ids:
             tid = self._thread_id({"configurable": {"thread_id": thread_id}})
+            self._forget_items(tid)
             reply = yield self._thread_script("prune", tid, strategy)
             yield from self._plan_index(tid, [0, [], [], *reply])
 
@@ -891,11 +1030,12 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         for key in stale:
             entries.setdefault(_str(key), [])
         for key, members in entries.items():
-            # one script per key: it is replaced atomically
-            args: list[Any] = [b"d", 1, b""]
-            for m in members:
-                args += (b"a", 1, m)
-            yield Script("index_update", (key,), tuple(args))
+            # replaced key by key, 1000 members per script (a script blocks the shard)
+            for start in range(0, max(len(members), 1), 1000):
+                args: list[Any] = [b"d", 1, b""] if start == 0 else []
+                for m in members[start : start + 1000]:
+                    args += (b"a", 1, m)
+                yield Script("index_update", (key,), tuple(args))
         return len(entries[self.keys.index_threads()])
 
     def _plan_delta_history(self, config: RunnableConfig, channels: Sequence[str]) -> Plan:
