@@ -72,7 +72,8 @@ _RAW = b"\x00"  # a stored item: 0x00 + its msgpack bytes, or _ZSTD + zstd of th
 _MIN_ITEMS = 2  # shorter lists are stored whole
 _KNOWN_ITEMS = 100_000  # item digests remembered per namespace (16 bytes each)
 _REMEMBER_LIST = 1 << 20  # the last version of lists up to 1 MB is kept, per channel...
-_LISTS_SIZE = 256  # ...of this many (thread, namespace, channel)s
+_LISTS_SIZE = 256  # ...of this many (thread, namespace, channel)s...
+_LISTS_BYTES = 32 << 20  # ...and this many bytes in all (then forgotten at once)
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         # (thread, ns, channel) -> (items, bytes after the array header, digests,
         # item arguments) of the last list version this saver wrote there
         self._lists: dict[tuple[str, str, str], tuple[int, bytes, list[bytes], list[bytes]]] = {}
+        self._lists_bytes = 0
         self._zlocal = threading.local()
         require_bytes_client(client, "the checkpointer", "serialized values are binary")
         self.client = client
@@ -508,8 +510,10 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             refs.append(ref)
             out += (ref, stored)
         if len(data) <= _REMEMBER_LIST:
-            if len(self._lists) >= _LISTS_SIZE:
+            self._lists_bytes += len(data) - pos - (len(prev[1]) if prev is not None else 0)
+            if len(self._lists) >= _LISTS_SIZE or self._lists_bytes > _LISTS_BYTES:
                 self._lists.clear()
+                self._lists_bytes = len(data) - pos
             mine = out[len(out) - 2 * n :]
             self._lists[key] = (n, data[pos:], refs[1:], mine)
         return b"".join(refs)
