@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_valkey_cache._client import CACHE_TIMEOUT, is_async_client
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url, is_async_client
 from langgraph_valkey_cache._failopen import Executor, Pipe, Plan
 from langgraph_valkey_cache._stats import CacheStats, SharedStats, parse_fields, registry_entry
 from langgraph_valkey_cache._telemetry import Telemetry
@@ -69,6 +69,21 @@ class CacheCore:
             else self._exec  # type: ignore[assignment]
         )
         self.breaker = self._aexec.breaker
+
+    #: The keyword the class takes its async client by (``aclient`` on the node and tool
+    #: caches, as in their first releases).
+    _async_kw = "async_client"
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Any:
+        """A cache with a sync and an async client built for ``url`` by
+        :func:`~langgraph_valkey_cache.cache_client_from_url` (the budget as timeout)."""
+        timeout = kwargs.get("timeout", CACHE_TIMEOUT)
+        aclient = cache_client_from_url(url, asyncio=True, timeout=timeout)
+        make: Any = cls  # each cache's own __init__ (the mixin has none)
+        return make(
+            cache_client_from_url(url, timeout=timeout), **{cls._async_kw: aclient}, **kwargs
+        )
 
     @property
     def async_client(self) -> Any:

@@ -367,3 +367,16 @@ async def test_count_commands_sees_sync_async_and_pipelines(valkey_url: str) -> 
     assert log.commands == ["SET", "GET", "GET", "GET"]
     sync.close()
     await aio.aclose()
+
+
+def test_every_cache_has_from_url(valkey_url: str) -> None:
+    """One constructor convention: every cache builds a sync and an async client for a URL
+    with the caches' budget as timeout."""
+    from langgraph_valkey_cache import ToolCache, ValkeyByteStore, ValkeyCache, ValkeyNodeCache
+
+    for cls in (ValkeyCache, ToolCache, ValkeyNodeCache, ValkeyByteStore):
+        cache = cls.from_url(valkey_url, metrics=False, timeout=0.3)
+        assert cache.client is not None and cache.aclient is not None, cls
+        kwargs = cache.client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.3 and cache.timeout == 0.3, cls
+        cache.client.close()

@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 
 from langgraph_valkey_cache._cachebase import CacheCore
-from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url, with_local_cache
+from langgraph_valkey_cache._client import CACHE_TIMEOUT, with_local_cache
 from langgraph_valkey_cache._control import (
     NO_CONTROL,
     CacheControl,
@@ -461,16 +461,6 @@ class ValkeyCache(CacheCore, BaseCache):
             client, async_client, tier="llm_cache", stats_key=self.codec.keys.stats(),
             metrics=metrics, timeout=timeout, stats_flush_interval=stats_flush_interval,
         )  # fmt: skip
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> ValkeyCache:
-        """A cache with a sync and an async client built for ``url`` (budget as timeout)."""
-        timeout = kwargs.get("timeout", CACHE_TIMEOUT)
-        return cls(
-            cache_client_from_url(url, timeout=timeout),
-            async_client=cache_client_from_url(url, asyncio=True, timeout=timeout),
-            **kwargs,
-        )
 
     # -- plans (no I/O) ------------------------------------------------------------------
 

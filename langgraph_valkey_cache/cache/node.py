@@ -128,6 +128,8 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         ```
     """
 
+    _async_kw = "aclient"
+
     def __init__(
         self,
         client: Any,

@@ -332,7 +332,9 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         self._pool_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, embeddings: Embeddings, **kwargs: Any) -> ValkeySemanticCache:
+    def from_url(  # type: ignore[override]
+        cls, url: str, embeddings: Embeddings, **kwargs: Any
+    ) -> ValkeySemanticCache:
         """A cache with a sync and an async client built for ``url`` (budget as timeout)."""
         timeout = kwargs.get("timeout", CACHE_TIMEOUT)
         return cls(

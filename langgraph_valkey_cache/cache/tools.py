@@ -351,6 +351,8 @@ class ToolCache(CacheCore):
         ```
     """
 
+    _async_kw = "aclient"
+
     def __init__(
         self,
         client: Any,
