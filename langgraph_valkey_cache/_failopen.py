@@ -342,7 +342,8 @@ class Breaker:
             logger.warning(
                 "%s failed, continuing without the cache: Valkey %s unavailable (%s: %s); "
                 "every cache on it fails open until it answers (next try in %.2fs)",
-                who, self.name, type(exc).__name__, exc, self._cooldown,
+                who, self.name, type(exc).__name__, str(exc) or "no reply within the budget",
+                self._cooldown,
             )  # fmt: skip
 
     def reset(self) -> None:
