@@ -780,16 +780,12 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             args += (b"r", i + 1, thread_enc)
         yield Script("index_update", tuple(keys), tuple(args))
 
-    def _plan_index_threads(self, keys: Sequence[str], page: int) -> Plan:
-        """Pages of encoded thread ids in every one of ``keys``, as lists (Emit)."""
-        cursor = ""
-        while True:
-            members, cursor = yield Script("index_page", tuple(keys), (cursor, page))
-            cursor = _str(cursor) if cursor else ""
-            if members:
-                yield Emit(list(members))
-            if not cursor:
-                return None
+    def _plan_index_page(self, keys: Sequence[str], cursor: str, page: int) -> Plan:
+        """One page of the encoded thread ids in every one of ``keys``: returns
+        ``(members, next cursor)``, the cursor ``None`` after the last page. Start with
+        ``cursor=""``."""
+        members, after = yield Script("index_page", tuple(keys), (cursor, page))
+        return list(members or ()), (_str(after) if after else None)
 
     def _candidates(self, filter: dict[str, Any] | None) -> tuple[list[str], bool]:
         keys, exact = self._filter_pairs(filter)
@@ -883,18 +879,10 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         # the index names threads; each thread's listing applies the whole filter (so
         # with one, a thread may give nothing: full pages)
         page = min(limit, _LIST_PAGE) if limit and not filter else _LIST_PAGE
-        pages = self._plan_index_threads(keys, page)
-        reply = None
-        while True:
-            try:
-                op = pages.send(reply)
-            except StopIteration:
-                return None
-            if not isinstance(op, Emit):
-                reply = yield op
-                continue
-            reply = None
-            for member in op.item:
+        cursor: str | None = ""
+        while cursor is not None:
+            members, cursor = yield from self._plan_index_page(keys, cursor, page)
+            for member in members:
                 thread_id = decode(_str(member))
                 n, gone = yield from self._plan_list_thread(
                     thread_id, None, None, filter, before_id, limit
@@ -905,6 +893,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                     limit -= n
                     if limit <= 0:
                         return None
+        return None
 
     def _plan_search_threads(self, filter: dict[str, Any] | None, limit: int | None) -> Plan:
         """Thread ids with at least one checkpoint whose metadata matches ``filter``."""
@@ -926,18 +915,10 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             return found
         keys, exact = self._candidates(filter)
         page = min(limit, _LIST_PAGE) if limit and exact else _LIST_PAGE
-        pages = self._plan_index_threads(keys, page)
-        reply = None
-        while True:
-            try:
-                op = pages.send(reply)
-            except StopIteration:
-                return found
-            if not isinstance(op, Emit):
-                reply = yield op
-                continue
-            reply = None
-            for member in op.item:
+        cursor: str | None = ""
+        while cursor is not None:
+            members, cursor = yield from self._plan_index_page(keys, cursor, page)
+            for member in members:
                 thread_id = decode(_str(member))
                 if not exact:
                     # several entries (each may match a different checkpoint) or a
@@ -952,6 +933,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                 found.append(thread_id)
                 if limit is not None and len(found) >= limit:
                     return found
+        return found
 
     def _plan_thread_ids(self) -> Plan:
         threads = yield ScanThreads()
@@ -976,21 +958,14 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         if self.thread_index:
             threads, seen = [], set()
             for run in runs:
-                pages = self._plan_index_threads([self.keys.index_run(run)], _LIST_PAGE)
-                reply = None
-                while True:
-                    try:
-                        op = pages.send(reply)
-                    except StopIteration:
-                        break
-                    if isinstance(op, Emit):
-                        reply = None
-                        for m in op.item:
-                            if m not in seen:
-                                seen.add(m)
-                                threads.append(decode(_str(m)))
-                    else:
-                        reply = yield op
+                keys = [self.keys.index_run(run)]
+                cursor: str | None = ""
+                while cursor is not None:
+                    members, cursor = yield from self._plan_index_page(keys, cursor, _LIST_PAGE)
+                    for m in members:
+                        if m not in seen:
+                            seen.add(m)
+                            threads.append(decode(_str(m)))
         else:
             threads = yield ScanThreads()
         for thread_id in threads:
