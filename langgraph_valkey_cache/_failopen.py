@@ -63,6 +63,7 @@ from valkey.exceptions import (
 from langgraph_valkey_cache._client import is_async_client, is_cluster, scan_keys
 from langgraph_valkey_cache._stats import SharedStats
 from langgraph_valkey_cache._telemetry import Telemetry
+from langgraph_valkey_cache._wire import wire_for
 
 __all__ = [
     "BYPASS",
@@ -420,6 +421,7 @@ class Executor:
         self.stats = stats
         self.timeout = timeout
         self.breaker = breaker or breaker_for(client)
+        self.wire = wire_for(client)  # the lean command path (sync standalone clients)
         self._logged: set[str] = set()  # reasons logged loudly already (once each)
         if not self.is_async:
             self._warn_unbounded(client)
@@ -548,8 +550,22 @@ class Executor:
     # -- sync -------------------------------------------------------------------------------
 
     def _io(self, step: Any) -> Any:
-        client = self.client
+        wire = self.wire
         t = type(step)
+        if wire is not None:
+            if t is Cmd:
+                if step.node == "primaries":
+                    try:
+                        return [wire.call(step.args)]
+                    except ResponseError as exc:
+                        return [exc]
+                return wire.call(step.args)
+            if t is Pipe:
+                return wire.pipeline(step.cmds)
+            if t is Script:
+                script = step.registry.bind(self.client)[step.name]
+                return wire.evalsha(script, step.keys, step.args)
+        client = self.client
         if t is Cmd:
             if step.node == "primaries":
                 nodes = client.get_primaries() if self.cluster else [None]

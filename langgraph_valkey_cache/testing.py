@@ -24,6 +24,8 @@ import valkey.asyncio.connection as aconn
 import valkey.connection as sconn
 from langchain_core.embeddings import Embeddings
 
+from langgraph_valkey_cache import _wire
+
 __all__ = ["CommandLog", "HashingEmbeddings", "count_commands"]
 
 
@@ -124,7 +126,16 @@ def count_commands() -> Iterator[CommandLog]:
 
         return packs
 
+    previous_record = _wire._record
+
+    def record(args: tuple[Any, ...]) -> None:  # commands packed by our lean path
+        with _lock:
+            log.commands.append(_name(args))
+        if previous_record is not None:  # an enclosing count_commands
+            previous_record(args)
+
     with _lock:
+        _wire._record = record
         patch(sconn.AbstractConnection, "on_connect", wrap_connect)
         patch(aconn.AbstractConnection, "on_connect", wrap_aconnect)
         patch(sconn.AbstractConnection, "pack_commands", wrap_packs)
@@ -136,6 +147,7 @@ def count_commands() -> Iterator[CommandLog]:
         yield log
     finally:
         with _lock:
+            _wire._record = previous_record
             for cls, attr, orig in reversed(patched):
                 setattr(cls, attr, orig)
 

@@ -1,0 +1,178 @@
+"""The lean command path (``_wire``) on real servers: same replies as valkey-py's own
+``execute_command``, and the connection handling that makes it safe to share.
+
+What can go wrong with a private idle list of connections: a late reply read by the
+next command after a timeout, a connection the server closed while idle, a reply stream
+out of step after an error in a pipeline, a script the server forgot. Each has a test.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import valkey
+from valkey.exceptions import DataError, ResponseError
+from valkey.exceptions import TimeoutError as VTimeoutError
+
+from langgraph_valkey_cache import _wire
+from langgraph_valkey_cache._client import cache_client_from_url, client_from_url
+from langgraph_valkey_cache._wire import Wire, wire_for
+from langgraph_valkey_cache.embedded import EmbeddedValkey
+from langgraph_valkey_cache.testing import count_commands
+
+
+@pytest.fixture
+def client(valkey_url: str) -> Iterator[valkey.Valkey]:
+    c = valkey.Valkey.from_url(valkey_url)
+    yield c
+    c.close()
+
+
+def test_replies_match_execute_command(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    key = f"{prefix}k"
+    assert w.call(("SET", key, "v")) is client.execute_command("SET", key, "v") is True
+    assert w.call(("GET", key)) == client.execute_command("GET", key) == b"v"
+    assert w.call(("SET", key, "w", "NX")) is None  # callbacks applied as valkey-py does
+    assert w.call(("EXISTS", key, key)) == 2
+    assert w.call(("MGET", key, f"{prefix}none")) == [b"v", None]
+    assert w.call(("INCRBYFLOAT", f"{prefix}f", 1.5)) == 1.5  # a float, as valkey-py gives
+    assert client.execute_command("INCRBYFLOAT", f"{prefix}f", 0) == 1.5
+    assert w.call(("GET", f"{prefix}none")) is None
+
+
+def test_arguments_encoded_like_valkey_py(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    for value in ("ünïcode \x00 nul", b"\x00\xff bytes", 12, -3, 2.5, memoryview(b"mv")):
+        w.call(("SET", f"{prefix}a", value))
+        client.set(f"{prefix}b", value)
+        assert w.call(("GET", f"{prefix}a")) == client.get(f"{prefix}b")
+    with pytest.raises(DataError):
+        w.call(("SET", f"{prefix}a", True))  # valkey-py refuses bools too
+    with pytest.raises(DataError):
+        w.call(("SET", f"{prefix}a", object()))
+
+
+def test_big_values_are_sent_whole(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    big = os.urandom(3 * 1024 * 1024)
+    small = b"s" * 100
+    w.pipeline([("SET", f"{prefix}big", big), ("SET", f"{prefix}small", small)])
+    assert w.call(("GET", f"{prefix}big")) == big
+    assert w.call(("MGET", f"{prefix}small", f"{prefix}big")) == [small, big]
+
+
+def test_pipeline_raises_first_error_and_stays_in_step(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    client.set(f"{prefix}s", "x")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        w.pipeline([("SET", f"{prefix}a", 1), ("LPUSH", f"{prefix}s", "y"), ("GET", f"{prefix}a")])
+    # the replies after the error were read: the next command gets its own reply
+    assert client.get(f"{prefix}a") == b"1"
+    assert w.call(("GET", f"{prefix}s")) == b"x"
+    assert w.pipeline([("GET", f"{prefix}a"), ("GET", f"{prefix}s")]) == [b"1", b"x"]
+
+
+def test_script_reloaded_after_script_flush(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    script = client.register_script("return ARGV[1] .. redis.call('GET', KEYS[1])")
+    client.set(f"{prefix}k", "!")
+    assert w.evalsha(script, (f"{prefix}k",), ("hi",)) == b"hi!"
+    client.script_flush()
+    with count_commands() as log:
+        assert w.evalsha(script, (f"{prefix}k",), ("again",)) == b"again!"
+    assert log.commands == ["EVALSHA", "SCRIPT", "EVALSHA"]
+
+
+def test_timeout_never_leaves_a_late_reply_for_the_next_command(prefix: str) -> None:
+    with EmbeddedValkey(extra_args=["--enable-debug-command", "yes"]) as server:
+        c = cache_client_from_url(server.url, timeout=0.2)
+        w = wire_for(c)
+        assert w is not None
+        c.set(f"{prefix}k", "mine")
+        with pytest.raises(VTimeoutError):
+            w.call(("DEBUG", "SLEEP", "0.5"))  # its "+OK" arrives after we gave up
+        time.sleep(0.5)  # the server is back and has sent that "+OK"
+        assert w.call(("GET", f"{prefix}k")) == b"mine"
+        c.close()
+
+
+def test_connection_closed_while_idle_is_replaced(prefix: str) -> None:
+    server = EmbeddedValkey().start()
+    try:
+        c = cache_client_from_url(server.url, timeout=0.5)
+        w = wire_for(c)
+        assert w is not None
+        w.call(("SET", f"{prefix}k", "1"))
+        c2 = valkey.Valkey.from_url(server.url)
+        c2.client_kill_filter(_type="normal", skipme=True)  # the server drops our idle one
+        assert w.call(("GET", f"{prefix}k")) == b"1"  # no error: reconnected first
+        server.kill()
+        server = EmbeddedValkey(port=server.port).start()  # restarted, empty
+        assert w.call(("GET", f"{prefix}k")) is None
+        c.close()
+        c2.close()
+    finally:
+        server.stop()
+
+
+def test_close_closes_idle_connections_and_they_come_back(client: valkey.Valkey) -> None:
+    w = Wire(client)
+    w.call(("PING",))
+    (conn,) = w.idle
+    client.close()
+    assert conn._sock is None  # the pool's disconnect reached it
+    assert w.call(("PING",)) is True
+
+
+def test_threads_share_it_safely(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(200):
+                w.call(("SET", f"{prefix}{i}", f"{i}:{j}"))
+                assert w.call(("GET", f"{prefix}{i}")) == f"{i}:{j}".encode()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(w.idle) <= 6
+
+
+def test_only_plain_sync_standalone_clients(valkey_url: str, cluster_url: str) -> None:
+    plain = client_from_url(valkey_url)
+    assert isinstance(wire_for(plain), Wire)
+    assert wire_for(plain) is wire_for(plain)  # one per client
+    assert wire_for(client_from_url(cluster_url)) is None
+    assert wire_for(client_from_url(valkey_url, asyncio=True)) is None
+    assert wire_for(cache_client_from_url(valkey_url, local_cache=True)) is None
+    assert wire_for(object()) is None
+
+
+def test_decode_responses_client_gets_str(valkey_url: str, prefix: str) -> None:
+    c = valkey.Valkey.from_url(valkey_url, decode_responses=True)
+    w = Wire(c)
+    w.call(("SET", f"{prefix}k", "v"))
+    assert w.call(("GET", f"{prefix}k")) == "v"
+    c.close()
+
+
+def test_count_commands_sees_the_lean_path(client: valkey.Valkey, prefix: str) -> None:
+    w = Wire(client)
+    with count_commands() as outer, count_commands() as inner:
+        w.call(("GET", f"{prefix}k"))
+        w.pipeline([("GET", f"{prefix}a"), ("SET", f"{prefix}b", 1)])
+    assert inner.commands == outer.commands == ["GET", "GET", "SET"]
+    assert inner.round_trips == 2
+    assert _wire._record is None
