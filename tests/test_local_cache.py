@@ -293,7 +293,7 @@ def test_a_restarted_server_is_asked_again_sync() -> None:
         for _ in range(3):
             with pytest.raises(ValkeyConnectionError):
                 client.execute_command("GET", "k")  # not served from the L1
-        assert client.connection_pool.pool.qsize() == 2  # every slot came back
+        assert client.connection_pool.idle_count() == 2  # every connection came back
         server.start()
         assert client.execute_command("GET", "k") is None
         client.close()
