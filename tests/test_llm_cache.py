@@ -169,6 +169,38 @@ def test_unsafe_payload_is_not_instantiated(sync_client: Any, prefix: str) -> No
     assert cache.lookup("p", "llm") is None
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"content": 5},
+        {"tool_calls": [{"name": "t", "args": "not a dict", "id": "c"}]},
+        {"tool_calls": "nope"},
+        {"usage_metadata": ["x"]},
+        {"response_metadata": None},
+        {"type": "human"},
+    ],
+)
+def test_damaged_compact_entry_is_a_miss(
+    sync_client: Any, prefix: str, damage: dict[str, Any]
+) -> None:
+    """The compact decoder rebuilds messages without re-validating only when the stored
+    fields have the shape model_dump() gives; anything else is validated (and a miss)."""
+    import json
+
+    cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
+    cache.update("p", "llm", [ChatGeneration(message=_tool_call_message())])
+    key = cache.codec.key("p", "llm")
+    entry = json.loads(sync_client.get(key))  # {"lvc":2,"g":[{"m": fields}]}
+    entry["g"][0]["m"].update(damage)
+    sync_client.set(key, json.dumps(entry, separators=(",", ":")))
+    assert cache.lookup("p", "llm") is None
+    # and an undamaged entry with a field this langchain-core does not know: validated
+    entry["g"][0]["m"] = _tool_call_message().model_dump() | {"future_field": 1}
+    sync_client.set(key, json.dumps(entry, separators=(",", ":")))
+    (gen,) = cache.lookup("p", "llm") or [None]
+    assert isinstance(gen, ChatGeneration) and gen.message.tool_calls
+
+
 def test_multiple_chat_generations(sync_client: Any, prefix: str) -> None:
     cache = ValkeyCache(sync_client, prefix=prefix, metrics=False)
     gens = [ChatGeneration(message=_tool_call_message()), ChatGeneration(message=AIMessage("b"))]
