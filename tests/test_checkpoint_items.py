@@ -18,6 +18,11 @@ from langgraph_valkey_cache import AsyncValkeySaver, ValkeySaver
 from langgraph_valkey_cache._client import client_from_url, scan_keys
 
 
+def _items(client: Any, key: str) -> int:
+    """Stored list items in ``key`` (16-byte digests: not the generation field)."""
+    return sum(1 for f in client.hkeys(key) if len(f) == 16)
+
+
 def _chat_graph() -> Any:
     def model(state: MessagesState) -> dict[str, Any]:
         n = len(state["messages"])
@@ -73,7 +78,7 @@ def test_messages_match_in_memory_and_are_stored_once(any_url: str, prefix: str)
     saver = ValkeySaver(client, prefix=prefix)
     assert _transcript(_chat_graph().compile(checkpointer=saver)) == expected
     base = saver.keys.base("chat")
-    items = client.hlen(base + "e:")
+    items = _items(client, base + "e:")
     config = {"configurable": {"thread_id": "chat"}}
     distinct = {
         (m.id, m.content)
@@ -101,13 +106,13 @@ def test_items_are_collected(any_url: str, prefix: str) -> None:
     config = {"configurable": {"thread_id": "chat"}}
     _transcript(graph)
     e = saver.keys.base("chat") + "e:"
-    before = client.hlen(e)
+    before = _items(client, e)
     latest = graph.get_state(config).values
     saver.copy_thread("chat", "copy")
     copy = {"configurable": {"thread_id": "copy"}}
     assert graph.get_state(copy).values == latest
     saver.prune(["chat"])
-    after = client.hlen(e)
+    after = _items(client, e)
     assert 0 < after < before  # only the latest checkpoint's messages remain
     assert after == len(latest["messages"])
     assert graph.get_state(config).values == latest
@@ -137,7 +142,7 @@ def test_retention_collects_items(valkey_url: str, prefix: str, keep: int) -> No
         assert [s.values for s in ours] == [s.values for s in theirs[: len(ours)]]
         referenced = {(m.id, m.content) for s in ours for m in s.values.get("messages", [])}
         # no item outlives the checkpoints that refer to it
-        assert client.hlen(e) <= len(referenced)
+        assert _items(client, e) <= len(referenced)
     client.close()
 
 
@@ -173,7 +178,7 @@ def test_duplicate_items_and_plain_lists(valkey_url: str, prefix: str) -> None:
     saver.put(cfg, cp, generate_metadata(), versions)
     tup = saver.get_tuple({"configurable": {"thread_id": "d"}})
     assert tup is not None and tup.checkpoint["channel_values"] == values
-    assert client.hlen(saver.keys.base("d") + "e:") == 9  # 1 stored once
+    assert _items(client, saver.keys.base("d") + "e:") == 9  # 1 stored once
     client.close()
 
 
@@ -202,7 +207,7 @@ def test_items_collected_elsewhere_are_sent_again(any_url: str, prefix: str) -> 
         sent = sum(1 for c in log.commands if c == "EVALSHA")
         assert sent == (2 if n == 2 else 1)  # the first: + the thread index
     e = writer.keys.base("k") + "e:"
-    assert client.hlen(e) == 4
+    assert _items(client, e) == 4
     # another saver drops everything but a new checkpoint holding other messages
     other.delete_thread("k")
     cp = generate_checkpoint(
@@ -217,5 +222,53 @@ def test_items_collected_elsewhere_are_sent_again(any_url: str, prefix: str) -> 
     assert log.commands.count("EVALSHA") == 2  # refused, then sent whole
     tup = writer.get_tuple({"configurable": {"thread_id": "k"}})
     assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs[:5]
-    assert client.hlen(e) == 6
+    assert _items(client, e) == 6
+    client.close()
+
+
+def test_known_items_cost_one_check_and_a_prune_elsewhere_is_seen(
+    valkey_url: str, prefix: str
+) -> None:
+    """A put that leaves out items it saw stored checks the items' generation (one
+    field), not each item; a prune by another saver changes the generation, so the
+    next put is refused and sends its items again."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    from langgraph_valkey_cache.testing import count_commands
+
+    client = client_from_url(valkey_url)
+    writer = ValkeySaver(client, prefix=prefix)
+    other = ValkeySaver(client, prefix=prefix)
+    msgs = [HumanMessage(f"m{i} " * 50, id=f"m{i}") for i in range(40)]
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "g", "checkpoint_ns": ""}}
+
+    def put(n: int) -> None:
+        cp = generate_checkpoint(
+            channel_values={"messages": msgs[:n]}, channel_versions={"messages": n}
+        )
+        writer.put(cfg, cp, generate_metadata(), {"messages": n})
+
+    for n in range(2, 30):
+        put(n)
+    client.config_resetstat()
+    with count_commands() as log:
+        put(30)  # 29 items left out, one sent
+    assert log.commands.count("EVALSHA") == 1
+    stats = client.info("commandstats")
+    assert "cmdstat_hexists" not in stats, stats  # no per-item check
+    e = writer.keys.base("g") + "e:"
+    assert _items(client, e) == 30
+    other.prune(["g"])  # keeps only the latest: nothing to collect, yet...
+    cp = generate_checkpoint(
+        channel_values={"messages": msgs[5:7]}, channel_versions={"messages": 99}
+    )
+    other.put(cfg, cp, generate_metadata(), {"messages": 99})
+    other.prune(["g"])  # ...this one collects every item but m5 and m6
+    assert _items(client, e) == 2
+    with count_commands() as log:
+        put(31)
+    assert log.commands.count("EVALSHA") == 2  # refused, then sent whole
+    tup = writer.get_tuple({"configurable": {"thread_id": "g"}})
+    assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs[:31]
+    assert _items(client, e) == 31
     client.close()

@@ -28,6 +28,8 @@ removed) and the plan sends one more script to the index slot only then.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import random
 import re
 import threading
@@ -71,6 +73,9 @@ _ITEMS = b"\x02"  # a list stored item by item: the marker, then 16-byte item di
 _RAW = b"\x00"  # a stored item: 0x00 + its msgpack bytes, or _ZSTD + zstd of them
 _MIN_ITEMS = 2  # shorter lists are stored whole
 _KNOWN_ITEMS = 100_000  # item digests remembered per namespace (16 bytes each)
+# tokens for new item generations: unique per process run and call
+_TOKEN_PREFIX = os.urandom(8).hex().encode()
+_TOKENS = itertools.count()
 _REMEMBER_LIST = 1 << 20  # the last version of lists up to 1 MB is kept, per channel...
 _LISTS_SIZE = 256  # ...of this many (thread, namespace, channel)s...
 _LISTS_BYTES = 32 << 20  # ...and this many bytes in all (then forgotten at once)
@@ -343,8 +348,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self._keep_arg = str(keep_last or 0).encode()
         self.compress_min_bytes = compress_min_bytes
         self.list_items = list_items
-        # (thread, ns) -> digests of list items this saver stored there
-        self._known: dict[tuple[str, str], set[bytes]] = {}
+        # (thread, ns) -> (generation, digests): the list items this saver saw stored
+        # there while the items' generation was that one
+        self._known: dict[tuple[str, str], tuple[bytes, set[bytes]]] = {}
         self._salts: dict[str, Any] = {}  # channel -> blake2b primed with its name
         # (thread, ns, channel) -> (items, bytes after the array header, digests,
         # item arguments) of the last list version this saver wrote there
@@ -663,34 +669,42 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         rec = args[1] = self._record(checkpoint, meta, parent_id, run)
         if self._indexed:
             args[5] = b"=" + self._pairs(meta).encode()
-        known = self._known.get((thread_id, ns)) if items else None
-        if known:
-            # items this saver saw stored in this namespace are not sent again (the
-            # script checks they are still there)
-            fresh = [x for i in range(0, len(items), 2) if items[i] not in known
-                     for x in items[i : i + 2]]  # fmt: skip
-            reply = yield Script(
-                "put", nk.put, (*args, b"v" + str(len(fresh)).encode(), *fresh, *blobs)
-            )
-            if reply == -1:  # collected meanwhile: send them all
-                known.clear()
-                reply = yield Script(
-                    "put", nk.put, (*args, str(len(items)).encode(), *items, *blobs)
-                )
+        if not items:
+            reply = yield Script("put", nk.put, (*args, b"0", b"n", *blobs))
         else:
-            reply = yield Script("put", nk.put, (*args, str(len(items)).encode(), *items, *blobs))
-        if items:
-            if known is None:
+            key = (thread_id, ns)
+            seen = self._known.get(key)
+            reply = -1
+            if seen is not None:
+                # items this saver saw stored in this namespace are not sent again: the
+                # script checks nothing was collected there since (one field)
+                known = seen[1]
+                fresh = [x for i in range(0, len(items), 2) if items[i] not in known
+                         for x in items[i : i + 2]]  # fmt: skip
+                reply = yield Script(
+                    "put", nk.put,
+                    (*args, str(len(fresh)).encode(), b"v" + seen[0], *fresh, *blobs),
+                )  # fmt: skip
+                if reply != -1:
+                    known.update(items[0::2])
+                    stored += sum([len(v) for v in fresh[1::2]])
+            if reply == -1:  # nothing known, or collected meanwhile: send them all
+                token = b"n%s%x" % (_TOKEN_PREFIX, next(_TOKENS))
+                reply = yield Script(
+                    "put", nk.put, (*args, str(len(items)).encode(), token, *items, *blobs)
+                )
+                seen = None
+                stored += sum([len(v) for v in items[1::2]])
+            gen = reply[6] if isinstance(reply, list) else reply
+            if not gen:  # a retention collected items: nothing is known
+                self._known.pop(key, None)
+            elif seen is None or seen[0] != gen or len(seen[1]) > _KNOWN_ITEMS:
                 if len(self._known) >= _KEY_CACHE_SIZE:
                     self._known.clear()
-                known = self._known[(thread_id, ns)] = set()
-            if len(known) > _KNOWN_ITEMS:
-                known.clear()
-            known.update(items[0::2])
-        stored += sum(len(v) for v in items[1::2])
+                self._known[key] = (bytes(gen), set(items[0::2]))
         self._telemetry.stored(len(rec) + stored)
         if isinstance(reply, list):
-            yield from self._plan_index(thread_id, reply)
+            yield from self._plan_index(thread_id, reply[:6])
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
     def _plan_put_writes(
