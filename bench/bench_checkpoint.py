@@ -3,9 +3,13 @@
 Runs the same graph with InMemorySaver (the floor), our ValkeySaver and
 AsyncValkeySaver, and langgraph-checkpoint-aws's ValkeySaver when installed
 (``pip install 'langgraph-checkpoint-aws[valkey]'``), all in one process against one
-embedded valkey-server (or ``--url``). Prints per-step time and the ratio to
-InMemorySaver, round trips per saver operation, and server bytes per checkpoint
-(``MEMORY USAGE`` summed over a thread's keys).
+embedded valkey-server (or ``--url``). Prints per-step time (wall and this process's
+CPU) and its ratios to InMemorySaver and to langgraph-checkpoint-aws, what the saver
+adds to the step (``+saver``: above the same graph compiled without a checkpointer,
+LangGraph's own floor), round trips per saver operation, and server bytes per
+checkpoint (``MEMORY USAGE`` summed over a thread's keys). Calls and round trips are
+counted in the warm-up round only: counting wraps every command, so timed rounds run
+the savers unwrapped.
 
     python bench/bench_checkpoint.py [--threads 40] [--url valkey://...] [--one-way-ms 0.25]
                                      [--ops 200] [--repeat 3]
@@ -52,6 +56,7 @@ from langgraph_valkey_cache.demo import embedded_or_url
 from langgraph_valkey_cache.testing import count_commands
 
 STEPS = 20  # supersteps per thread: 10 agent turns + 10 tool turns
+WARM = 2  # threads per saver in the warm-up round (which also counts round trips)
 
 
 def build_graph() -> Any:
@@ -79,16 +84,20 @@ def build_graph() -> Any:
 
 
 class OpCounter:
-    """Counts calls of each saver operation by wrapping the instance's methods."""
+    """Counts calls of each saver operation by wrapping the instance's methods
+    (``restore()`` removes the wrappers)."""
 
     OPS = ("put", "put_writes", "get_tuple", "aput", "aput_writes", "aget_tuple")
 
     def __init__(self, saver: Any) -> None:
         self.calls: Counter[str] = Counter()
+        self.saver = saver
+        self.wrapped: list[str] = []
         for name in self.OPS:
             orig = getattr(saver, name, None)
             if orig is None:
                 continue
+            self.wrapped.append(name)
             if asyncio.iscoroutinefunction(orig):
 
                 async def awrapped(*a: Any, __o: Any = orig, __n: str = name, **k: Any) -> Any:
@@ -104,13 +113,18 @@ class OpCounter:
 
                 setattr(saver, name, wrapped)
 
+    def restore(self) -> None:
+        for name in self.wrapped:
+            vars(self.saver).pop(name, None)
+
 
 def run_sync(saver: Any, threads: int, tag: str) -> float:
     return run_sync_cpu(saver, threads, tag)[0]
 
 
 def run_sync_cpu(saver: Any, threads: int, tag: str) -> tuple[float, float]:
-    """(wall s, CPU s of this process, every thread: LangGraph's background puts too)."""
+    """(wall s, CPU s of this process, every thread: LangGraph's background puts too).
+    ``saver=None``: the same graph without a checkpointer (LangGraph's own floor)."""
     graph = build_graph()(checkpointer=saver)
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(threads):
@@ -348,6 +362,7 @@ def main() -> None:
         # agent loop: the savers take turns, round by round (a shared machine's noise hits
         # all of them alike); per saver the best wall and the best CPU time are kept
         sync_savers: dict[str, tuple[Any, str | None]] = {
+            "no checkpointer": (None, None),
             "InMemorySaver": (InMemorySaver(), None),
             "ValkeySaver (ours)": (ValkeySaver(make_client(url), prefix="bs"), "bs:{ours-0-0}:*"),
         }
@@ -360,49 +375,51 @@ def main() -> None:
                 AwsValkeySaver(make_client(url)),
                 "*aws-0-0*",  # its keys have no configurable prefix
             )
-        tags = {"InMemorySaver": "mem", "ValkeySaver (ours)": "ours"}
-        counters = {name: OpCounter(s) for name, (s, m) in sync_savers.items() if m}
+        tags = {"no checkpointer": "none", "InMemorySaver": "mem", "ValkeySaver (ours)": "ours"}
         best: dict[str, list[float]] = {}
         per_op: dict[str, dict[str, float]] = {}
+
+        def count(name: str, counter: OpCounter, log: Any) -> None:
+            ops = sum(counter.calls.values())
+            per_op[name] = {
+                **{f"{op}/thread": c / WARM for op, c in counter.calls.items()},
+                "round trips/op": log.round_trips / ops if ops else 0.0,
+            }
 
         async def one_async(k: int) -> tuple[float, float]:
             # the async client must be created inside the loop that runs it
             saver = AsyncValkeySaver(make_client(url, asyncio=True), prefix="ba")
-            if k < 0:
-                await run_async(saver, 2, "warm")
+            if k < 0:  # warm-up, and the only counted run (see below)
+                counter = OpCounter(saver)
+                with count_commands() as log:
+                    await run_async(saver, WARM, "warm")
+                count("AsyncValkeySaver (ours)", counter, log)
                 await saver.client.aclose()
                 return 0.0, 0.0
-            counter = OpCounter(saver)
             cpu = time.process_time()
-            with count_commands() as log:
-                elapsed = await run_async(saver, n, f"async-{k}")
+            elapsed = await run_async(saver, n, f"async-{k}")
             cpu = time.process_time() - cpu
-            if k == 0:
-                ops = sum(counter.calls.values())
-                per_op["AsyncValkeySaver (ours)"] = {
-                    **{f"{op}/thread": c / n for op, c in counter.calls.items()},
-                    "round trips/op": log.round_trips / ops if ops else 0.0,
-                }
             await saver.client.aclose()
             return elapsed, cpu
 
-        for k in range(-1, args.repeat):  # round -1 warms every saver up
+        # Round -1 warms every saver up and counts calls and round trips; the timed
+        # rounds run the savers as they are (counting wraps every command: a few us
+        # each, more for a saver sending more commands per round trip).
+        for k in range(-1, args.repeat):
             for name, (saver, _) in sync_savers.items():
                 tag = tags.get(name, "aws")
                 if k < 0:
-                    run_sync(saver, 2, f"warm-{tag}")
+                    if saver is None:
+                        run_sync(saver, WARM, f"warm-{tag}")
+                        continue
+                    counter = OpCounter(saver)
+                    with count_commands() as log:
+                        run_sync(saver, WARM, f"warm-{tag}")
+                    if name != "InMemorySaver":
+                        count(name, counter, log)
+                    counter.restore()
                     continue
-                counter = counters.get(name)
-                if counter is not None:
-                    counter.calls.clear()
-                with count_commands() as log:
-                    wall, cpu = run_sync_cpu(saver, n, f"{tag}-{k}")
-                if k == 0 and counter is not None:
-                    ops = sum(counter.calls.values())
-                    per_op[name] = {
-                        **{f"{op}/thread": c / n for op, c in counter.calls.items()},
-                        "round trips/op": log.round_trips / ops if ops else 0.0,
-                    }
+                wall, cpu = run_sync_cpu(saver, n, f"{tag}-{k}")
                 got = best.setdefault(name, [wall, cpu])
                 got[:] = [min(got[0], wall), min(got[1], cpu)]
             wall, cpu = asyncio.run(one_async(k))
@@ -417,18 +434,30 @@ def main() -> None:
         if proxy is not None:
             proxy.kill()
         base_wall, base_cpu = best["InMemorySaver"]
+        floor_wall, floor_cpu = best["no checkpointer"]
+        aws = best.get("langgraph-checkpoint-aws ValkeySaver")
         steps = n * STEPS
         print(f"\n{n} threads x {STEPS} steps, one process, server {url}, best of {args.repeat}")
-        print(f"{'saver':<40}{'us/step':>9}{'x InMem':>9}{'CPU us/step':>13}{'x InMem':>9}"
-              f"{'bytes/ckpt':>12}  round trips")  # fmt: skip
-        order = ["InMemorySaver", "ValkeySaver (ours)", "AsyncValkeySaver (ours)"]
+        print(
+            "us/step: the whole step (the graph's nodes are trivial); x InMem, x aws: of"
+            " that; +saver: above the same graph without a checkpointer"
+        )
+        print(f"{'saver':<38}{'us/step':>8}{'x InMem':>8}{'x aws':>7}{'+saver':>8}"
+              f"{'CPU us':>8}{'x InMem':>8}{'x aws':>7}{'+saver':>8}"
+              f"{'bytes/ckpt':>11}  round trips")  # fmt: skip
+        order = ["no checkpointer", "InMemorySaver", "ValkeySaver (ours)"]
+        order += ["AsyncValkeySaver (ours)"]
         order += [name for name in best if name not in order]
         for name in order:
             wall, cpu = best[name]
             rt = " ".join(f"{k}={v:.2f}" for k, v in sorted(per_op.get(name, {}).items()))
             b = f"{nbytes[name]:,.0f}" if name in nbytes else "-"
-            print(f"{name:<40}{wall / steps * 1e6:>9.0f}{wall / base_wall:>9.2f}"
-                  f"{cpu / steps * 1e6:>13.0f}{cpu / base_cpu:>9.2f}{b:>12}  {rt}")  # fmt: skip
+            xa = f"{wall / aws[0]:>7.2f}" if aws else f"{'-':>7}"
+            xac = f"{cpu / aws[1]:>7.2f}" if aws else f"{'-':>7}"
+            print(f"{name:<38}{wall / steps * 1e6:>8.0f}{wall / base_wall:>8.2f}{xa}"
+                  f"{(wall - floor_wall) / steps * 1e6:>8.0f}"
+                  f"{cpu / steps * 1e6:>8.0f}{cpu / base_cpu:>8.2f}{xac}"
+                  f"{(cpu - floor_cpu) / steps * 1e6:>8.0f}{b:>11}  {rt}")  # fmt: skip
         if mem_rows:
             print("\nserver bytes per checkpoint (MEMORY USAGE of every key / checkpoints)")
             print(f"{'scenario':<24}{'saver':<46}{'bytes/ckpt':>12}{'x aws':>8}{'state B':>9}")
