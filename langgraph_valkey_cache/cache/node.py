@@ -64,8 +64,9 @@ _RUN: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
 )
 #: Where LangGraph keeps the graph's ``Runtime`` (its ``context``) in a node's config.
 _CONFIG_KEY_RUNTIME = "__pregel_runtime"
-#: What a one-entry local hit counts (a Tally is only read).
+#: What a one-entry get counts (a Tally is only read, so one instance serves all).
 _ONE_HIT = Tally(hits=1)
+_ONE_MISS = Tally(misses=1)
 #: Entry keys remembered per cache (see ``_entry_key``).
 _ENTRY_KEYS_MAX = 4096
 
@@ -186,6 +187,22 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         return found
 
     def _plan_get(self, keys: Sequence[FullKey], scope: tuple[str, ...] = ()) -> Plan:
+        if len(keys) == 1 and not self.single_flight:
+            # the common case (one cached task per step), written out: a hit is one
+            # GET, and every line here runs right after a round trip
+            ((ns, key),) = keys
+            ns = tuple(ns)
+            raw = yield Cmd(("GET", self._entry_key(ns, key, scope)))
+            if raw is not None:
+                try:
+                    value = self.serde.loads_typed(unpack_typed(raw))
+                except Exception:  # a foreign or stale entry is a miss, not a crash
+                    pass
+                else:
+                    yield _ONE_HIT
+                    return {(ns, key): value}
+            yield _ONE_MISS
+            return {}
         rkeys = [self._entry_key(tuple(ns), key, scope) for ns, key in keys]
         if len(rkeys) == 1:
             raws = [(yield Cmd(("GET", rkeys[0])))]
