@@ -547,6 +547,88 @@ class Executor:
         if lookups:
             self.tally(Tally(misses=lookups))
 
+    # -- the one operation loop (no I/O): both drivers run it ---------------------------
+
+    def _operation(
+        self,
+        plan: Plan,
+        op: str,
+        default: Any,
+        lookups: int,
+        computes: bool,
+        fallback: Callable[[Any], Any] | None,
+        strict: bool,
+    ) -> Generator[Any, Any, Any]:
+        """Drive ``plan`` and own everything but I/O: tallies, the breaker, error
+        classification, the span and the fail-open outcome. Yields only the steps a
+        driver must perform (I/O, ``Sleep``, ``Call``, ``COMPUTE``) and receives their
+        result, or their exception thrown in."""
+        tel = self.telemetry
+        span = tel.start(op)
+        start = time.perf_counter()
+        breaker = self.breaker
+        reply: Any = None
+        error: BaseException | None = None
+        computed: Any = _UNSET
+        user_exc: BaseException | None = None
+        hits = misses = bypassed = 0  # for the span's outcome
+        failed: str | None = None  # why a step or the plan failed open
+        try:
+            while True:
+                try:
+                    step = plan.send(reply) if error is None else plan.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                reply = error = None
+                t = type(step)
+                if t is Tally:
+                    self.tally(step)
+                    hits += step.hits
+                    misses += step.misses
+                    bypassed += step.bypassed
+                    for more in step.more:
+                        hits += more.hits
+                        misses += more.misses
+                elif t is _Compute:
+                    try:
+                        reply = computed = yield step
+                    except BaseException as exc:
+                        error = user_exc = exc
+                elif t is Sleep:
+                    yield step
+                elif t is Call:
+                    try:
+                        reply = yield step
+                    except Exception as exc:
+                        error = exc
+                elif strict:
+                    reply = yield step
+                    breaker.success()
+                elif not breaker.allow():
+                    error = CacheUnavailable("breaker_open")
+                    failed = failed or "breaker_open"
+                else:
+                    try:
+                        reply = yield step
+                    except Exception as exc:
+                        error = self._failed_step(op, exc)
+                        failed = error.reason
+                    else:
+                        breaker.success()
+        except BaseException as exc:
+            if not self._recoverable(exc, user_exc, strict, op, lookups):
+                raise
+            misses += lookups
+            failed = exc.reason if isinstance(exc, CacheUnavailable) else "bug"
+            if not computes:
+                return default
+            if computed is _UNSET:
+                computed = yield COMPUTE
+            return fallback(computed) if fallback else computed
+        finally:
+            plan.close()
+            tel.finish(op, start, span, outcome=(hits, misses, bypassed, failed))
+
     # -- sync -------------------------------------------------------------------------------
 
     def _io(self, step: Any) -> Any:
@@ -605,71 +687,28 @@ class Executor:
         """Run ``plan``; on any failure of ours, return ``default`` (or, for a plan that
         computes, ``fallback(value)`` with ``compute()``'s value, computed at most once).
         ``strict=True`` (clear, invalidate, reading stats): errors raise instead."""
-        tel = self.telemetry
-        span = tel.start(op)
-        start = time.perf_counter()
-        breaker = self.breaker
+        steps = self._operation(plan, op, default, lookups, compute is not None, fallback, strict)
         reply: Any = None
         error: BaseException | None = None
-        computed: Any = _UNSET
-        user_exc: BaseException | None = None
-        hits = misses = bypassed = 0  # for the span's outcome
-        failed: str | None = None  # why a step or the plan failed open
-        try:
-            while True:
-                try:
-                    step = plan.send(reply) if error is None else plan.throw(error)
-                except StopIteration as stop:
-                    return stop.value
-                reply = error = None
+        while True:
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
                 t = type(step)
-                if t is Tally:
-                    self.tally(step)
-                    hits += step.hits
-                    misses += step.misses
-                    bypassed += step.bypassed
-                    for more in step.more:
-                        hits += more.hits
-                        misses += more.misses
-                elif t is _Compute:
-                    try:
-                        reply = computed = compute()  # type: ignore[misc]
-                    except BaseException as exc:
-                        error = user_exc = exc
+                if t is _Compute:
+                    reply = compute()  # type: ignore[misc]
                 elif t is Sleep:
                     time.sleep(step.seconds)
+                    reply = None
                 elif t is Call:
-                    try:
-                        reply = step.sync(*step.args)
-                    except Exception as exc:
-                        error = exc
-                elif strict:
-                    reply = self._io(step)
-                    breaker.success()
-                elif not breaker.allow():
-                    error = CacheUnavailable("breaker_open")
-                    failed = failed or "breaker_open"
+                    reply = step.sync(*step.args)
                 else:
-                    try:
-                        reply = self._io(step)
-                    except Exception as exc:
-                        error = self._failed_step(op, exc)
-                        failed = error.reason
-                    else:
-                        breaker.success()
-        except BaseException as exc:
-            if not self._recoverable(exc, user_exc, strict, op, lookups):
-                raise
-            misses += lookups
-            failed = exc.reason if isinstance(exc, CacheUnavailable) else "bug"
-            if compute is None:
-                return default
-            if computed is _UNSET:
-                computed = compute()
-            return fallback(computed) if fallback else computed
-        finally:
-            plan.close()
-            tel.finish(op, start, span, outcome=(hits, misses, bypassed, failed))
+                    reply = self._io(step)
+            except BaseException as exc:
+                error = exc
 
     # -- async ------------------------------------------------------------------------------
 
@@ -735,71 +774,30 @@ class Executor:
     ) -> Any:
         """Async :meth:`run`: ``compute`` is an async callable; every I/O step has a
         deadline of ``timeout`` seconds."""
-        tel = self.telemetry
-        span = tel.start(op)
-        start = time.perf_counter()
-        breaker = self.breaker
+        steps = self._operation(plan, op, default, lookups, compute is not None, fallback, strict)
         reply: Any = None
         error: BaseException | None = None
-        computed: Any = _UNSET
-        user_exc: BaseException | None = None
-        hits = misses = bypassed = 0  # for the span's outcome
-        failed: str | None = None  # why a step or the plan failed open
-        try:
-            while True:
-                try:
-                    step = plan.send(reply) if error is None else plan.throw(error)
-                except StopIteration as stop:
-                    return stop.value
-                reply = error = None
+        while True:
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            try:
                 t = type(step)
-                if t is Tally:
-                    self.tally(step)
-                    hits += step.hits
-                    misses += step.misses
-                    bypassed += step.bypassed
-                    for more in step.more:
-                        hits += more.hits
-                        misses += more.misses
-                elif t is _Compute:
-                    try:
-                        reply = computed = await compute()  # type: ignore[misc]
-                    except BaseException as exc:
-                        error = user_exc = exc
+                if t is _Compute:
+                    reply = await compute()  # type: ignore[misc]
                 elif t is Sleep:
                     await asyncio.sleep(step.seconds)
+                    reply = None
                 elif t is Call:
-                    try:
-                        reply = await step.async_(*step.args)
-                    except Exception as exc:
-                        error = exc
+                    reply = await step.async_(*step.args)
                 elif strict:
                     reply = await self._aio(step)
-                    breaker.success()
-                elif not breaker.allow():
-                    error = CacheUnavailable("breaker_open")
-                    failed = failed or "breaker_open"
                 else:
-                    try:
-                        reply = await self._abounded(step)
-                    except Exception as exc:
-                        error = self._failed_step(op, exc)
-                        failed = error.reason
-                    else:
-                        breaker.success()
-        except BaseException as exc:
-            if not self._recoverable(exc, user_exc, strict, op, lookups):
-                raise
-            misses += lookups
-            failed = exc.reason if isinstance(exc, CacheUnavailable) else "bug"
-            if compute is None:
-                return default
-            if computed is _UNSET:
-                computed = await compute()
-            return fallback(computed) if fallback else computed
-        finally:
-            plan.close()
-            tel.finish(op, start, span, outcome=(hits, misses, bypassed, failed))
+                    reply = await self._abounded(step)
+            except BaseException as exc:
+                error = exc
 
     # -- stats flush (rides on a normal call) ------------------------------------------------
 
