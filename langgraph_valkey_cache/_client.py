@@ -385,11 +385,12 @@ def _l1_connection_class(base: Any) -> Any:
 
         if not inspect.iscoroutinefunction(getattr(base, "can_read", None)):
 
-            def local_reply(self, command: Any) -> Any:
+            def local_reply(self, command: Any, drain: bool = True) -> Any:
                 """The reply this connection's L1 holds for ``command`` once every
                 pending invalidation is read, or None. Never sends anything: a
                 connection that is closed, or fails while reading, is dropped (its
-                L1 flushed) and None returned."""
+                L1 flushed) and None returned. ``drain=False``: None while anything
+                is pending, so it never reads (never blocks: for an event loop)."""
                 sock = self._sock
                 if sock is None:  # not connected: its L1 was flushed
                     return None
@@ -404,6 +405,8 @@ def _l1_connection_class(base: Any) -> Any:
                 except (OSError, ValueError):  # e.g. a descriptor select() can't take
                     pending = True
                 if pending:
+                    if not drain:
+                        return None
                     try:
                         while self.can_read():
                             self.read_response(push_request=True)
@@ -539,16 +542,17 @@ def _read_keys(args: tuple[Any, ...], options: dict[str, Any]) -> None:
 class _L1Valkey(valkey.Valkey):
     """A sync client whose GET/MGET through ``execute_command`` use the L1."""
 
-    def local_reply(self, *args: Any) -> Any:
+    def local_reply(self, *args: Any, drain: bool = True) -> Any:
         """The L1's reply to ``args`` (a GET or MGET), or None when it has none: no
         round trip, no connect, no wait for a busy pool (any of those is left to the
-        caller's own command, run under its fault handling)."""
+        caller's own command, run under its fault handling). ``drain=False``: also
+        None when invalidations are pending (reading them could block)."""
         pool = self.connection_pool
         conn = pool.take_idle()
         if conn is None:
             return None
         try:
-            return conn.local_reply(args)
+            return conn.local_reply(args, drain)
         finally:
             pool.put_back(conn)
 
@@ -562,7 +566,7 @@ class _L1Valkey(valkey.Valkey):
         pool = self.connection_pool
         conn = pool.get_connection(args[0])
         try:
-            reply = conn._get_from_local_cache(args)
+            reply = conn.local_reply(args)
             if reply is not None:
                 return reply
             response = conn.retry.call_with_retry(

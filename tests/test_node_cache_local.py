@@ -10,6 +10,7 @@ when the plan would not.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -202,3 +203,34 @@ def test_l1_pool_threads_share_connections(valkey_url: str, prefix: str) -> None
     pool = client.connection_pool
     assert len(pool._connections) <= 3 and pool.idle_count() == len(pool._connections)
     client.close()
+
+
+async def test_aget_on_a_sync_l1_client_is_local_and_coherent(
+    pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No async client: a local hit is served on the loop (no worker thread, no round
+    trip) while nothing is pending; a pending invalidation sends it to the plan."""
+    reader, writer = pair
+    threads: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(fn: Any, *args: Any) -> Any:  # the executor's worker-thread hop
+        threads.append(fn)
+        return await to_thread(fn, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    writer.set({A: ([("y", 1)], 60)})
+    assert await reader.aget([A]) == {A: [["y", 1]]}
+    assert len(threads) == 1  # the first read: the plan, in a worker thread
+    with count_commands() as log:
+        for _ in range(5):
+            assert await reader.aget([A]) == {A: [["y", 1]]}
+    assert log.round_trips == 0 and len(threads) == 1  # served on the loop
+    writer.set({A: ([("y", 2)], 60)})
+    time.sleep(ARRIVAL)  # the invalidation is pending on the reader's connection
+    assert await reader.aget([A]) == {A: [["y", 2]]}
+    writer.clear()
+    time.sleep(ARRIVAL)
+    assert await reader.aget([A]) == {}
+    stats = await reader.astats()
+    assert (stats.hits, stats.misses) == (7, 1)
