@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -120,8 +121,19 @@ class ValkeySaver(ValkeySaverBase):
         raise TypeError(f"unexpected plan step {op!r}")
 
     def _run(self, plan: Plan, name: str) -> Any:
-        with self._telemetry.operation(name):
-            return run_plan(plan, self._execute)
+        # Telemetry.operation()'s steps without its generator context manager: ~1.5 us
+        # of every put and put_writes
+        telemetry = self._telemetry
+        start = time.perf_counter()
+        span = telemetry.start(name)
+        try:
+            result = run_plan(plan, self._execute)
+        except BaseException as exc:
+            telemetry.error(name)
+            telemetry.finish(name, start, span, exc)
+            raise
+        telemetry.finish(name, start, span)
+        return result
 
     def _iter(self, plan: Plan, name: str) -> Iterator[CheckpointTuple]:
         # one span per request: a span must not stay open across the consumer's yields
