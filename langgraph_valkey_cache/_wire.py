@@ -157,9 +157,10 @@ class Wire:
         cb = self.callbacks.get(args[0])
         return reply if cb is None else cb(reply)
 
-    def pipeline(self, commands: Iterable[Sequence[Any]]) -> list[Any]:
-        """Commands in one round trip, like a non-transactional pipeline's ``execute()``
-        (raises the first error after reading every reply)."""
+    def pipeline(self, commands: Iterable[Sequence[Any]], raise_on_error: bool = True) -> list[Any]:
+        """Commands in one round trip, like a non-transactional pipeline's ``execute()``:
+        raises the first error after reading every reply, or (``raise_on_error=False``)
+        returns each command's error in its place."""
         commands = list(commands)
         chunks: list[bytes] = []
         for args in commands:
@@ -170,7 +171,10 @@ class Wire:
         out = []
         for args, reply in zip(commands, replies, strict=True):
             if isinstance(reply, ResponseError):
-                raise reply
+                if raise_on_error:
+                    raise reply
+                out.append(reply)
+                continue
             cb = self.callbacks.get(args[0])
             out.append(reply if cb is None else cb(reply))
         return out

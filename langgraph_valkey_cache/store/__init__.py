@@ -11,6 +11,7 @@ from valkey.exceptions import NoScriptError, ResponseError
 
 from langgraph_valkey_cache._client import client_from_url, is_async_client
 from langgraph_valkey_cache._plans import run_plan
+from langgraph_valkey_cache._wire import wire_for
 from langgraph_valkey_cache.store.base import (
     Call,
     Embed,
@@ -73,6 +74,7 @@ class ValkeyStore(ValkeyStoreBase):
                 "ValkeyStore needs a sync client; use AsyncValkeyStore for valkey.asyncio"
             )
         self._init_store(client, **kwargs)
+        self._wire = wire_for(client)
 
     @classmethod
     @contextmanager
@@ -97,10 +99,15 @@ class ValkeyStore(ValkeyStoreBase):
     # -- plan execution ---------------------------------------------------------------
 
     def _one(self, call: Call) -> Any:
+        wire = self._wire  # the lean command path (standalone)
         if call.script:
+            if wire is not None:
+                return wire.evalsha(self._scripts[call.script], call.keys, call.args)
             return self._scripts[call.script](keys=list(call.keys), args=list(call.args))
         if call.each_primary:
             return self._each_primary(call.args)
+        if wire is not None:
+            return wire.call(call.args)
         if self._cluster and str(call.args[0]).startswith("FT."):
             # no key to route by: valkey-search answers (and fans out) from any node
             return self.client.execute_command(*call.args, target_nodes=self.client.RANDOM)
@@ -125,14 +132,19 @@ class ValkeyStore(ValkeyStoreBase):
                 if op.return_errors:
                     return [exc]
                 raise
-        pipe = self.client.pipeline(transaction=False)
-        for call in op.calls:
-            if call.script:
-                sha = self._scripts[call.script].sha
-                pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
-            else:
-                pipe.execute_command(*call.args)
-        replies = list(pipe.execute(raise_on_error=False))
+        cmds = [
+            ("EVALSHA", self._scripts[c.script].sha, len(c.keys), *c.keys, *c.args)
+            if c.script
+            else c.args
+            for c in op.calls
+        ]
+        if self._wire is not None:
+            replies = self._wire.pipeline(cmds, raise_on_error=False)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            replies = list(pipe.execute(raise_on_error=False))
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 replies[i] = self._one(op.calls[i])  # loads the script
