@@ -15,6 +15,7 @@ coherent in-process L1 on valkey-py's RESP3 client-side caching; see :class:`Loc
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import inspect
@@ -221,6 +222,8 @@ _NO_CLUSTER_L1 = (
     "connection, and a cluster client's per-node connections are not supported yet"
 )
 _IMMUTABLE = (bytes, str, int, float, type(None))
+#: Loop iterations an async L1 lookup yields at most for data still on the socket.
+_SETTLE_YIELDS = 4
 
 
 class LocalCache(AbstractCache):
@@ -364,11 +367,47 @@ def _l1_connection_class(base: Any) -> Any:
                 if reader is not None and reader.at_eof():
                     await self.disconnect()
                     return None
+                # and only at what the loop has moved into that buffer, which it does
+                # when the running task yields: an invalidation still on the socket
+                # would not count yet. Yield until the socket is empty (a few times
+                # at most: the loop reads a ready socket on its next iterations)
+                for _ in range(_SETTLE_YIELDS):
+                    if not self._lgv_socket_pending():
+                        break
+                    await asyncio.sleep(0)
                 try:
                     return await super()._get_from_local_cache(command)
                 except (VConnectionError, VTimeoutError, OSError):
                     await self.disconnect()
                     return None
+
+            def _lgv_socket_pending(self) -> bool:
+                writer = getattr(self, "_writer", None)
+                sock = writer.get_extra_info("socket") if writer is not None else None
+                if sock is None:
+                    return False
+                try:
+                    return bool(select.select((sock,), (), (), 0)[0])
+                except (OSError, ValueError):  # can't tell: valkey-py's own check only
+                    return False
+
+            def local_reply(self, command: Any, drain: bool = False) -> Any:
+                """The reply this connection's L1 holds for ``command``, or None, and
+                None whenever anything is pending (on the socket or in the buffers):
+                never awaits, never reads (``drain`` is ignored: reading needs the
+                loop, :meth:`_get_from_local_cache` does it)."""
+                reader = getattr(self, "_reader", None)
+                if reader is None or reader.at_eof():
+                    return None
+                buffered = getattr(reader, "_buffer", None)
+                if (
+                    buffered is None
+                    or len(buffered)
+                    or getattr(self._parser, "_buffer", None)
+                    or self._lgv_socket_pending()
+                ):
+                    return None
+                return self.client_cache.get(command)
 
         else:
 
@@ -383,7 +422,7 @@ def _l1_connection_class(base: Any) -> Any:
                     self.disconnect()
                     return None
 
-        if not inspect.iscoroutinefunction(getattr(base, "can_read", None)):
+        if not inspect.iscoroutinefunction(getattr(base, "_get_from_local_cache", None)):
 
             def local_reply(self, command: Any, drain: bool = True) -> Any:
                 """The reply this connection's L1 holds for ``command`` once every
@@ -581,6 +620,19 @@ class _L1Valkey(valkey.Valkey):
 
 class _AsyncL1Valkey(avalkey.Valkey):
     """The async twin of :class:`_L1Valkey`."""
+
+    def local_reply(self, *args: Any, drain: bool = False) -> Any:
+        """The L1's reply to ``args`` (a GET or MGET) from an idle connection, or None
+        (none idle, nothing held, or anything pending): a plain method, it never
+        awaits, so no other task sees the connection leave the pool's idle list."""
+        idle = getattr(self.connection_pool, "_available_connections", None)
+        if not idle:
+            return None
+        conn = idle.pop()
+        try:
+            return conn.local_reply(args)
+        finally:
+            idle.append(conn)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         _read_keys(args, options)

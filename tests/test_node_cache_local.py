@@ -234,3 +234,48 @@ async def test_aget_on_a_sync_l1_client_is_local_and_coherent(
     assert await reader.aget([A]) == {}
     stats = await reader.astats()
     assert (stats.hits, stats.misses) == (7, 1)
+
+
+async def test_async_l1_sees_an_invalidation_the_loop_has_not_read_yet(
+    valkey_url: str, prefix: str
+) -> None:
+    """The invalidation sits on the socket (this task never yielded since it arrived):
+    the lookup yields to the loop until it is read, then answers."""
+    aclient = cache_client_from_url(valkey_url, asyncio=True, local_cache=True)
+    writer = client_from_url(valkey_url)
+    key = f"{prefix}:k"
+    writer.set(key, b"1")
+    assert await aclient.execute_command("GET", key) == b"1"
+    for i in range(2, 12):
+        writer.set(key, str(i).encode())
+        time.sleep(ARRIVAL)  # blocks the loop: the push stays in the kernel's buffer
+        assert aclient.local_reply("GET", key) is None  # pending: not answered locally
+        assert await aclient.execute_command("GET", key) == str(i).encode()
+        assert aclient.local_reply("GET", key) == str(i).encode()
+    await aclient.aclose()
+    writer.close()
+
+
+async def test_aget_on_an_async_l1_client(valkey_url: str, prefix: str) -> None:
+    aclient = client_from_url(valkey_url, asyncio=True)
+    reader = ValkeyNodeCache(aclient, prefix=prefix, metrics=False, local_cache=True)
+    writer = ValkeyNodeCache(client_from_url(valkey_url), prefix=prefix, metrics=False)
+    writer.set({A: ([("y", 1)], 60)})
+    assert await reader.aget([A]) == {A: [["y", 1]]}
+    with count_commands() as log:
+        for _ in range(5):
+            assert await reader.aget([A, B]) == {A: [["y", 1]]}  # MGET through the plan
+            assert await reader.aget([A]) == {A: [["y", 1]]}
+    assert log.round_trips == 1  # the first MGET; every other read local
+    for i in range(2, 7):
+        writer.set({A: ([("y", i)], 60)})
+        time.sleep(ARRIVAL)  # the loop has not read the push
+        assert await reader.aget([A]) == {A: [["y", i]]}
+    writer.clear()
+    await asyncio.sleep(ARRIVAL)
+    assert await reader.aget([A]) == {}
+    stats = await reader.astats()
+    assert (stats.hits, stats.misses) == (1 + 10 + 5, 5 + 1)
+    await reader.aclose()
+    writer.close()
+    await aclient.aclose()
