@@ -720,6 +720,8 @@ CHECKPOINT_SCRIPTS: dict[str, str] = {
     "history": _CORE + _HISTORY,
     "index_info": _CORE + _INDEX + _INDEX_INFO,
 }
+# KEYS: thread_keys. Reply: 1 if the thread has data, else 0.
+CHECKPOINT_SCRIPTS["alive"] = "return redis.call('EXISTS', KEYS[1])"
 CHECKPOINT_SCRIPTS["index_update"] = _INDEX_UPDATE
 CHECKPOINT_SCRIPTS["index_page"] = _INDEX_PAGE
 

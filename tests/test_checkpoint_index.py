@@ -79,6 +79,12 @@ def test_listing_10k_threads_sends_no_scan(any_url: str, prefix: str) -> None:
     assert log.round_trips <= 12, log.commands  # one index page + one list per thread
 
     with count_commands() as log:
+        ids = saver.thread_ids()
+    assert sorted(ids) == sorted(["warm", *(f"th-{i:05d}" for i in range(n))])
+    assert "SCAN" not in log.commands
+    assert log.round_trips <= n // 1000 + 2, log.round_trips  # pages of 1000 ids
+
+    with count_commands() as log:
         got = list(saver.list(None, filter={"user_id": "u7"}))
     assert "SCAN" not in log.commands
     assert sorted(t.config["configurable"]["thread_id"] for t in got) == [
@@ -235,6 +241,20 @@ def test_expired_threads_leave_the_index(valkey_url: str, prefix: str) -> None:
         "long"
     ]
     assert saver.search_threads({"u": "x"}) == ["long"]
+    # thread_ids() checks what the index names when the saver has a TTL
+    _one(saver, "short2", u="y")
+    client.zadd(saver.keys.index_threads(), {b"short": 0})  # as if never met
+    deadline = time.monotonic() + 10
+    while client.exists(saver.keys.base("short2") + "ns"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _one(saver, "fresh", u="y")
+    assert client.zscore(saver.keys.index_threads(), b"short2") is not None
+    with count_commands() as log:
+        ids = saver.thread_ids()
+    assert sorted(ids) == ["fresh", "long"]
+    assert "SCAN" not in log.commands
+    assert client.zscore(saver.keys.index_threads(), b"short") is None  # met: dropped
     client.close()
 
 

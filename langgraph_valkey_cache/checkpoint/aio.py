@@ -152,7 +152,9 @@ class AsyncValkeySaver(ValkeySaverBase):
 
     async def athread_ids(self) -> builtins.list[str]:
         """Every thread id with checkpoints under this saver's prefix, without reading
-        any checkpoint (``SCAN`` of the thread markers, per primary on a cluster)."""
+        any checkpoint: from the thread index (with a TTL, each id is checked and
+        expired threads leave the index), or with ``thread_index=False`` by ``SCAN``
+        of the thread markers (per primary on a cluster)."""
         return await self._run(self._plan_thread_ids(), "thread_ids")
 
     async def asearch_threads(

@@ -66,6 +66,7 @@ __all__ = ["ValkeySaverBase", "TTLConfig"]
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _REGISTRY = ScriptRegistry(CHECKPOINT_SCRIPTS)
 _LIST_PAGE = 100
+_ID_PAGE = 1000  # thread ids per index page of thread_ids()
 _KEY_CACHE_SIZE = 1024
 _ZSTD = b"\x01"  # codec marker: never the first byte of a msgpack array (0x90-0x9f, 0xdc)
 _PAIR_MAX = 200  # longer encoded values are indexed by their digest
@@ -950,8 +951,26 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         return found
 
     def _plan_thread_ids(self) -> Plan:
-        threads = yield ScanThreads()
-        return threads
+        """Every thread id, from the thread index (pages of 1000, no ``SCAN``). With a
+        TTL each one is checked (one round trip per thread, as a listing does) and
+        expired ones leave the index; without one the index is the answer (only
+        deletes remove threads, and they update it). Without the index: ``SCAN``."""
+        if not self.thread_index:
+            threads = yield ScanThreads()
+            return threads
+        keys = [self.keys.index_threads()]
+        out: list[str] = []
+        cursor: str | None = ""
+        while cursor is not None:
+            members, cursor = yield from self._plan_index_page(keys, cursor, _ID_PAGE)
+            for member in members:
+                thread_id = decode(_str(member))
+                if self._ttl_ms:
+                    if not int((yield self._thread_script("alive", thread_id))):
+                        yield from self._plan_forget(_bytes(member), keys)
+                        continue
+                out.append(thread_id)
+        return out
 
     def _forget_items(self, thread_id: str) -> None:
         """This saver is about to drop items of ``thread_id``: stop skipping them."""
