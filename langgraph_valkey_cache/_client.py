@@ -226,6 +226,13 @@ _IMMUTABLE = (bytes, str, int, float, type(None))
 _SETTLE_YIELDS = 4
 
 
+class _Flat(tuple):  # type: ignore[type-arg]
+    """A list reply of immutable items (bytes, None...), kept as a tuple: a caller's
+    change to the list it gets can't reach the cache, so a shallow copy serves it."""
+
+    __slots__ = ()
+
+
 class LocalCache(AbstractCache):
     """The L1 of one connection: a bounded LRU of read replies, dropped on invalidation.
 
@@ -276,6 +283,8 @@ class LocalCache(AbstractCache):
         if response is None:
             return
         keys = tuple(k.decode() if isinstance(k, bytes) else str(k) for k in keys_in_command)
+        if type(response) is list and all(isinstance(r, _IMMUTABLE) for r in response):
+            response = _Flat(response)  # an MGET reply: served as a new list, no deepcopy
         with self._lock:
             if command in self._entries:
                 self._drop(command)
@@ -296,7 +305,9 @@ class LocalCache(AbstractCache):
             return None
         self._entries.move_to_end(command)
         self.hits += 1
-        return reply if isinstance(reply, _IMMUTABLE) else copy.deepcopy(reply)
+        if isinstance(reply, _IMMUTABLE):
+            return reply
+        return list(reply) if type(reply) is _Flat else copy.deepcopy(reply)
 
     def _drop(self, command: Any) -> None:
         entry = self._entries.pop(command, None)
