@@ -179,11 +179,12 @@ def test_hit_is_one_round_trip(valkey_url: str, prefix: str) -> None:
     run_node(node, "c1", {"city": "Oslo"})  # scripts loaded, policies read
     with count_commands() as log:
         msg = run_node(node, "c2", {"city": "Oslo"})
-    assert log.round_trips == 1
+    assert log.round_trips == 1 and log.commands == ["GET"]  # a plain GET, not the script
     assert msg.tool_call_id == "c2" and len(calls) == 1
     with count_commands() as log:
         run_node(node, "c3", {"city": "Rome"})
-    assert log.round_trips == 2  # lookup-or-lease, then store-and-release
+    # GET, then lookup-or-lease, then store-and-release
+    assert log.round_trips == 3 and log.commands == ["GET", "EVALSHA", "EVALSHA"]
     client.close()
 
 

@@ -9,9 +9,10 @@ tool's schema (defaults filled, types coerced: ``{"city": "Lima"}`` and ``{"city
 such as state, store, runtime and tool_call_id left out), plus, for a scoped cache, the
 ``scope`` values from the run's ``configurable`` and the ``key_injected`` values from
 the graph state; hashed with :meth:`~langgraph_valkey_cache._keys.ToolCacheKeys.call_digest`.
-A hit is one round trip (a Lua ``GET``-or-lease; with ``local_cache=True`` a ``GET``
-served in process), a leader's miss one more (store + release); concurrent misses on
-one key run the tool once across processes (:mod:`.singleflight`).
+A hit is one plain ``GET`` (with ``local_cache=True`` served in process on a repeat); a
+miss then takes the single-flight lease (a Lua ``GET``-or-lease) and, as the leader,
+stores and releases in one more round trip, so concurrent misses on one key run the
+tool once across processes (:mod:`.singleflight`).
 
 Per-tool statistics (hits, misses, time saved) are counted locally and flushed to a
 Valkey hash per tool with ``HINCRBY`` at most every ``stats_flush_interval`` seconds
@@ -121,6 +122,50 @@ def canonical_args(args: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
         allow_nan=False,
         default=_json_default,
     )
+
+
+class _NoMemoForm(Exception):
+    pass
+
+
+def _memo_form(value: Any) -> Any:
+    """A hashable form of JSON-like ``value``, equal only for values with the same
+    canonical JSON and the same types (str keys only; ``1``, ``1.0`` and ``True`` and
+    ``0.0`` and ``-0.0`` stay apart), ~4x cheaper than ``canonical_args``. Raises
+    ``_NoMemoForm`` for anything else (the canonical JSON is the memo key then)."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is dict:
+        items = []
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NoMemoForm
+            items.append((k, _memo_form(v)))
+        items.sort()
+        return (dict, tuple(items))
+    if t is int or t is bool or value is None:
+        return (t, value)
+    if t is float:
+        return (float, repr(value))
+    if t is list or t is tuple:
+        return (t, tuple([_memo_form(v) for v in value]))
+    raise _NoMemoForm
+
+
+def _call_memo_form(args: Mapping[str, Any], exclude: frozenset[str]) -> Any:
+    """:func:`_memo_form` of a call's arguments, ``exclude`` (injected ones) left out."""
+    if type(args) is not dict:
+        raise _NoMemoForm
+    items = []
+    for k, v in args.items():
+        if k in exclude:
+            continue
+        if type(k) is not str:
+            raise _NoMemoForm
+        items.append((k, _memo_form(v)))
+    items.sort()
+    return tuple(items)
 
 
 def injected_arg_names(tool: BaseTool | None) -> frozenset[str]:
@@ -254,7 +299,7 @@ class ToolEffectiveness:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every call: slots, not frozen (half the cost)
 class _Decision:
     name: str
     key: str
@@ -267,6 +312,30 @@ class _ToolInfo:
     tool: BaseTool  # kept so its id() stays unique while it is cached here
     injected: frozenset[str]
     schema: Any
+
+
+# The message a hit returns, built as a copy of one validated message: what validation
+# would check (content a str, a str id) is checked by the caller, and the copy costs less
+# than half of ToolMessage(...). The template's mutable defaults are replaced per copy.
+_MESSAGE_TEMPLATE = ToolMessage(content="", artifact=None, name="", tool_call_id="")
+_FRESH_DEFAULTS = tuple(
+    (field, value)
+    for field, value in _MESSAGE_TEMPLATE.__dict__.items()
+    if isinstance(value, (dict, list, set))
+)
+
+
+def _tool_message(content: str, artifact: Any, name: str, tool_call_id: str) -> ToolMessage:
+    """``ToolMessage(content=..., artifact=..., name=..., tool_call_id=...)``, faster."""
+    msg = _MESSAGE_TEMPLATE.__copy__()
+    fields = msg.__dict__
+    fields["content"] = content
+    fields["artifact"] = artifact
+    fields["name"] = name
+    fields["tool_call_id"] = tool_call_id
+    for field, default in _FRESH_DEFAULTS:
+        fields[field] = default.copy()
+    return msg
 
 
 # --- the cache ---------------------------------------------------------------------------
@@ -335,7 +404,7 @@ class ToolCache(CacheCore):
             caching, invalidated by the server; standalone servers only). The cache
             then talks through a client of its own to the same server (see
             ``cache_client_from_url(url, local_cache=True)``); a lookup is a ``GET``
-            (local on a repeat), a miss adds the single-flight round trip.
+            (local on a repeat), as it is without the L1.
 
     Example:
         ```python
@@ -409,6 +478,7 @@ class ToolCache(CacheCore):
         )
         self._tools: dict[int, _ToolInfo] = {}
         self._seen_keys: dict[tuple[Any, ...], str] = {}  # (call) -> key, bounded
+        self._stats_keys: dict[str, str] = {}  # tool name -> its stats hash
         self._by_name: dict[str, BaseTool] = {}
         self._warned_injected: set[tuple[str, ...]] = set()
         for t in tools:
@@ -472,12 +542,18 @@ class ToolCache(CacheCore):
         injected: str | None,
     ) -> str:
         info = self._remember(tool)
-        raw = canonical_args(args, _ALWAYS_INJECTED if info is None else info.injected)
-        # normalising through the schema and hashing cost ~20 us: once per distinct call
-        memo = (name, id(info), raw, scope, injected)
+        skip = _ALWAYS_INJECTED if info is None else info.injected
+        # normalising through the schema and hashing cost ~20 us: once per distinct call,
+        # memoised by a cheap structural form of the arguments (their canonical JSON for
+        # values without one: dates, enums, models...)
+        try:
+            form: Any = _call_memo_form(args, skip)
+        except _NoMemoForm:
+            form = canonical_args(args, skip)
+        memo = (name, id(info), form, scope, injected)
         found = self._seen_keys.get(memo)
         if found is None:
-            text = raw
+            text = canonical_args(args, skip)  # raises for values without a JSON form
             if info is not None:
                 text = canonical_args(normalized_args(info.schema, args), info.injected)
             found = self.keys.entry(name, self.keys.call_digest(name, text, scope, injected))
@@ -579,11 +655,13 @@ class ToolCache(CacheCore):
 
     @staticmethod
     def _message(body: dict[str, Any], request: ToolCallRequest) -> ToolMessage:
+        content = body["content"]
+        name = body.get("name") or request.tool_call["name"]
+        call_id = request.tool_call["id"]
+        if type(content) is str and type(name) is str and type(call_id) is str:
+            return _tool_message(content, body.get("artifact"), name, call_id)
         return ToolMessage(
-            content=body["content"],
-            artifact=body.get("artifact"),
-            name=body.get("name") or request.tool_call["name"],
-            tool_call_id=request.tool_call["id"],
+            content=content, artifact=body.get("artifact"), name=name, tool_call_id=call_id
         )
 
     def _ran(self, box: dict[str, Any], result: Any, start: float) -> tuple[Any, bytes | None]:
@@ -649,16 +727,31 @@ class ToolCache(CacheCore):
         flight: Flight[Any] | None = None
         if not read:
             flight = yield from self._plan_refresh(key, ttl)
-        elif self.local_cache and self.single_flight:
-            # the lease script is never served locally: a plain GET first, which the L1
-            # answers on a repeat; single-flight only for a miss
-            flight = yield from self._plan_local(key, load)
+        else:
+            # a plain GET first, not the lease script: a hit is then the cheapest command
+            # there is (and the one an L1 client answers locally); a miss pays one more
+            # round trip, next to a tool run that costs far more
+            try:
+                raw = yield Cmd(("GET", key))
+            except CacheUnavailable:
+                summary, _ = yield COMPUTE
+                flight = Flight(summary, "fallback")
+            else:
+                if raw is not None:
+                    try:
+                        flight = Flight(load(raw), "hit")
+                    except Exception as exc:  # recomputed below, the entry overwritten
+                        logger.warning("undecodable tool cache entry, recomputing: %s", exc)
         if flight is None:
             if self.single_flight:
                 flight = yield from flight_plan(key, ttl, load, self.flight)
             else:
-                flight = yield from self._plan_no_flight(key, ttl, load)
-        stats_key = self.keys.stats(name)
+                flight = yield from self._plan_refresh(key, ttl)
+        stats_key = self._stats_keys.get(name)
+        if stats_key is None:  # formatted once per name (bounded like the call keys)
+            if len(self._stats_keys) >= _SEEN_KEYS:
+                self._stats_keys.clear()
+            stats_key = self._stats_keys[name] = self.keys.stats(name)
         if flight.computed:
             summary = flight.value
             uncacheable = 0 if summary["cacheable"] else 1
@@ -671,17 +764,6 @@ class ToolCache(CacheCore):
             yield Tally(hits=1, saved_ms=saved_ms, saved_usd=cost, stats_key=stats_key, tool=name)
         return flight
 
-    def _plan_local(self, key: str, load: Callable[[bytes], Any]) -> Plan:
-        try:
-            raw = yield Cmd(("GET", key))
-            if raw is not None:
-                return Flight(load(raw), "hit")
-        except CacheUnavailable:
-            pass  # the flight plan finds the breaker open too and runs the tool
-        except (ValueError, TypeError) as exc:
-            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
-        return None
-
     def _plan_refresh(self, key: str, ttl: float | None) -> Plan:
         summary, payload = yield COMPUTE
         if payload is not None:
@@ -691,18 +773,6 @@ class ToolCache(CacheCore):
             except CacheUnavailable:
                 pass
         return Flight(summary, "leader")
-
-    def _plan_no_flight(self, key: str, ttl: float | None, load: Callable[[bytes], Any]) -> Plan:
-        try:
-            raw = yield Cmd(("GET", key))
-            if raw is not None:
-                return Flight(load(raw), "hit")
-        except CacheUnavailable:
-            summary, _ = yield COMPUTE
-            return Flight(summary, "fallback")
-        except (ValueError, TypeError) as exc:
-            logger.warning("undecodable tool cache entry, recomputing: %s", exc)
-        return (yield from self._plan_refresh(key, ttl))
 
     def _plan_invalidate(
         self,
