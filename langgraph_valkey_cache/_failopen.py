@@ -421,7 +421,7 @@ class Executor:
         self.stats = stats
         self.timeout = timeout
         self.breaker = breaker or breaker_for(client)
-        self.wire = wire_for(client)  # the lean command path (sync standalone clients)
+        self.wire: Any = wire_for(client)  # the lean command path (standalone clients)
         self._logged: set[str] = set()  # reasons logged loudly already (once each)
         if not self.is_async:
             self._warn_unbounded(client)
@@ -715,8 +715,22 @@ class Executor:
     async def _aio(self, step: Any) -> Any:
         if not self.is_async:  # a sync client only: its I/O in a worker thread
             return await asyncio.to_thread(self._io, step)
-        client = self.client
+        wire = self.wire
         t = type(step)
+        if wire is not None:
+            if t is Cmd:
+                if step.node == "primaries":
+                    try:
+                        return [await wire.call(step.args)]
+                    except ResponseError as exc:
+                        return [exc]
+                return await wire.call(step.args)
+            if t is Pipe:
+                return await wire.pipeline(step.cmds)
+            if t is Script:
+                script = step.registry.bind(self.client)[step.name]
+                return await wire.evalsha(script, step.keys, step.args)
+        client = self.client
         if t is Cmd and step.node == "primaries":
             if self.cluster:
                 await client.initialize()

@@ -15,7 +15,9 @@ callbacks) and drops the rest of the per-call cost:
 
 Connections still come from, and are bounded by, the client's pool: ``client.close()``
 (the pool's ``disconnect``) closes idle ones too, and they reconnect on next use.
-Clients with an L1 (client-side caching), cluster and async clients, and clients in
+:class:`AsyncWire` does the same for ``valkey.asyncio`` standalone clients (the pool's
+lock and condition, and a task per send for its write timeout, are the costs there).
+Clients with an L1 (client-side caching), cluster clients and clients in
 single-connection mode use their own ``execute_command`` (``wire_for`` returns None).
 
 ``testing.count_commands`` sees these commands like any other (``_record``).
@@ -23,6 +25,7 @@ single-connection mode use their own ``execute_command`` (``wire_for`` returns N
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import weakref
@@ -31,15 +34,19 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import valkey
+import valkey.asyncio as avalkey
 from valkey._parsers import Encoder
 from valkey.exceptions import NoScriptError, ResponseError
 
-from langgraph_valkey_cache._client import has_local_cache, is_async_client, is_cluster
+from langgraph_valkey_cache._client import has_local_cache, is_cluster
 
-__all__ = ["Wire", "wire_for"]
+__all__ = ["AsyncWire", "Wire", "wire_for"]
 
-# testing.count_commands sets this to record the names of commands sent here
+# testing.count_commands sets these: the names of commands sent here, and the round
+# trips of the async path (the sync one goes through the connection's
+# send_packed_command, which it counts already)
 _record: Callable[[tuple[Any, ...]], None] | None = None
+_trip: Callable[[Any], None] | None = None
 
 _IDLE_MAX = 16  # idle connections kept out of the pool per client
 _BIG = 16 * 1024  # arguments at least this long are sent as their own chunk
@@ -149,35 +156,16 @@ class Wire:
 
     def call(self, args: Sequence[Any]) -> Any:
         """One command; its reply as ``client.execute_command(*args)`` returns it."""
-        if _record is not None:
-            _record(tuple(args))
-        reply = self._exchange(pack(args, self.encoder), 1)[0]
-        if isinstance(reply, ResponseError):
-            raise reply
-        cb = self.callbacks.get(args[0])
-        return reply if cb is None else cb(reply)
+        replies = self._exchange(_packed((args,), self.encoder), 1)
+        return _parsed((args,), replies, self.callbacks)[0]
 
     def pipeline(self, commands: Iterable[Sequence[Any]], raise_on_error: bool = True) -> list[Any]:
         """Commands in one round trip, like a non-transactional pipeline's ``execute()``:
         raises the first error after reading every reply, or (``raise_on_error=False``)
         returns each command's error in its place."""
         commands = list(commands)
-        chunks: list[bytes] = []
-        for args in commands:
-            if _record is not None:
-                _record(tuple(args))
-            chunks.extend(pack(args, self.encoder))
-        replies = self._exchange(chunks, len(commands))
-        out = []
-        for args, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                if raise_on_error:
-                    raise reply
-                out.append(reply)
-                continue
-            cb = self.callbacks.get(args[0])
-            out.append(reply if cb is None else cb(reply))
-        return out
+        replies = self._exchange(_packed(commands, self.encoder), len(commands))
+        return _parsed(commands, replies, self.callbacks, raise_on_error)
 
     def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``EVALSHA`` of ``script`` (anything with ``sha`` and ``script``, such as
@@ -185,30 +173,154 @@ class Wire:
         try:
             return self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
         except NoScriptError:  # a restarted or failed-over server
-            script.sha = self.call(("SCRIPT", "LOAD", script.script))
-            if isinstance(script.sha, bytes):
-                script.sha = script.sha.decode()
+            script.sha = _text(self.call(("SCRIPT", "LOAD", script.script)))
             return self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
-_wires: weakref.WeakKeyDictionary[Any, Wire | None] = weakref.WeakKeyDictionary()
+class AsyncWire:
+    """:class:`Wire` for one ``valkey.asyncio`` standalone client. Idle connections are
+    kept with the event loop they were opened on; one taken on another loop (a second
+    ``asyncio.run``) is reset and reconnects, where valkey-py's own path would raise
+    "Event loop is closed"."""
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        kw = pool.connection_kwargs
+        self.pool = pool
+        self.callbacks = client.response_callbacks
+        encoding = kw.get("encoding", "utf-8")
+        self.encoder = Encoder(encoding, kw.get("encoding_errors", "strict"), False)
+        self.idle: deque[tuple[Any, asyncio.AbstractEventLoop]] = deque()
+
+    async def _take(self, loop: asyncio.AbstractEventLoop) -> Any:
+        while self.idle:
+            conn, home = self.idle.pop()
+            if home is not loop:  # opened on another (maybe closed) loop: start afresh
+                try:
+                    await conn.disconnect(nowait=True)
+                except RuntimeError:  # "Event loop is closed": it is dropped all the same
+                    pass
+                return conn
+            reader = conn._reader
+            if reader is not None and (reader.at_eof() or reader._buffer):
+                # the pool's check: the server closed it, or sent something unasked
+                await conn.disconnect(nowait=True)
+            return conn
+        return await self.pool.get_connection("_")
+
+    async def _exchange(self, chunks: list[bytes], n: int) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        conn = await self._take(loop)
+
+        async def once() -> list[Any]:
+            if not conn.is_connected:
+                await conn.connect()
+            writer = conn._writer
+            if _trip is not None:
+                _trip(conn)
+            writer.writelines(chunks)
+            if writer.transport.get_write_buffer_size():  # the kernel did not take it all
+                try:
+                    await asyncio.wait_for(writer.drain(), conn.socket_timeout)
+                except asyncio.TimeoutError:
+                    raise valkey.exceptions.TimeoutError("Timeout writing to socket") from None
+            replies: list[Any] = []
+            for _ in range(n):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # keep reading: the connection stays in step
+                    replies.append(exc)
+            return replies
+
+        async def failed(error: Exception) -> None:
+            await conn.disconnect(nowait=True)
+            retryable = conn.retry_on_error
+            if retryable is None or not isinstance(error, tuple(retryable)):
+                raise error
+
+        try:
+            return await conn.retry.call_with_retry(once, failed)  # type: ignore[no-any-return]
+        except BaseException:  # cancelled by a deadline too: a reply may still come
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            if len(self.idle) < _IDLE_MAX:
+                self.idle.append((conn, loop))
+            else:
+                await self.pool.release(conn)
+
+    async def call(self, args: Sequence[Any]) -> Any:
+        """One command; its reply as ``await client.execute_command(*args)`` gives it."""
+        replies = await self._exchange(_packed((args,), self.encoder), 1)
+        return _parsed((args,), replies, self.callbacks)[0]
+
+    async def pipeline(
+        self, commands: Iterable[Sequence[Any]], raise_on_error: bool = True
+    ) -> list[Any]:
+        """:meth:`Wire.pipeline`, async."""
+        commands = list(commands)
+        replies = await self._exchange(_packed(commands, self.encoder), len(commands))
+        return _parsed(commands, replies, self.callbacks, raise_on_error)
+
+    async def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """:meth:`Wire.evalsha`, async."""
+        try:
+            return await self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            script.sha = _text(await self.call(("SCRIPT", "LOAD", script.script)))
+            return await self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
-def wire_for(client: Any) -> Wire | None:
-    """The lean path of a sync standalone client, or None where it does not apply."""
+def _text(sha: Any) -> str:
+    return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+
+def _packed(commands: Sequence[Sequence[Any]], encoder: Encoder) -> list[bytes]:
+    chunks: list[bytes] = []
+    for args in commands:
+        if _record is not None:
+            _record(tuple(args))
+        chunks.extend(pack(args, encoder))
+    return chunks
+
+
+def _parsed(
+    commands: Sequence[Sequence[Any]],
+    replies: list[Any],
+    callbacks: Any,
+    raise_on_error: bool = True,
+) -> list[Any]:
+    """Replies as valkey-py returns them: errors raised (the first) or kept in place,
+    response callbacks applied."""
+    out = []
+    for args, reply in zip(commands, replies, strict=True):
+        if isinstance(reply, ResponseError):
+            if raise_on_error:
+                raise reply
+            out.append(reply)
+            continue
+        cb = callbacks.get(args[0])
+        out.append(reply if cb is None else cb(reply))
+    return out
+
+
+_wires: weakref.WeakKeyDictionary[Any, Wire | AsyncWire | None] = weakref.WeakKeyDictionary()
+
+
+def wire_for(client: Any) -> Wire | AsyncWire | None:
+    """The lean path of a standalone client (a :class:`Wire` for a sync client, an
+    :class:`AsyncWire` for an async one), or None where it does not apply."""
     try:
         return _wires[client]
     except KeyError:
         pass
     except TypeError:  # not weak-referenceable: not a valkey-py client
         return None
-    eligible = (
-        isinstance(client, valkey.Valkey)
-        and not is_cluster(client)
-        and not is_async_client(client)
-        and not has_local_cache(client)
-        and client.connection is None
-    )
-    wire = Wire(client) if eligible else None
+    wire: Wire | AsyncWire | None = None
+    if not is_cluster(client) and not has_local_cache(client):
+        if isinstance(client, valkey.Valkey) and client.connection is None:
+            wire = Wire(client)
+        elif isinstance(client, avalkey.Valkey) and client.single_connection_client is False:
+            wire = AsyncWire(client)
     _wires[client] = wire
     return wire

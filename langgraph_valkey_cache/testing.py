@@ -134,8 +134,16 @@ def count_commands() -> Iterator[CommandLog]:
         if previous_record is not None:  # an enclosing count_commands
             previous_record(args)
 
+    previous_trip = _wire._trip
+
+    def trip(conn: Any) -> None:  # round trips of the async lean path
+        count_trip(conn)
+        if previous_trip is not None:
+            previous_trip(conn)
+
     with _lock:
         _wire._record = record
+        _wire._trip = trip
         patch(sconn.AbstractConnection, "on_connect", wrap_connect)
         patch(aconn.AbstractConnection, "on_connect", wrap_aconnect)
         patch(sconn.AbstractConnection, "pack_commands", wrap_packs)
@@ -148,6 +156,7 @@ def count_commands() -> Iterator[CommandLog]:
     finally:
         with _lock:
             _wire._record = previous_record
+            _wire._trip = previous_trip
             for cls, attr, orig in reversed(patched):
                 setattr(cls, attr, orig)
 

@@ -8,6 +8,7 @@ out of step after an error in a pipeline, a script the server forgot. Each has a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -15,12 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 import valkey
+import valkey.asyncio as avalkey
 from valkey.exceptions import DataError, ResponseError
 from valkey.exceptions import TimeoutError as VTimeoutError
 
 from langgraph_valkey_cache import _wire
 from langgraph_valkey_cache._client import cache_client_from_url, client_from_url
-from langgraph_valkey_cache._wire import Wire, wire_for
+from langgraph_valkey_cache._wire import AsyncWire, Wire, wire_for
 from langgraph_valkey_cache.embedded import EmbeddedValkey
 from langgraph_valkey_cache.testing import count_commands
 
@@ -150,12 +152,12 @@ def test_threads_share_it_safely(client: valkey.Valkey, prefix: str) -> None:
     assert len(w.idle) <= 6
 
 
-def test_only_plain_sync_standalone_clients(valkey_url: str, cluster_url: str) -> None:
+def test_only_plain_standalone_clients(valkey_url: str, cluster_url: str) -> None:
     plain = client_from_url(valkey_url)
     assert isinstance(wire_for(plain), Wire)
     assert wire_for(plain) is wire_for(plain)  # one per client
     assert wire_for(client_from_url(cluster_url)) is None
-    assert wire_for(client_from_url(valkey_url, asyncio=True)) is None
+    assert isinstance(wire_for(client_from_url(valkey_url, asyncio=True)), AsyncWire)
     assert wire_for(cache_client_from_url(valkey_url, local_cache=True)) is None
     assert wire_for(object()) is None
 
@@ -176,3 +178,75 @@ def test_count_commands_sees_the_lean_path(client: valkey.Valkey, prefix: str) -
     assert inner.commands == outer.commands == ["GET", "GET", "SET"]
     assert inner.round_trips == 2
     assert _wire._record is None
+
+
+# -- async -------------------------------------------------------------------------------
+
+
+async def test_async_replies_pipeline_and_scripts(valkey_url: str, prefix: str) -> None:
+    c = avalkey.Valkey.from_url(valkey_url)
+    w = AsyncWire(c)
+    assert await w.call(("SET", f"{prefix}k", "v")) is True
+    assert await w.call(("GET", f"{prefix}k")) == await c.get(f"{prefix}k") == b"v"
+    big = os.urandom(1024 * 1024)
+    assert await w.pipeline([("SET", f"{prefix}b", big), ("GET", f"{prefix}b")]) == [True, big]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await w.pipeline([("LPUSH", f"{prefix}k", "x"), ("GET", f"{prefix}k")])
+    assert await w.call(("GET", f"{prefix}k")) == b"v"  # still in step
+    errors = await w.pipeline([("LPUSH", f"{prefix}k", "x")], raise_on_error=False)
+    assert isinstance(errors[0], ResponseError)
+    script = c.register_script("return ARGV[1]")
+    await c.script_flush()
+    with count_commands() as log:
+        assert await w.evalsha(script, (), ("hi",)) == b"hi"
+    assert log.commands == ["EVALSHA", "SCRIPT", "EVALSHA"]
+    assert log.round_trips == 3
+    await c.aclose()
+
+
+async def test_async_deadline_never_leaves_a_late_reply(prefix: str) -> None:
+    with EmbeddedValkey(extra_args=["--enable-debug-command", "yes"]) as server:
+        c = avalkey.Valkey.from_url(server.url, socket_timeout=5)
+        w = AsyncWire(c)
+        await w.call(("SET", f"{prefix}k", "mine"))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):  # the executor's budget cancels the read
+                await w.call(("DEBUG", "SLEEP", "0.4"))
+        await asyncio.sleep(0.5)
+        assert await w.call(("GET", f"{prefix}k")) == b"mine"
+        await c.aclose()
+
+
+async def test_async_connection_closed_while_idle_is_replaced(valkey_url: str, prefix: str) -> None:
+    c = avalkey.Valkey.from_url(valkey_url)
+    w = AsyncWire(c)
+    await w.call(("SET", f"{prefix}k", "1"))
+    other = valkey.Valkey.from_url(valkey_url)
+    other.client_kill_filter(_type="normal", skipme=True)
+    await asyncio.sleep(0.05)  # the loop sees the EOF
+    assert await w.call(("GET", f"{prefix}k")) == b"1"
+    other.close()
+    await c.aclose()
+
+
+def test_async_wire_across_event_loops(valkey_url: str, prefix: str) -> None:
+    """asyncio.run() twice with one client: an idle connection of the first loop is
+    reset and reconnects on the second (valkey-py's own path raises there)."""
+    c = avalkey.Valkey.from_url(valkey_url)
+    w = AsyncWire(c)
+    asyncio.run(w.call(("SET", f"{prefix}k", "1")))
+    assert asyncio.run(w.call(("GET", f"{prefix}k"))) == b"1"
+
+
+async def test_async_tasks_share_it(valkey_url: str, prefix: str) -> None:
+    c = avalkey.Valkey.from_url(valkey_url)
+    w = AsyncWire(c)
+
+    async def work(i: int) -> None:
+        for j in range(100):
+            await w.call(("SET", f"{prefix}{i}", f"{i}:{j}"))
+            assert await w.call(("GET", f"{prefix}{i}")) == f"{i}:{j}".encode()
+
+    await asyncio.gather(*(work(i) for i in range(8)))
+    assert len(w.idle) <= 8
+    await c.aclose()
