@@ -381,15 +381,14 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
 
         Why not a plan: the lookup is ~2 us, a plan's run through the executor ~8 us
         more (a local hit took ~25 us that way, InMemoryCache's ``get`` ~4 us; ~9 us
-        this way). Why it keeps the contract:
-        it never talks to the server (no send, no connect, no wait for a busy pool:
-        ``local_reply`` says None instead), so there is nothing to bound or classify; it
-        reads only the commands the plan sends (``GET``/``MGET`` of the same keys), after
-        the pending invalidations, as the plan's own lookup would; while the server's
-        breaker is open it stays out of the way (the plan refuses, a miss); anything
-        short of every key decoding (a miss, a foreign entry, an error) goes to the plan.
-        A hit is counted by the executor's ``tally`` and timed like a run (one span,
-        opened after the lookup)."""
+        this way). Why it keeps the contract: it never talks to the server (no send,
+        no connect, no wait for a busy pool: ``local_reply`` says None instead), so
+        there is nothing to bound or classify; it reads only the commands the plan
+        sends (``GET``/``MGET`` of the same keys), after the pending invalidations, as
+        the plan's own lookup would; while the server's breaker is open it stays out of
+        the way (the plan refuses, a miss); anything short of every key decoding (a
+        miss, a foreign entry, an error) goes to the plan. A hit is counted by the
+        executor's ``tally`` and timed like a run (one span, opened after the lookup)."""
         if not ex.breaker.closed:
             return None
         start = perf_counter()
