@@ -481,3 +481,37 @@ def test_saver_and_store_raise_within_the_socket_timeout(server: EmbeddedValkey)
             assert time.monotonic() - start < timeout + 1.0, name
     assert saver.get_tuple(config) is not None  # fine again after the stall
     client.close()
+
+
+async def test_async_saver_and_store_raise_within_the_socket_timeout(
+    server: EmbeddedValkey,
+) -> None:
+    """The async savers and stores send through the async lean path: its reads keep the
+    client's socket timeout, so a stall raises within it, and the next call after the
+    stall gets its own reply (never the stalled command's late one)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from langgraph_valkey_cache import AsyncValkeySaver, AsyncValkeyStore
+
+    timeout = 1.0
+    client = client_from_url(server.url, timeout=timeout, asyncio=True)
+    saver = AsyncValkeySaver(client, metrics=False)
+    store = AsyncValkeyStore(client, metrics=False)
+    config = {"configurable": {"thread_id": "ta", "checkpoint_ns": ""}}
+    await saver.aput(config, empty_checkpoint(), {}, {})
+    await store.aput(("ns",), "k", {"v": 1})
+    with stopped(server):
+        for name, op in [
+            ("aget_tuple", lambda: saver.aget_tuple(config)),
+            ("aput", lambda: saver.aput(config, empty_checkpoint(), {}, {})),
+            ("store.aput", lambda: store.aput(("ns",), "k2", {"v": 2})),
+            ("store.aget", lambda: store.aget(("ns",), "k")),
+        ]:
+            start = time.monotonic()
+            with pytest.raises(valkey.exceptions.TimeoutError):
+                await op()
+            assert time.monotonic() - start < timeout + 1.0, name
+    assert await saver.aget_tuple(config) is not None  # fine again after the stall
+    item = await store.aget(("ns",), "k")
+    assert item is not None and item.value == {"v": 1}
+    await client.aclose()

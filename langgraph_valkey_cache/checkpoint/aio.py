@@ -25,6 +25,7 @@ from langgraph_valkey_cache._client import (
     is_async_client,
 )
 from langgraph_valkey_cache._plans import aiter_plan, arun_plan
+from langgraph_valkey_cache._wire import wire_for
 from langgraph_valkey_cache.checkpoint.base import (
     Op,
     Plan,
@@ -60,6 +61,7 @@ class AsyncValkeySaver(ValkeySaverBase):
         if not is_async_client(client):
             raise TypeError("AsyncValkeySaver needs a valkey.asyncio client; use ValkeySaver")
         super().__init__(client, **kwargs)
+        self._wire = wire_for(client)  # None on a cluster
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -82,8 +84,10 @@ class AsyncValkeySaver(ValkeySaverBase):
 
     async def _execute(self, op: Op) -> Any:
         if isinstance(op, Script):
-            # EVALSHA straight from the client: valkey-py's Script.__call__ adds ~10 us
             script, keys = self._scripts[op.name], op.keys
+            wire = self._wire
+            if wire is not None:  # the lean command path (standalone)
+                return await wire.evalsha(script, keys, op.args)
             try:
                 return await self.client.evalsha(script.sha, len(keys), *keys, *op.args)
             except NoScriptError:  # a restarted or failed-over server: load it once

@@ -11,7 +11,6 @@ from valkey.exceptions import NoScriptError, ResponseError
 
 from langgraph_valkey_cache._client import client_from_url, is_async_client
 from langgraph_valkey_cache._plans import run_plan
-from langgraph_valkey_cache._wire import wire_for
 from langgraph_valkey_cache.store.base import (
     Call,
     Embed,
@@ -74,7 +73,6 @@ class ValkeyStore(ValkeyStoreBase):
                 "ValkeyStore needs a sync client; use AsyncValkeyStore for valkey.asyncio"
             )
         self._init_store(client, **kwargs)
-        self._wire = wire_for(client)
 
     @classmethod
     @contextmanager
@@ -132,12 +130,7 @@ class ValkeyStore(ValkeyStoreBase):
                 if op.return_errors:
                     return [exc]
                 raise
-        cmds = [
-            ("EVALSHA", self._scripts[c.script].sha, len(c.keys), *c.keys, *c.args)
-            if c.script
-            else c.args
-            for c in op.calls
-        ]
+        cmds = self._commands(op.calls)
         if self._wire is not None:
             replies = self._wire.pipeline(cmds, raise_on_error=False)
         else:

@@ -88,10 +88,15 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
     # -- plan execution ---------------------------------------------------------------
 
     async def _one(self, call: Call) -> Any:
+        wire = self._wire  # the lean command path (standalone)
         if call.script:
+            if wire is not None:
+                return await wire.evalsha(self._scripts[call.script], call.keys, call.args)
             return await self._scripts[call.script](keys=list(call.keys), args=list(call.args))
         if call.each_primary:
             return await self._each_primary(call.args)
+        if wire is not None:
+            return await wire.call(call.args)
         if self._cluster and str(call.args[0]).startswith("FT."):
             # no key to route by: valkey-search answers (and fans out) from any node
             return await self.client.execute_command(*call.args, target_nodes=self.client.RANDOM)
@@ -120,14 +125,14 @@ class AsyncValkeyStore(AsyncBatchedBaseStore, ValkeyStoreBase):
                 if op.return_errors:
                     return [exc]
                 raise
-        pipe = self.client.pipeline(transaction=False)
-        for call in op.calls:
-            if call.script:
-                sha = self._scripts[call.script].sha
-                pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
-            else:
-                pipe.execute_command(*call.args)
-        replies = list(await pipe.execute(raise_on_error=False))
+        cmds = self._commands(op.calls)
+        if self._wire is not None:
+            replies = await self._wire.pipeline(cmds, raise_on_error=False)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            replies = list(await pipe.execute(raise_on_error=False))
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 replies[i] = await self._one(op.calls[i])

@@ -68,6 +68,7 @@ from langgraph_valkey_cache._search import (
     parse_search,
 )
 from langgraph_valkey_cache._telemetry import Telemetry
+from langgraph_valkey_cache._wire import wire_for
 from langgraph_valkey_cache.store import search as q
 
 __all__ = ["Call", "Embed", "Pipe", "Sleep", "ValkeyStoreBase", "op_name"]
@@ -299,6 +300,7 @@ class ValkeyStoreBase(BaseStore):
         self._warned = False
         self._scripts = _REGISTRY.bind(client)
         self._cluster = is_cluster(client)
+        self._wire: Any = wire_for(client)  # the lean command path (standalone)
         self._telemetry = Telemetry("store", metrics=metrics)
 
     def _cached(self, embeddings: Any, cache: Any, prefix: str) -> Any:
@@ -312,6 +314,15 @@ class ValkeyStoreBase(BaseStore):
         return CachedEmbeddings(embeddings, cache)
 
     # -- calls ----------------------------------------------------------------------
+
+    def _commands(self, calls: Sequence[Call]) -> list[tuple[Any, ...]]:
+        """The commands of a pipelined step (a script as ``EVALSHA`` of its sha)."""
+        return [
+            ("EVALSHA", self._scripts[c.script].sha, len(c.keys), *c.keys, *c.args)
+            if c.script
+            else c.args
+            for c in calls
+        ]
 
     def _script(self, name: str, key: str, *args: Any) -> Call:
         return Call(args, script=name, keys=(key,))
