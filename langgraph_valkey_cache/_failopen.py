@@ -108,9 +108,12 @@ class Cmd:
 
 @dataclass(slots=True)
 class Pipe:
-    """Several commands in one round trip (never a MULTI: cluster pipelines can't be)."""
+    """Several commands in one round trip (never a MULTI: cluster pipelines can't be).
+    ``node="random"``: keyless commands (``FT.*``), all sent to one primary of a cluster
+    (sync: one pipeline to it; async: sent to it concurrently)."""
 
     cmds: tuple[tuple[Any, ...], ...]
+    node: str | None = None
 
 
 @dataclass(slots=True)
@@ -663,6 +666,11 @@ class Executor:
                 return client.execute_command(*step.args, target_nodes=client.get_random_node())
             return client.execute_command(*step.args)
         if t is Pipe:
+            if step.node is not None and self.cluster:  # one node's own client
+                client = client.get_valkey_connection(client.get_random_node())
+                node_wire = wire_for(client)
+                if node_wire is not None:
+                    return node_wire.pipeline(step.cmds)
             pipe = client.pipeline(transaction=False)
             for cmd in step.cmds:
                 pipe.execute_command(*cmd)
@@ -753,6 +761,14 @@ class Executor:
                 )
             return await client.execute_command(*step.args)
         if t is Pipe:
+            if step.node is not None and self.cluster:
+                await client.initialize()
+                node = client.get_random_node()
+                return list(
+                    await asyncio.gather(
+                        *(client.execute_command(*cmd, target_nodes=node) for cmd in step.cmds)
+                    )
+                )
             pipe = client.pipeline(transaction=False)
             for cmd in step.cmds:
                 pipe.execute_command(*cmd)

@@ -19,7 +19,7 @@ from langchain_core.outputs import Generation
 
 from langgraph_valkey_cache import ValkeySemanticCache
 from langgraph_valkey_cache._client import client_from_url
-from langgraph_valkey_cache.testing import HashingEmbeddings
+from langgraph_valkey_cache.testing import HashingEmbeddings, count_commands
 
 pytestmark = [pytest.mark.search_cluster, pytest.mark.cluster, pytest.mark.search]
 
@@ -128,8 +128,13 @@ def test_sync_hits_equal_standalone(
             c.update(prompt, model, _answer(model, prompt))
     ours = {model: [c.lookup(p, model) for p in PROBES] for model in MODELS}
     _check_same(ours, standalone_hits)
-    # one pipeline on standalone, one search per round trip here: the same answers
-    assert c.check_batch(PROBES, MODELS[0]) == ours[MODELS[0]]
+    # every search of a batch in one pipeline to one node (it fans out): the same answers
+    with count_commands() as log:
+        assert c.check_batch(PROBES, MODELS[0]) == ours[MODELS[0]]
+    assert log.commands.count("FT.SEARCH") == len(PROBES)
+    # the embeddings' cache reads (one per primary at most), then one for every search
+    # (it was one round trip per search)
+    assert log.round_trips <= 3 + 1, log
     assert c.nearest(STORED[0], MODELS[0]) == pytest.approx(0.0, abs=1e-5)
 
 

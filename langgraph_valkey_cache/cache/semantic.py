@@ -521,13 +521,10 @@ class ValkeySemanticCache(CacheCore, BaseCache):
         vectors = yield from self._plan_embed([q.text for q in queries])
         cmds = [self._search_args(q, v) for q, v in zip(queries, vectors, strict=True)]
         try:
-            if len(cmds) > 1 and not self.cluster:
-                return (yield Pipe(tuple(cmds)))
-            # FT.* carry no key: on a cluster each goes to a node of its own choosing
-            replies = []
-            for c in cmds:
-                replies.append((yield Cmd(c, node="random")))
-            return replies
+            if len(cmds) == 1:
+                return [(yield Cmd(cmds[0], node="random"))]
+            # FT.* carry no key: on a cluster all go to one node (it fans out)
+            return (yield Pipe(tuple(cmds), node="random"))
         except CacheUnavailable as exc:
             if exc.reason == "no_index":  # dropped under us: recreate on the next call
                 self._ready = False
