@@ -314,21 +314,35 @@ class _ToolInfo:
     schema: Any
 
 
-# The message a hit returns, built as a copy of one validated message: what validation
-# would check (content a str, a str id) is checked by the caller, and the copy costs less
-# than half of ToolMessage(...). The template's mutable defaults are replaced per copy.
+# The message a hit returns, built as a copy of one validated message (what pydantic's
+# __copy__ does, without its three copy.copy() calls): what validation would check
+# (content a str, a str id) is checked by the caller, and the copy costs a fifth of
+# ToolMessage(...). The template's mutable defaults are copied per message.
 _MESSAGE_TEMPLATE = ToolMessage(content="", artifact=None, name="", tool_call_id="")
 _FRESH_DEFAULTS = tuple(
     (field, value)
     for field, value in _MESSAGE_TEMPLATE.__dict__.items()
     if isinstance(value, (dict, list, set))
 )
+_TEMPLATE_EXTRA = _MESSAGE_TEMPLATE.__pydantic_extra__
+_TEMPLATE_FIELDS_SET = _MESSAGE_TEMPLATE.__pydantic_fields_set__
+_COPY_BY_HAND = getattr(_MESSAGE_TEMPLATE, "__pydantic_private__", None) is None
+_new_message = ToolMessage.__new__
+_set = object.__setattr__
 
 
 def _tool_message(content: str, artifact: Any, name: str, tool_call_id: str) -> ToolMessage:
     """``ToolMessage(content=..., artifact=..., name=..., tool_call_id=...)``, faster."""
-    msg = _MESSAGE_TEMPLATE.__copy__()
-    fields = msg.__dict__
+    if _COPY_BY_HAND:
+        msg = _new_message(ToolMessage)
+        fields = _MESSAGE_TEMPLATE.__dict__.copy()
+        _set(msg, "__dict__", fields)
+        _set(msg, "__pydantic_extra__", None if _TEMPLATE_EXTRA is None else _TEMPLATE_EXTRA.copy())
+        _set(msg, "__pydantic_fields_set__", _TEMPLATE_FIELDS_SET.copy())
+        _set(msg, "__pydantic_private__", None)
+    else:  # pragma: no cover - a ToolMessage with private attributes
+        msg = _MESSAGE_TEMPLATE.__copy__()
+        fields = msg.__dict__
     fields["content"] = content
     fields["artifact"] = artifact
     fields["name"] = name
@@ -479,6 +493,7 @@ class ToolCache(CacheCore):
         self._tools: dict[int, _ToolInfo] = {}
         self._seen_keys: dict[tuple[Any, ...], str] = {}  # (call) -> key, bounded
         self._stats_keys: dict[str, str] = {}  # tool name -> its stats hash
+        self._hit_tallies: dict[tuple[str, int, float, str], Tally] = {}
         self._by_name: dict[str, BaseTool] = {}
         self._warned_injected: set[tuple[str, ...]] = set()
         for t in tools:
@@ -761,7 +776,16 @@ class ToolCache(CacheCore):
             saved_ms = int(flight.value.get("run_ms", 0))
             policy = self._policy(name)
             cost = float(policy.cost_usd) if policy is not None else 0.0
-            yield Tally(hits=1, saved_ms=saved_ms, saved_usd=cost, stats_key=stats_key, tool=name)
+            # one Tally per (tool, time saved, price): the executor only reads it
+            memo = (stats_key, saved_ms, cost, name)
+            tally = self._hit_tallies.get(memo)
+            if tally is None:
+                if len(self._hit_tallies) >= _SEEN_KEYS:
+                    self._hit_tallies.clear()
+                tally = self._hit_tallies[memo] = Tally(
+                    hits=1, saved_ms=saved_ms, saved_usd=cost, stats_key=stats_key, tool=name
+                )
+            yield tally
         return flight
 
     def _plan_refresh(self, key: str, ttl: float | None) -> Plan:
