@@ -64,6 +64,17 @@ def test_memoised_keys_are_the_keys_of_a_fresh_cache(client: Any, prefix: str) -
             same_json = canonical_args({"x": a}) == canonical_args({"x": b})
             same_key = warm.key_for("t", {"x": a}) == warm.key_for("t", {"x": b})
             assert same_key == same_json, (a, b)
+    # argument names and nesting are part of the form, order is not part of the key
+    shapes: list[dict[str, Any]] = [
+        {"x": "a"}, {"y": "a"}, {"x": "a", "y": "b"}, {"x": "b", "y": "a"},
+        {"x": {"a": "b"}}, {"x": {"b": "a"}}, {"x": {"c": "a"}}, {"x": ["a", "b"]},
+        {"x": ["b", "a"]},
+        {"x": [["a"], "b"]}, {"x": ["a", ["b"]]}, {"x": "a", "y": {"z": "b"}},
+    ]  # fmt: skip
+    for _ in range(2):
+        keys = [warm.key_for("t", a) for a in shapes]
+        assert len(set(keys)) == len(shapes)
+        assert warm.key_for("t", {"y": "b", "x": "a"}) == keys[2]
     for bad in (float("nan"), float("inf"), {"a": float("nan")}, object()):
         for _ in range(2):  # never memoised: not cacheable every time
             with pytest.raises((TypeError, ValueError)):

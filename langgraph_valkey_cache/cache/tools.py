@@ -129,43 +129,45 @@ class _NoMemoForm(Exception):
 
 
 def _memo_form(value: Any) -> Any:
-    """A hashable form of JSON-like ``value``, equal only for values with the same
-    canonical JSON and the same types (str keys only; ``1``, ``1.0`` and ``True`` and
-    ``0.0`` and ``-0.0`` stay apart), ~4x cheaper than ``canonical_args``. Raises
-    ``_NoMemoForm`` for anything else (the canonical JSON is the memo key then)."""
+    """A hashable form of JSON-like ``value``, equal only for values of the same types
+    and the same canonical JSON (str keys only; ``1``, ``1.0``, ``True`` and ``0.0``,
+    ``-0.0`` stay apart). Key order is kept, not sorted: two orders of one mapping are
+    two memo entries holding the same key. Raises ``_NoMemoForm`` for anything else
+    (the canonical JSON is the memo key then)."""
     t = type(value)
     if t is str:
         return value
     if t is dict:
-        items = []
+        form: list[Any] = [dict]
         for k, v in value.items():
             if type(k) is not str:
                 raise _NoMemoForm
-            items.append((k, _memo_form(v)))
-        items.sort()
-        return (dict, tuple(items))
+            form.append(k)
+            form.append(v if type(v) is str else _memo_form(v))
+        return tuple(form)
     if t is int or t is bool or value is None:
         return (t, value)
     if t is float:
         return (float, repr(value))
     if t is list or t is tuple:
-        return (t, tuple([_memo_form(v) for v in value]))
+        return (t, *[_memo_form(v) for v in value])
     raise _NoMemoForm
 
 
-def _call_memo_form(args: Mapping[str, Any], exclude: frozenset[str]) -> Any:
-    """:func:`_memo_form` of a call's arguments, ``exclude`` (injected ones) left out."""
+def _call_memo_form(args: Mapping[str, Any], exclude: frozenset[str]) -> tuple[Any, ...]:
+    """:func:`_memo_form` of a call's arguments, ``exclude`` (injected ones) left out:
+    ~0.5 us for a few flat arguments, against ~4 us for their canonical JSON."""
     if type(args) is not dict:
         raise _NoMemoForm
-    items = []
+    form: list[Any] = []
     for k, v in args.items():
         if k in exclude:
             continue
         if type(k) is not str:
             raise _NoMemoForm
-        items.append((k, _memo_form(v)))
-    items.sort()
-    return tuple(items)
+        form.append(k)
+        form.append(v if type(v) is str else _memo_form(v))
+    return tuple(form)
 
 
 def injected_arg_names(tool: BaseTool | None) -> frozenset[str]:
