@@ -510,7 +510,7 @@ class ToolCache(CacheCore):
         """The TTL a call of ``name`` gets, or ``"no-cache"``."""
         if name in self.never_cache:
             return _NO_CACHE
-        if isinstance(override, Mapping):
+        if override is not None and isinstance(override, Mapping):  # (an ABC check: slow)
             override = override.get(name)
         if override is not None:
             if override is False or override == 0:
