@@ -272,3 +272,30 @@ def test_known_items_cost_one_check_and_a_prune_elsewhere_is_seen(
     assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs[:31]
     assert _items(client, e) == 31
     client.close()
+
+
+def test_items_of_a_put_that_failed_are_sent_by_the_next(valkey_url: str, prefix: str) -> None:
+    """A put that fails after cutting its list (here: a checkpoint the serde refuses)
+    stored nothing: the next put of the grown list must send those items too."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    msgs = [HumanMessage(f"m{i} " * 30, id=f"m{i}") for i in range(6)]
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "f", "checkpoint_ns": ""}}
+
+    def checkpoint(n: int) -> Any:
+        return generate_checkpoint(
+            channel_values={"messages": msgs[:n]}, channel_versions={"messages": n}
+        )
+
+    saver.put(cfg, checkpoint(2), generate_metadata(), {"messages": 2})
+    bad = checkpoint(4)
+    bad["versions_seen"] = {"node": {"messages": object()}}  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="checkpoint"):
+        saver.put(cfg, bad, generate_metadata(), {"messages": 4})
+    saver.put(cfg, checkpoint(5), generate_metadata(), {"messages": 5})
+    tup = saver.get_tuple({"configurable": {"thread_id": "f"}})
+    assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs[:5]
+    assert _items(client, saver.keys.base("f") + "e:") == 5
+    client.close()

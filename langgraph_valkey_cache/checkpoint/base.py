@@ -467,13 +467,21 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         return self.serde.loads_typed(("msgpack", _array_header(len(parts)) + b"".join(parts)))
 
     def _list_blob(
-        self, thread_id: str, ns: str, channel: str, typed: tuple[str, bytes], out: list[bytes]
+        self,
+        thread_id: str,
+        ns: str,
+        channel: str,
+        typed: tuple[str, bytes],
+        old: list[bytes],
+        new: list[bytes],
     ) -> bytes | None:
         """The reference blob of a list stored item by item (None: store it whole);
-        appends the items' (digest, stored item) arguments to ``out``. The list is
-        serialised once, as a whole, and cut into its items. A digest covers the channel
-        and the item's stored bytes, so an item is stored once per namespace and
-        channel, and garbage collection only compares blobs of one channel."""
+        appends the items' (digest, stored item) arguments to ``old`` (the items of
+        the previous version this saver wrote there, which this one starts with) and
+        ``new`` (the others). The list is serialised once, as a whole, and cut into its
+        items. A digest covers the channel and the item's stored bytes, so an item is
+        stored once per namespace and channel, and garbage collection only compares
+        blobs of one channel."""
         if typed[0] != "msgpack":  # e.g. an encrypting serde: opaque bytes
             return None
         data = bytes(typed[1])
@@ -485,12 +493,12 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         # the new ones are cut and hashed
         key = (thread_id, ns, channel)
         prev = self._lists.get(key)
-        prev_refs: list[bytes] = []
-        prev_items: list[bytes] = []
         if prev is not None and prev[0] <= n and data.startswith(prev[1], pos):
-            _, body, prev_refs, prev_items = prev
-            parts = _split_array(data, pos + len(body), n - len(prev_refs))
+            _, body, refs, pairs = prev
+            parts = _split_array(data, pos + len(body), n - len(refs))
+            refs = refs.copy()
         else:
+            prev, refs, pairs = None, [], []
             parts = _split_array(data, pos, n)
         if parts is None:
             return None
@@ -502,8 +510,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             if len(self._salts) >= _KEY_CACHE_SIZE:
                 self._salts.clear()
             self._salts[channel] = salt
-        refs = [_ITEMS, *prev_refs]
-        out += prev_items
+        old += pairs
+        added: list[bytes] = []
         limit = self.compress_min_bytes
         for part in parts:
             stored = _RAW + part
@@ -515,15 +523,15 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             h.update(stored)
             ref = h.digest()
             refs.append(ref)
-            out += (ref, stored)
+            added += (ref, stored)
+        new += added
         if len(data) <= _REMEMBER_LIST:
             self._lists_bytes += len(data) - pos - (len(prev[1]) if prev is not None else 0)
             if len(self._lists) >= _LISTS_SIZE or self._lists_bytes > _LISTS_BYTES:
                 self._lists.clear()
                 self._lists_bytes = len(data) - pos
-            mine = out[len(out) - 2 * n :]
-            self._lists[key] = (n, data[pos:], refs[1:], mine)
-        return b"".join(refs)
+            self._lists[key] = (n, data[pos:], refs, pairs + added)
+        return _ITEMS + b"".join(refs)
 
     def _pairs(self, metadata: dict[str, Any]) -> str:
         """The indexed metadata pairs of a record, comma-joined (encoded: no commas)."""
@@ -655,14 +663,15 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         args = [cid.encode(), b"", run.encode(), self._ttl_arg, nk.ns.encode(), b"", self._keep_arg]
         stored = 0
         blobs: list[bytes] = []
-        items: list[bytes] = []
+        old: list[bytes] = []  # list items the previous versions started with
+        new: list[bytes] = []  # and the others
         for ch, ver in new_versions.items():
             if ch in values:
                 value = values[ch]
                 typed = dumps_checked(self.serde, value, f"value of channel {ch!r}")
                 blob = None
                 if self.list_items and type(value) is list and len(value) >= _MIN_ITEMS:
-                    blob = self._list_blob(thread_id, ns, ch, typed, items)
+                    blob = self._list_blob(thread_id, ns, ch, typed, old, new)
                 if blob is None:
                     blob = self._z(pack_typed(typed))
                 blobs += (self._blob_field(ch, ver).encode(), blob)
@@ -670,6 +679,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         rec = args[1] = self._record(checkpoint, meta, parent_id, run)
         if self._indexed:
             args[5] = b"=" + self._pairs(meta).encode()
+        items = old + new
         if not items:
             reply = yield Script("put", nk.put, (*args, b"0", b"n", *blobs))
         else:
@@ -680,14 +690,16 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                 # items this saver saw stored in this namespace are not sent again: the
                 # script checks nothing was collected there since (one field)
                 known = seen[1]
-                fresh = [x for i in range(0, len(items), 2) if items[i] not in known
-                         for x in items[i : i + 2]]  # fmt: skip
+                if not known.issuperset(old[0::2]):  # e.g. the previous put failed
+                    new = items
+                fresh = [x for i in range(0, len(new), 2) if new[i] not in known
+                         for x in new[i : i + 2]]  # fmt: skip
                 reply = yield Script(
                     "put", nk.put,
                     (*args, str(len(fresh)).encode(), b"v" + seen[0], *fresh, *blobs),
                 )  # fmt: skip
                 if reply != -1:
-                    known.update(items[0::2])
+                    known.update(new[0::2])
                     stored += sum([len(v) for v in fresh[1::2]])
             if reply == -1:  # nothing known, or collected meanwhile: send them all
                 token = b"n%s%x" % (_TOKEN_PREFIX, next(_TOKENS))
