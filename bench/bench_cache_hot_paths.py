@@ -132,8 +132,12 @@ def _bench_llm(ours: Any, local: Any, theirs: Any, tag: str, args: Any) -> None:
     community.update(prompt, LLM_STRING, gens)
     key = exact.codec.key(prompt, LLM_STRING)
     exact_l1 = ValkeyCache(local, prefix=f"h{tag}", metrics=False)  # the same entry
+    # the default: Prometheus metrics on (the other rows leave them off, as the
+    # alternatives have none)
+    with_metrics = ValkeyCache(ours, prefix=f"h{tag}")
     rows = {
         "ValkeyCache hit (ours)": lambda: exact.lookup(prompt, LLM_STRING),
+        "ValkeyCache hit, metrics on (default)": lambda: with_metrics.lookup(prompt, LLM_STRING),
         "ValkeyCache hit, L1 client": lambda: exact_l1.lookup(prompt, LLM_STRING),
         "langchain-community RedisCache hit": lambda: community.lookup(prompt, LLM_STRING),
         "raw GET of the same entry (valkey-py)": lambda: ours.get(key),
