@@ -13,7 +13,10 @@ callbacks) and drops the rest of the per-call cost:
   check (a readable idle socket means the server closed it: reconnect first),
 - no client-side-cache lookups, option parsing or health-check PINGs.
 
-Connections still come from, and are bounded by, the client's pool: ``client.close()``
+Connections still come from, and are bounded by, the client's pool, and at most a
+quarter of a bounded pool (16 at most) waits in the idle list, so other users of the same
+client are not starved (a pool of three or fewer gets every connection back after each
+call). ``client.close()``
 (the pool's ``disconnect``) closes idle ones too, and they reconnect on next use.
 :class:`AsyncWire` does the same for ``valkey.asyncio`` standalone clients (the pool's
 lock and condition, and a task per send for its write timeout, are the costs there).
@@ -48,7 +51,15 @@ __all__ = ["AsyncWire", "Wire", "wire_for"]
 _record: Callable[[tuple[Any, ...]], None] | None = None
 _trip: Callable[[Any], None] | None = None
 
-_IDLE_MAX = 16  # idle connections kept out of the pool per client
+_IDLE_MAX = 16  # idle connections kept out of the pool per client, at most
+
+
+def _idle_cap(pool: Any) -> int:
+    # a quarter of a bounded pool at most, so other users of the same client keep
+    # most of it (a pool of 3 or fewer: every connection goes back after each call)
+    return min(_IDLE_MAX, int(getattr(pool, "max_connections", 0) or 2**31) // 4)
+
+
 _BIG = 16 * 1024  # arguments at least this long are sent as their own chunk
 
 
@@ -94,6 +105,7 @@ class Wire:
         encoding = kw.get("encoding", "utf-8")
         self.encoder = Encoder(encoding, kw.get("encoding_errors", "strict"), False)
         self.idle: deque[Any] = deque()
+        self.idle_cap = _idle_cap(pool)
         self.pid = os.getpid()
 
     # -- connections ------------------------------------------------------------------
@@ -120,7 +132,7 @@ class Wire:
         return conn
 
     def _give(self, conn: Any) -> None:
-        if len(self.idle) < _IDLE_MAX:
+        if len(self.idle) < self.idle_cap:
             self.idle.append(conn)
         else:
             self.pool.release(conn)
@@ -191,6 +203,7 @@ class AsyncWire:
         encoding = kw.get("encoding", "utf-8")
         self.encoder = Encoder(encoding, kw.get("encoding_errors", "strict"), False)
         self.idle: deque[tuple[Any, asyncio.AbstractEventLoop]] = deque()
+        self.idle_cap = _idle_cap(pool)
 
     async def _take(self, loop: asyncio.AbstractEventLoop) -> Any:
         while self.idle:
@@ -244,7 +257,7 @@ class AsyncWire:
             await conn.disconnect(nowait=True)
             raise
         finally:
-            if len(self.idle) < _IDLE_MAX:
+            if len(self.idle) < self.idle_cap:
                 self.idle.append((conn, loop))
             else:
                 await self.pool.release(conn)

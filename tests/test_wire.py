@@ -152,6 +152,33 @@ def test_threads_share_it_safely(client: valkey.Valkey, prefix: str) -> None:
     assert len(w.idle) <= 6
 
 
+def test_small_pool_is_not_starved(valkey_url: str, prefix: str) -> None:
+    """The idle list keeps at most a quarter of a bounded pool: with two connections,
+    both go back after each call, so the client's own commands never wait for one."""
+    c = valkey.Valkey(
+        connection_pool=valkey.BlockingConnectionPool.from_url(
+            valkey_url, max_connections=2, timeout=0.2
+        )
+    )
+    w = Wire(c)
+    barrier = threading.Barrier(2)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(50):
+            w.call(("SET", f"{prefix}k", "v"))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(w.idle) == 0
+    assert c.get(f"{prefix}k") == b"v"  # would raise "No connection available" if starved
+    assert Wire(valkey.Valkey.from_url(valkey_url)).idle_cap == 16
+    c.close()
+
+
 def test_only_plain_standalone_clients(valkey_url: str, cluster_url: str) -> None:
     plain = client_from_url(valkey_url)
     assert isinstance(wire_for(plain), Wire)
