@@ -5,6 +5,7 @@ checkpoint refers to any more are collected by prune, retention and deletes."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -299,3 +300,25 @@ def test_items_of_a_put_that_failed_are_sent_by_the_next(valkey_url: str, prefix
     assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs[:5]
     assert _items(client, saver.keys.base("f") + "e:") == 5
     client.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_workers_draw_their_own_generation_tokens() -> None:
+    """Workers forked from one parent must not repeat each other's item generation
+    tokens (a repeat could make a stale view of a namespace's items look current)."""
+    import warnings
+
+    from langgraph_valkey_cache.checkpoint import base
+
+    r, w = os.pipe()
+    with warnings.catch_warnings():  # 3.12+: fork() of a threaded process warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(w, base._TOKEN_PREFIX)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    child = os.read(r, 64)
+    os.close(r)
+    assert child and child != base._TOKEN_PREFIX

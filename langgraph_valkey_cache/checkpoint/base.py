@@ -74,9 +74,19 @@ _ITEMS = b"\x02"  # a list stored item by item: the marker, then 16-byte item di
 _RAW = b"\x00"  # a stored item: 0x00 + its msgpack bytes, or _ZSTD + zstd of them
 _MIN_ITEMS = 2  # shorter lists are stored whole
 _KNOWN_ITEMS = 100_000  # item digests remembered per namespace (16 bytes each)
-# tokens for new item generations: unique per process run and call
+# tokens for new item generations: unique per process (a forked child draws its own
+# prefix, or workers forked from one parent would repeat each other's) and call
 _TOKEN_PREFIX = os.urandom(8).hex().encode()
 _TOKENS = itertools.count()
+
+
+def _new_token_prefix() -> None:
+    global _TOKEN_PREFIX
+    _TOKEN_PREFIX = os.urandom(8).hex().encode()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_token_prefix)
 _REMEMBER_LIST = 1 << 20  # the last version of lists up to 1 MB is kept, per channel...
 _LISTS_SIZE = 256  # ...of this many (thread, namespace, channel)s...
 _LISTS_BYTES = 32 << 20  # ...and this many bytes in all (then forgotten at once)
