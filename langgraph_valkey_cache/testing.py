@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: count what a call sends to the server.
+"""Helpers for tests and benchmarks: count what a call sends to the server, embed and
+chat offline.
 
 ``count_commands()`` instruments valkey-py's connection classes (sync and async)
 while the block runs: every ``send_packed_command`` is one round trip (a pipeline
@@ -7,26 +8,40 @@ to set itself up (``HELLO``, ``AUTH``, ``CLIENT SETINFO``...) is counted apart, 
 ``handshakes``: a cluster client may open a connection to another node at any time,
 and that is not the operation's cost. Real server, real client:
 nothing is faked, only observed.
+
+``HashingEmbeddings`` and ``ScriptedModel`` stand in for an embedding model and a chat
+model, so graphs that use the caches can be tested without a network or an API key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import valkey.asyncio.connection as aconn
 import valkey.connection as sconn
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.embeddings import Embeddings
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import PrivateAttr, SkipValidation
 
 from langgraph_valkey_cache import _wire
 
-__all__ = ["CommandLog", "HashingEmbeddings", "count_commands"]
+__all__ = ["CommandLog", "HashingEmbeddings", "ScriptedModel", "count_commands"]
 
 
 @dataclass
@@ -202,3 +217,139 @@ class HashingEmbeddings(Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         return self.embed_query(text)
+
+
+Reply = AIMessage | str
+"""What a :class:`ScriptedModel`'s script answers: a message, or its text."""
+
+
+class _CallCounter:
+    """Calls of a :class:`ScriptedModel`, shared by its copies (``model_copy`` is how
+    LangChain and our middleware hand a model its cache)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.n = 0
+
+    def next(self) -> int:
+        with self.lock:
+            self.n += 1
+            return self.n
+
+
+class ScriptedModel(BaseChatModel):
+    """A chat model that answers from a script, to test graphs and agents offline.
+
+    ``script`` is a list of replies (call ``n`` answers ``script[(n - 1) % len(script)]``)
+    or a function of the prompt's messages (so an agent answers by its turn, whichever
+    earlier turns a cache served). A reply is an ``AIMessage`` or its text.
+
+    Every call is a new response, as a provider's is: the reply gets a fresh ``id``; and,
+    where the reply sets none, the ``usage_metadata`` of call ``n`` (``10 + n`` input
+    and 4 output tokens) and ``response_metadata`` with ``model_name`` and a
+    ``system_fingerprint`` of ``f"fp{n}"``. So an answer replayed from a cache can be
+    told from a live one, and a cache is seen not to key on what changes every call.
+
+    ``calls`` counts the calls (thread-safe; copies of the model share the count).
+    ``delay`` seconds pass before each answer (``asyncio.sleep`` in async calls), to
+    test concurrent callers. Streaming yields the reply's text in ``chunk_chars``
+    pieces, then one chunk with its tool calls, usage and metadata. ``bind_tools``
+    returns the model itself: the script decides which tools it calls.
+
+    Example:
+        >>> model = ScriptedModel(script=["Hello.", "Bye."])
+        >>> [model.invoke("hi").content for _ in range(3)], model.calls
+        (['Hello.', 'Bye.', 'Hello.'], 3)
+        >>> a, b = model.invoke("hi"), model.invoke("hi")
+        >>> a.id != b.id and a.usage_metadata != b.usage_metadata
+        True
+    """
+
+    # as given: pydantic would try to build an AIMessage from each string
+    script: SkipValidation[Sequence[Reply] | Callable[[list[BaseMessage]], Reply]]
+    model_name: str = "scripted-1"
+    delay: float = 0.0
+    chunk_chars: int = 5
+    _counter: _CallCounter = PrivateAttr(default_factory=_CallCounter)
+
+    @property
+    def calls(self) -> int:
+        """How many times the model was called (by this object or a copy of it)."""
+        return self._counter.n
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name}
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        return self
+
+    def _reply(self, messages: list[BaseMessage]) -> AIMessage:
+        n = self._counter.next()
+        script = self.script
+        reply = script(messages) if callable(script) else script[(n - 1) % len(script)]
+        msg = AIMessage(content=reply) if isinstance(reply, str) else reply
+        usage = {"input_tokens": 10 + n, "output_tokens": 4, "total_tokens": 14 + n}
+        meta = {"model_name": self.model_name, "system_fingerprint": f"fp{n}"}
+        return msg.model_copy(
+            update={
+                "id": f"run-{uuid.uuid4()}",
+                "usage_metadata": msg.usage_metadata or usage,
+                "response_metadata": msg.response_metadata or meta,
+            }
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.delay:
+            time.sleep(self.delay)
+        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
+
+    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
+        from langgraph_valkey_cache.cache.middleware import chunks_from_message
+
+        for chunk in chunks_from_message(self._reply(messages), self.chunk_chars):
+            yield ChatGenerationChunk(message=chunk)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        if self.delay:
+            time.sleep(self.delay)
+        yield from self._chunks(messages)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        for chunk in self._chunks(messages):
+            yield chunk

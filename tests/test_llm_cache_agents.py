@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +15,6 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.load import dumps
 from langchain_core.messages import (
     AIMessage,
@@ -28,7 +25,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.utils import message_chunk_to_message
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
@@ -39,8 +36,8 @@ from langgraph_valkey_cache.cache.middleware import (
     ModelCacheMiddleware,
     acached_stream,
     cached_stream,
-    chunks_from_message,
 )
+from langgraph_valkey_cache.testing import ScriptedModel
 
 CITIES = ("Paris", "Lima")
 
@@ -51,57 +48,21 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-class AgentModel(GenericFakeChatModel):
-    """A provider-like scripted model: one tool call per city, then a final answer; every
-    response gets a fresh id, usage and response metadata (what differs between a live
-    answer and the same answer served from the cache). Counts calls, thread-safe."""
-
-    calls: int = 0
-    lock: Any = None
-
-    def model_post_init(self, context: Any) -> None:
-        object.__setattr__(self, "lock", threading.Lock())
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self
-
-    def _reply(self, messages: list[BaseMessage]) -> AIMessage:
-        with self.lock:
-            self.calls += 1
-            n = self.calls
-        done = sum(isinstance(m, ToolMessage) for m in messages)
-        meta = {"model_name": "scripted-1", "system_fingerprint": f"fp{n}"}
-        usage = {"input_tokens": 10 + n, "output_tokens": 4, "total_tokens": 14 + n}
-        if done < len(CITIES):
-            city = CITIES[done]
-            return AIMessage(
-                content=f"Checking {city}.",
-                tool_calls=[{"name": "get_weather", "args": {"city": city}, "id": f"c{done}"}],
-                usage_metadata=usage,  # type: ignore[arg-type]
-                response_metadata=meta,
-                id=f"run-{uuid.uuid4()}",
-            )
+def _agent_turn(messages: list[BaseMessage]) -> AIMessage:
+    """One tool call per city, then a final answer (ScriptedModel adds a fresh id, usage
+    and response metadata to each: what differs between a live answer and a replay)."""
+    done = sum(isinstance(m, ToolMessage) for m in messages)
+    if done < len(CITIES):
+        city = CITIES[done]
         return AIMessage(
-            content="Sunny in Paris and Lima.",
-            usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata=meta,
-            id=f"run-{uuid.uuid4()}",
+            content=f"Checking {city}.",
+            tool_calls=[{"name": "get_weather", "args": {"city": city}, "id": f"c{done}"}],
         )
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
-
-    def _stream(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> Iterator[ChatGenerationChunk]:
-        for chunk in chunks_from_message(self._reply(messages), 5):
-            yield ChatGenerationChunk(message=chunk)
+    return AIMessage(content="Sunny in Paris and Lima.")
 
 
-def _model() -> AgentModel:
-    return AgentModel(messages=iter([]))
+def _model() -> ScriptedModel:
+    return ScriptedModel(script=_agent_turn)
 
 
 QUESTION = {"messages": [HumanMessage("Weather in Paris and Lima?")]}
@@ -117,7 +78,7 @@ def _entries(client: Any, prefix: str) -> int:
     return len(list(scan_keys(client, f"{prefix}:x:*")))
 
 
-def _calls_per_run(model: AgentModel, run: Any, runs: int = 3) -> list[int]:
+def _calls_per_run(model: ScriptedModel, run: Any, runs: int = 3) -> list[int]:
     out = []
     for i in range(runs):
         before = model.calls

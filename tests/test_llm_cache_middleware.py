@@ -5,18 +5,14 @@ miss recorded while it streams)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.utils import message_chunk_to_message
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 
 from langgraph_valkey_cache import ValkeyCache, ValkeySemanticCache
@@ -26,7 +22,7 @@ from langgraph_valkey_cache.cache.middleware import (
     acached_stream,
     cached_stream,
 )
-from langgraph_valkey_cache.testing import HashingEmbeddings
+from langgraph_valkey_cache.testing import HashingEmbeddings, ScriptedModel
 
 USAGE = {"input_tokens": 10, "output_tokens": 4, "total_tokens": 14}
 
@@ -37,56 +33,19 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-class ScriptedModel(GenericFakeChatModel):
-    """Answers by turn: a tool call when the last message is the user's, else a final
-    answer; counts calls (thread-safe) and can be slow."""
-
-    calls: int = 0
-    delay: float = 0.0
-    lock: Any = None
-
-    def model_post_init(self, context: Any) -> None:
-        object.__setattr__(self, "lock", threading.Lock())
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self
-
-    def _reply(self, messages: list[BaseMessage]) -> AIMessage:
-        with self.lock:
-            self.calls += 1
-        if isinstance(messages[-1], HumanMessage):
-            return AIMessage(
-                content="Checking.",
-                tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}],
-                usage_metadata=USAGE,
-            )
-        return AIMessage(content="It is sunny in Paris.", usage_metadata=USAGE)
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        time.sleep(self.delay)
-        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
-
-    async def _agenerate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> ChatResult:
-        await asyncio.sleep(self.delay)
-        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
-
-    def _stream(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> Iterator[Any]:
-        from langchain_core.outputs import ChatGenerationChunk
-
-        from langgraph_valkey_cache.cache.middleware import chunks_from_message
-
-        for chunk in chunks_from_message(self._reply(messages), 5):
-            yield ChatGenerationChunk(message=chunk)
+def _turn(messages: list[BaseMessage]) -> AIMessage:
+    """A tool call when the last message is the user's, else a final answer."""
+    if isinstance(messages[-1], HumanMessage):
+        return AIMessage(
+            content="Checking.",
+            tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}],
+            usage_metadata=USAGE,  # type: ignore[arg-type]
+        )
+    return AIMessage(content="It is sunny in Paris.", usage_metadata=USAGE)  # type: ignore[arg-type]
 
 
 def _model(delay: float = 0.0) -> ScriptedModel:
-    return ScriptedModel(messages=iter([]), delay=delay)
+    return ScriptedModel(script=_turn, delay=delay)
 
 
 def _final(result: dict[str, Any]) -> list[tuple[str, Any, Any]]:
