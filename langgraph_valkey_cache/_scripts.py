@@ -668,14 +668,28 @@ return {redis.call('HKEYS', XKEY), runs}
 # All index keys are sorted sets with score 0 (lexicographic order of encoded thread
 # ids, so a cursor is a member and paging is stable while threads come and go).
 
-# KEYS: index keys. ARGV: (op, key number, member) triples; op 'a' adds, 'r' removes,
-# 'd' deletes the key (member unused).
+# KEYS: index keys. ARGV: the index TTL in ms ('0': none), then (op, key number,
+# member) triples; op 'a' adds, 'r' removes, 'd' deletes the key (member unused).
+# With a TTL an add makes a new key expire after it and extends (never shortens) an
+# expiring one; a key that already exists without one stays so (written by a saver
+# without a TTL, or before index TTLs). Without a TTL an add makes the key persistent.
 _INDEX_UPDATE = r"""
-for k = 1, #ARGV, 3 do
+local ttl, seen = tonumber(ARGV[1]), {}
+for k = 2, #ARGV, 3 do
   local key, op = KEYS[tonumber(ARGV[k + 1])], ARGV[k]
-  if op == 'a' then redis.call('ZADD', key, 0, ARGV[k + 2])
+  if op == 'a' then
+    if not seen[key] then
+      seen[key] = true
+      if ttl <= 0 then redis.call('PERSIST', key)
+      else
+        local p = redis.call('PTTL', key)
+        if p == -2 or (p >= 0 and p < ttl) then seen[key] = 'expire' end
+      end
+    end
+    redis.call('ZADD', key, 0, ARGV[k + 2])
+    if seen[key] == 'expire' then redis.call('PEXPIRE', key, ttl); seen[key] = true end
   elseif op == 'r' then redis.call('ZREM', key, ARGV[k + 2])
-  else redis.call('DEL', key) end
+  else redis.call('DEL', key); seen[key] = nil end
 end
 return 1
 """

@@ -312,3 +312,62 @@ def test_index_options_are_checked(valkey_url: str) -> None:
     with pytest.raises(ValueError, match="keep_last"):
         ValkeySaver(client, keep_last=0)
     client.close()
+
+
+@pytest.mark.parametrize("by", ["writes", "reads"])
+def test_index_keys_expire_after_the_threads_they_name(
+    valkey_url: str, prefix: str, by: str
+) -> None:
+    """With a TTL the index keys expire too, never before a thread they name: a thread
+    kept alive (by puts, or by reads with refresh_on_read) for longer than the index
+    TTL stays listed; once every thread has expired the index keys go as well."""
+    client = client_from_url(valkey_url)
+    ttl_ms = 600
+    saver = ValkeySaver(
+        client,
+        prefix=prefix,
+        index_metadata=("u",),
+        ttl={"default_ttl": ttl_ms / 60_000, "refresh_on_read": by == "reads"},
+    )
+    _one(saver, "busy", u="x", run_id="r1")
+    _one(saver, "idle", u="x")
+    keys = [
+        saver.keys.index_threads(),
+        saver.keys.index_pair("u=sx"),
+        saver.keys.index_run("r1"),
+    ]
+    for key in keys:
+        assert 0 < client.pttl(key) <= ttl_ms * 3 // 2
+    # a saver without a TTL keeps its (other) index keys persistent
+    plain = ValkeySaver(client, prefix=prefix + "p")
+    _one(plain, "t")
+    assert client.pttl(plain.keys.index_threads()) == -1
+
+    # another saver (another process) keeps "busy" alive past the index TTL
+    other = ValkeySaver(
+        client_from_url(valkey_url),
+        prefix=prefix,
+        index_metadata=("u",),
+        ttl={"default_ttl": ttl_ms / 60_000, "refresh_on_read": by == "reads"},
+    )
+    end = time.monotonic() + 3 * ttl_ms / 1000
+    while time.monotonic() < end:
+        if by == "writes":
+            other.put(_cfg("busy", u="x"), generate_checkpoint(), generate_metadata(), {})
+        else:
+            assert other.get_tuple(_cfg("busy")) is not None
+        time.sleep(0.05)
+    assert saver.get_tuple(_cfg("idle")) is None  # expired long ago
+    assert saver.thread_ids() == ["busy"]
+    listed = list(saver.list(None, filter={"u": "x"}))
+    assert {t.config["configurable"]["thread_id"] for t in listed} == {"busy"}
+    runs = [t.metadata.get("run_id") for t in saver.list(_cfg("busy"))]
+    assert runs.count("r1") == 1
+    saver.delete_for_runs(["r1"])  # the run's index key still names the thread
+    assert "r1" not in [t.metadata.get("run_id") for t in saver.list(_cfg("busy"))]
+    deadline = time.monotonic() + 10
+    while any(client.exists(k) for k in keys[:2]):
+        assert time.monotonic() < deadline, [client.pttl(k) for k in keys]
+        time.sleep(0.05)
+    other.client.close()
+    client.close()

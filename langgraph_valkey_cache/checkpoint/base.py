@@ -33,6 +33,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -67,6 +68,7 @@ _ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _REGISTRY = ScriptRegistry(CHECKPOINT_SCRIPTS)
 _LIST_PAGE = 100
 _ID_PAGE = 1000  # thread ids per index page of thread_ids()
+_RENEWED_SIZE = 10_000  # threads whose index renewal time is remembered
 _KEY_CACHE_SIZE = 1024
 _ZSTD = b"\x01"  # codec marker: never the first byte of a msgpack array (0x90-0x9f, 0xdc)
 _PAIR_MAX = 200  # longer encoded values are indexed by their digest
@@ -382,6 +384,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self._ttl_ms = int(default_ttl * 60_000) if default_ttl else 0
         self._read_ttl_ms = self._ttl_ms if self.ttl.get("refresh_on_read") else 0
         self._ttl_arg = str(self._ttl_ms).encode()
+        # index keys outlive the threads they name: see _plan_index_refresh
+        self._index_ttl_arg = str(self._ttl_ms * 3 // 2).encode()
+        self._index_renewed: dict[str, float] = {}  # thread -> when (monotonic)
         self._read_ttl_arg = str(self._read_ttl_ms).encode()
         self._scripts = _REGISTRY.bind(client)
         self._telemetry = Telemetry("checkpoint", metrics=metrics)
@@ -728,6 +733,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self._telemetry.stored(len(rec) + stored)
         if isinstance(reply, list):
             yield from self._plan_index(thread_id, reply[:6])
+        if self._ttl_ms:
+            yield from self._plan_index_refresh(thread_id)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
     def _plan_put_writes(
@@ -763,6 +770,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         self._telemetry.stored(stored)
         if isinstance(reply, list):  # writes before any checkpoint created the thread
             yield from self._plan_index(thread_id, [1, [], [], 0, [], []])
+        if self._ttl_ms:
+            yield from self._plan_index_refresh(thread_id)
         return None
 
     def _plan_get_tuple(self, config: RunnableConfig) -> Plan:
@@ -774,7 +783,11 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         if cid:
             _check_id(cid, "checkpoint id")
         reply = yield Script("get", nk.get, (nk.ns.encode(), cid.encode(), self._read_ttl_arg))
-        return self._parse_tuple(thread_id, reply) if reply else None
+        if not reply:
+            return None
+        if self._read_ttl_ms:  # the read slid the thread's TTL
+            yield from self._plan_index_refresh(thread_id)
+        return self._parse_tuple(thread_id, reply)
 
     def _plan_index(self, thread_id: str, reply: list[Any]) -> Plan:
         """Apply what a thread script reported to the global thread index:
@@ -807,7 +820,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         for p in fresh:
             op(b"a", self.keys.index_pair(_str(p)))
         if args:
-            yield Script("index_update", tuple(keys), tuple(args))
+            yield Script("index_update", tuple(keys), (self._index_ttl_arg, *args))
+        if int(new_thread) and self._ttl_ms:
+            self._refreshed(thread_id)  # every entry it has was just written
         return None
 
     def _plan_forget(self, thread_enc: bytes, keys: Sequence[str]) -> Plan:
@@ -815,7 +830,39 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         args: list[Any] = []
         for i in range(len(keys)):
             args += (b"r", i + 1, thread_enc)
+        yield Script("index_update", tuple(keys), (self._index_ttl_arg, *args))
+
+    def _refreshed(self, thread_id: str) -> bool:
+        """Note that ``thread_id``'s index entries are being renewed now; False if they
+        were renewed less than a tenth of the TTL ago (by this saver)."""
+        now = time.monotonic()
+        last = self._index_renewed.get(thread_id)
+        if last is not None and now - last < self._ttl_ms / 10_000:
+            return False
+        if len(self._index_renewed) >= _RENEWED_SIZE:
+            self._index_renewed.clear()
+        self._index_renewed[thread_id] = now
+        return True
+
+    def _plan_index_refresh(self, thread_id: str) -> Plan:
+        """With a TTL the index keys expire too (after 1.5 TTL, extended by every add):
+        a thread kept alive by its writes (or reads, with ``refresh_on_read``) adds its
+        entries again at most once per tenth of the TTL per saver, so no index key
+        expires before a thread it names (2 round trips then, none otherwise)."""
+        if not (self.thread_index and self._ttl_ms) or not self._refreshed(thread_id):
+            return None
+        info = yield self._thread_script("index_info", thread_id)
+        if not info:
+            return None
+        keys = [self.keys.index_threads()]
+        keys += [self.keys.index_pair(_str(p)) for p in info[0]]
+        keys += [self.keys.index_run(_str(r)) for r in info[1]]
+        member = encode(thread_id).encode()
+        args: list[Any] = [self._index_ttl_arg]
+        for i in range(len(keys)):
+            args += (b"a", i + 1, member)
         yield Script("index_update", tuple(keys), tuple(args))
+        return None
 
     def _plan_index_page(self, keys: Sequence[str], cursor: str, page: int) -> Plan:
         """One page of the encoded thread ids in every one of ``keys``: returns
@@ -850,6 +897,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         else:
             _key_part(thread_id, "thread_id")
             ns_enc, keys = "", self.keys.thread_keys(thread_id)
+        if self._read_ttl_ms:  # this read slides the thread's TTL
+            yield from self._plan_index_refresh(thread_id)
         if checkpoint_id and ns is not None:
             # one known checkpoint: a single read
             reply = yield Script("get", nk.get, (ns_enc, checkpoint_id, self._read_ttl_ms))
@@ -1069,7 +1118,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
                 args: list[Any] = [b"d", 1, b""] if start == 0 else []
                 for m in members[start : start + 1000]:
                     args += (b"a", 1, m)
-                yield Script("index_update", (key,), tuple(args))
+                yield Script("index_update", (key,), (self._index_ttl_arg, *args))
         return len(entries[self.keys.index_threads()])
 
     def _plan_delta_history(self, config: RunnableConfig, channels: Sequence[str]) -> Plan:
