@@ -182,8 +182,10 @@ class HashingEmbeddings(Embeddings):
     A seeded hashed bag of words (lower-cased word unigrams and character
     trigrams), L2-normalised: texts sharing words are close in cosine distance,
     the same text always gives the same vector, and no model or network is needed.
-    Implements LangChain's ``Embeddings`` interface (sync and async) and counts calls
-    in ``calls`` so tests can check what was embedded.
+    Implements LangChain's ``Embeddings`` interface (sync and async) and counts what
+    it was asked so tests can check what was embedded: ``calls`` (every call),
+    ``texts_embedded`` (texts, over all calls) and ``queries`` (``embed_query`` and
+    ``aembed_query`` calls alone).
     """
 
     def __init__(self, dims: int = 64, seed: int = 0) -> None:
@@ -191,6 +193,7 @@ class HashingEmbeddings(Embeddings):
         self.seed = seed
         self.calls = 0
         self.texts_embedded = 0
+        self.queries = 0
 
     def _vector(self, text: str) -> list[float]:
         vec = [0.0] * self.dims
@@ -210,6 +213,7 @@ class HashingEmbeddings(Embeddings):
         return [self._vector(t) for t in texts]
 
     def embed_query(self, text: str) -> list[float]:
+        self.queries += 1
         return self.embed_documents([text])[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:

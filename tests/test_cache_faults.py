@@ -28,10 +28,8 @@ import valkey
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,
-    GenericFakeChatModel,
 )
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
@@ -52,7 +50,7 @@ from langgraph_valkey_cache import (
 from langgraph_valkey_cache._failopen import breaker_for
 from langgraph_valkey_cache.cache.middleware import ModelCacheMiddleware
 from langgraph_valkey_cache.embedded import EmbeddedValkey
-from langgraph_valkey_cache.testing import HashingEmbeddings
+from langgraph_valkey_cache.testing import HashingEmbeddings, ScriptedModel
 
 BUDGET = 0.25
 SLACK = 1.0  # "within the budget plus a second"
@@ -71,18 +69,11 @@ class Rig:
         self.asyncio = asyncio_
         self.client = cache_client_from_url(url, asyncio=asyncio_, timeout=BUDGET)
         prefix = f"f{uuid.uuid4().hex[:8]}"
-        self.ran: dict[str, int] = {
-            "llm": 0, "node": 0, "tool": 0, "embed": 0, "agent": 0, "cached": 0,
-        }  # fmt: skip
+        self.ran: dict[str, int] = {"node": 0, "tool": 0, "cached": 0}
         rig = self
 
-        class CountingModel(FakeListChatModel):
-            def _call(self, *args: Any, **kwargs: Any) -> str:
-                rig.ran["llm"] += 1
-                return super()._call(*args, **kwargs)
-
-        self.model = CountingModel(
-            responses=["answer"], cache=ValkeyCache(self.client, prefix=f"{prefix}l", metrics=False)
+        self.model = ScriptedModel(
+            script=["answer"], cache=ValkeyCache(self.client, prefix=f"{prefix}l", metrics=False)
         )
 
         def node(state: _State) -> _State:
@@ -110,36 +101,15 @@ class Rig:
         tb.add_edge(START, "tools")
         self.tools = tb.compile()
 
-        class CountingEmbeddings(HashingEmbeddings):
-            def embed_query(self, text: str) -> list[float]:
-                rig.ran["embed"] += 1
-                return super().embed_query(text)
-
-            async def aembed_query(self, text: str) -> list[float]:
-                return self.embed_query(text)
-
         store = ValkeyByteStore(self.client, prefix=f"{prefix}e", metrics=False)
-        self.embeddings = CachedEmbeddings(CountingEmbeddings(16), store)
+        self.embedder = HashingEmbeddings(16)
+        self.embeddings = CachedEmbeddings(self.embedder, store)
 
-        class AgentModel(GenericFakeChatModel):
-            def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-                return self
-
-            def _generate(
-                self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
-            ) -> ChatResult:
-                rig.ran["agent"] += 1
-                return ChatResult(generations=[ChatGeneration(message=AIMessage("done"))])
-
-            async def _agenerate(
-                self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
-            ) -> ChatResult:
-                return self._generate(messages)
-
+        self.agent_model = ScriptedModel(script=["done"])
         middleware = ModelCacheMiddleware(
             ValkeyCache(self.client, prefix=f"{prefix}m", metrics=False)
         )
-        self.agent = create_agent(AgentModel(messages=iter([])), [], middleware=[middleware])
+        self.agent = create_agent(self.agent_model, [], middleware=[middleware])
 
         if asyncio_:
 
@@ -182,6 +152,13 @@ class Rig:
             ("cached", lambda: self.lookup(tag)),
         ]
 
+    def runs(self, name: str) -> int:
+        """How many times step ``name``'s real work (model, node, tool...) ran."""
+        counted = {"llm": self.model, "agent": self.agent_model}
+        if name in counted:
+            return counted[name].calls
+        return self.embedder.queries if name == "embed" else self.ran[name]
+
     async def run(self, fn: Callable[[], Any]) -> float:
         start = time.monotonic()
         result = fn()
@@ -193,9 +170,9 @@ class Rig:
         """Each step once: ``name -> (seconds, whether the real work ran)``."""
         out = {}
         for name, fn in self.steps(tag):
-            before = self.ran[name]
+            before = self.runs(name)
             elapsed = await self.run(fn)
-            out[name] = (elapsed, self.ran[name] > before)
+            out[name] = (elapsed, self.runs(name) > before)
         return out
 
     async def close(self) -> None:

@@ -18,18 +18,17 @@ import ast
 import asyncio
 import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.embeddings import DeterministicFakeEmbedding
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
+
+from langgraph_valkey_cache.testing import ScriptedModel
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_URL = "valkey://localhost:6379"
@@ -107,32 +106,12 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-class _Model(BaseChatModel):
-    """A chat model that answers every prompt with the same text (no API key)."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "readme-fake"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=AIMessage("hello"))])
-
-
 def _context(url: str) -> dict[str, Any]:
     from langgraph.graph import START, MessagesState, StateGraph
 
     from langgraph_valkey_cache import cache_client_from_url
 
-    model = _Model()
+    model = ScriptedModel(script=["hello"])  # every prompt, the same text (no API key)
 
     def chat(state: MessagesState) -> dict[str, Any]:
         return {"messages": [model.invoke(state["messages"])]}

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from genai_prices import Usage, calc_price
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, Generation
 
@@ -22,69 +21,34 @@ from langgraph_valkey_cache._client import client_from_url
 from langgraph_valkey_cache._prices import Pricer, TokenPrices, TokenUsage, model_of
 from langgraph_valkey_cache._stats import REGISTRY_KEY
 from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
-from langgraph_valkey_cache.testing import HashingEmbeddings
+from langgraph_valkey_cache.testing import HashingEmbeddings, ScriptedModel
 
 IN, OUT = 1200, 300
 
 
-class PricedModel(BaseChatModel):
+def _priced_model(cache: Any = None, cache_read: int = 0, cache_creation: int = 0) -> ScriptedModel:
     """A scripted chat model that reports a model name and token usage, as OpenAI's and
     Anthropic's integrations do (``response_metadata["model_name"]``, ``usage_metadata``
     with ``input_token_details``)."""
+    details = {}
+    if cache_read:
+        details["cache_read"] = cache_read
+    if cache_creation:
+        details["cache_creation"] = cache_creation
+    usage: dict[str, Any] = {
+        "input_tokens": IN, "output_tokens": OUT, "total_tokens": IN + OUT,
+    }  # fmt: skip
+    if details:
+        usage["input_token_details"] = details
 
-    model_name: str = "gpt-4o-mini"
-    cache_read: int = 0
-    cache_creation: int = 0
-    calls: int = 0
-    seen_kwargs: list[dict[str, Any]] = []
-
-    @property
-    def _llm_type(self) -> str:
-        return "priced-scripted"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name}
-
-    def _message(self, messages: list[BaseMessage]) -> AIMessage:
-        self.calls += 1
-        details = {}
-        if self.cache_read:
-            details["cache_read"] = self.cache_read
-        if self.cache_creation:
-            details["cache_creation"] = self.cache_creation
-        usage: dict[str, Any] = {
-            "input_tokens": IN, "output_tokens": OUT, "total_tokens": IN + OUT,
-        }  # fmt: skip
-        if details:
-            usage["input_token_details"] = details
+    def answer(messages: list[BaseMessage]) -> AIMessage:
         return AIMessage(
             content=f"answer to {messages[-1].content}",
             usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata={"model_name": self.model_name, "model_provider": "openai"},
+            response_metadata={"model_name": "gpt-4o-mini", "model_provider": "openai"},
         )
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.seen_kwargs.append(kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._message(messages))])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._generate(messages, stop, None, **kwargs)
+    return ScriptedModel(script=answer, model_name="gpt-4o-mini", cache=cache)
 
 
 def _price(**usage: int) -> float:
@@ -113,7 +77,7 @@ def test_hits_without_cost_of_are_priced_by_genai_prices(
 ) -> None:
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
-    model = PricedModel(cache=cache)
+    model = _priced_model(cache=cache)
     for _ in range(3):  # 1 miss, 2 hits
         model.invoke("What is Valkey?")
     assert model.calls == 1
@@ -137,7 +101,7 @@ def test_hits_without_cost_of_are_priced_by_genai_prices(
 def test_cost_of_still_overrides_the_price(valkey_url: str, prefix: str) -> None:
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=prefix, metrics=False, cost_of=lambda gens: 0.5)
-    model = PricedModel(cache=cache)
+    model = _priced_model(cache=cache)
     for _ in range(3):
         model.invoke("hi")
     st = cache.stats()
@@ -169,7 +133,7 @@ def test_provider_prompt_cache_reads_are_priced_apart(
 ) -> None:
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
-    model = PricedModel(cache=cache, cache_read=1024)
+    model = _priced_model(cache=cache, cache_read=1024)
     model.invoke("first question")  # misses: fresh responses, each read 1024 from the
     model.invoke("second question")  # provider's prompt cache
     model.invoke("first question")  # our hit: not a provider figure
@@ -291,7 +255,7 @@ def test_semantic_and_middleware_hits_are_ledgered(
 
     sclient = client_from_url(search_url)
     sem = ValkeySemanticCache(sclient, HashingEmbeddings(32), prefix=prefix, metrics=False)
-    model = PricedModel(cache=sem)
+    model = _priced_model(cache=sem)
     for _ in range(2):
         model.invoke("What is Valkey?")
     assert model.calls == 1
@@ -303,7 +267,7 @@ def test_semantic_and_middleware_hits_are_ledgered(
     client = client_from_url(valkey_url)
     for single_flight in (True, False):  # the flight path and the lookup/store path
         exact = ValkeyCache(client, prefix=f"{prefix}mw{single_flight}", metrics=False)
-        agent_model = PricedModel(cache_read=512)
+        agent_model = _priced_model(cache_read=512)
         mw = ModelCacheMiddleware(exact, single_flight=single_flight)
         agent = create_agent(agent_model, [], middleware=[mw])
         for _ in range(3):
@@ -388,7 +352,7 @@ def test_composes_with_anthropic_prompt_caching(valkey_url: str, prefix: str) ->
 def test_ledger_and_registry_on_a_cluster(cluster_url: str, prefix: str, capsys: Any) -> None:
     client = client_from_url(cluster_url)
     cache = ValkeyCache(client, prefix=prefix, metrics=False)
-    model = PricedModel(cache=cache, cache_read=100)
+    model = _priced_model(cache=cache, cache_read=100)
     for _ in range(2):
         model.invoke("on a cluster")
     cache.flush_stats()  # HINCRBYs and the registry HSET: keys of different slots
@@ -404,7 +368,7 @@ def test_ledger_and_registry_on_a_cluster(cluster_url: str, prefix: str, capsys:
 async def test_async_hits_and_astats(valkey_url: str, prefix: str) -> None:
     aclient = client_from_url(valkey_url, asyncio=True)
     cache = ValkeyCache(aclient, prefix=prefix, metrics=False)
-    model = PricedModel(cache=cache, cache_creation=800)
+    model = _priced_model(cache=cache, cache_creation=800)
     for _ in range(3):
         await model.ainvoke("async question")
     assert model.calls == 1
