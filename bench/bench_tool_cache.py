@@ -101,7 +101,7 @@ def bench_tool_cache(url: str) -> None:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     # stats flushed once at the end: a hit is then exactly the one lookup round trip
     cache = ToolCache(
-        client, aclient=aclient, prefix=prefix, metrics=False, stats_flush_interval=3600
+        client, async_client=aclient, prefix=prefix, metrics=False, stats_flush_interval=3600
     )
     nocache = SimpleNamespace(wrap=lambda req, ex: ex(req))
     cache.wrap(request(0, "warm"), execute)

@@ -7,6 +7,7 @@ cache talks to the server, catches a server error or counts a hit.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, cache_client_from_url, is_async_client
@@ -43,7 +44,7 @@ class CacheCore:
     ) -> None:
         if client is not None and is_async_client(client):
             if aclient is not None:
-                raise TypeError("client is async already; pass a sync client with aclient=")
+                raise TypeError("client is async already; pass a sync client with async_client=")
             client, aclient = None, client
         if aclient is not None and not is_async_client(aclient):
             raise TypeError("the async client must be a valkey.asyncio client")
@@ -70,10 +71,6 @@ class CacheCore:
         )
         self.breaker = self._aexec.breaker
 
-    #: The keyword the class takes its async client by (``aclient`` on the node and tool
-    #: caches, as in their first releases).
-    _async_kw = "async_client"
-
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Any:
         """A cache with a sync and an async client built for ``url`` by
@@ -81,9 +78,7 @@ class CacheCore:
         timeout = kwargs.get("timeout", CACHE_TIMEOUT)
         aclient = cache_client_from_url(url, asyncio=True, timeout=timeout)
         make: Any = cls  # each cache's own __init__ (the mixin has none)
-        return make(
-            cache_client_from_url(url, timeout=timeout), **{cls._async_kw: aclient}, **kwargs
-        )
+        return make(cache_client_from_url(url, timeout=timeout), async_client=aclient, **kwargs)
 
     @property
     def async_client(self) -> Any:
@@ -94,7 +89,7 @@ class CacheCore:
             raise TypeError(
                 f"this {type(self).__name__} has only an async client: call the async "
                 "methods (ainvoke, alookup, ...), or pass a sync client too "
-                "(client=sync_client, aclient=async_client)"
+                "(client=sync_client, async_client=async_client)"
             )
         return self._exec
 
@@ -164,3 +159,18 @@ class CacheCore:
         if self.aclient is not None:
             await self.aflush_stats()
             await self.aclient.aclose()
+
+
+def async_client_argument(async_client: Any, aclient: Any) -> Any:
+    """``async_client=``, the keyword every cache takes; ``aclient=`` (the node and tool
+    caches' first name for it) still works, with a DeprecationWarning."""
+    if aclient is None:
+        return async_client
+    if async_client is not None:
+        raise TypeError("pass the async client once: async_client=")
+    warnings.warn(
+        "aclient= is deprecated: pass async_client= (the keyword every cache takes)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return aclient

@@ -101,7 +101,7 @@ def _either(sync_fn: Any, async_fn: Any) -> Any:
 def tool_cache(any_url: str, prefix: str) -> Iterator[ToolCache]:
     client = client_from_url(any_url)
     aclient = client_from_url(any_url, asyncio=True)
-    yield ToolCache(client, aclient=aclient, prefix=prefix, ttl=60, metrics=False)
+    yield ToolCache(client, async_client=aclient, prefix=prefix, ttl=60, metrics=False)
     client.close()
 
 
@@ -575,3 +575,18 @@ def test_artifact_round_trips(tool_cache: ToolCache) -> None:
     assert second.tool_call_id == "b" and second.name == "search"
     assert (second.content, second.artifact) == (first.content, first.artifact)
     assert second.artifact == {"ids": [1, 2], "q": "valkey"}
+
+
+def test_async_client_keyword_is_the_same_on_every_cache(valkey_url: str) -> None:
+    """async_client= on ToolCache and ValkeyNodeCache as on the LLM caches; the old
+    aclient= still works, with a DeprecationWarning; both at once is an error."""
+    from langgraph_valkey_cache import ValkeyNodeCache
+
+    sync, aclient = client_from_url(valkey_url), client_from_url(valkey_url, asyncio=True)
+    for cls in (ToolCache, ValkeyNodeCache):
+        assert cls(sync, async_client=aclient, metrics=False).async_client is aclient
+        with pytest.warns(DeprecationWarning, match="async_client="):
+            assert cls(sync, aclient=aclient, metrics=False).async_client is aclient
+        with pytest.raises(TypeError, match="once"):
+            cls(sync, async_client=aclient, aclient=aclient, metrics=False)
+    sync.close()

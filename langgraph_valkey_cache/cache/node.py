@@ -34,7 +34,7 @@ from langgraph.cache.base import BaseCache, FullKey, Namespace, ValueT
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from prometheus_client import CollectorRegistry
 
-from langgraph_valkey_cache._cachebase import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore, async_client_argument
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, with_local_cache
 from langgraph_valkey_cache._control import (
     NO_CONTROL,
@@ -90,7 +90,8 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
     Args:
         client: a sync (``valkey.Valkey``/``ValkeyCluster``) or async (``valkey.asyncio``)
             client. Never reconfigured.
-        aclient: an async client to use for the ``a*`` methods next to a sync ``client``.
+        async_client: an async client for the ``a*`` methods next to a sync ``client``
+            (``aclient=``, its former name, still works with a DeprecationWarning).
             With no async client the ``a*`` methods run the sync ones in a worker
             thread (the event loop never blocks); with only an async client, the sync
             methods raise ``TypeError``.
@@ -143,12 +144,11 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         ```
     """
 
-    _async_kw = "aclient"
-
     def __init__(
         self,
         client: Any,
         *,
+        async_client: Any | None = None,
         aclient: Any | None = None,
         prefix: str = DEFAULT_PREFIXES["node"],
         serde: SerializerProtocol | None = None,
@@ -161,6 +161,7 @@ class ValkeyNodeCache(CacheCore, BaseCache[ValueT]):
         scope: Sequence[str] | str | None = None,
         local_cache: bool = False,
     ) -> None:
+        aclient = async_client_argument(async_client, aclient)
         super().__init__(serde=serde or default_serde())
         self.keys = NodeCacheKeys(prefix)
         self.scope = normalize_scope(scope)

@@ -42,7 +42,7 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 from prometheus_client import CollectorRegistry
 
-from langgraph_valkey_cache._cachebase import CacheCore
+from langgraph_valkey_cache._cachebase import CacheCore, async_client_argument
 from langgraph_valkey_cache._client import CACHE_TIMEOUT, with_local_cache
 from langgraph_valkey_cache._control import (
     NO_CONTROL,
@@ -395,7 +395,8 @@ class ToolCache(CacheCore):
 
     Args:
         client: sync or async (``valkey.asyncio``) client, standalone or cluster.
-        aclient: async client next to a sync ``client`` (for ``awrap``). Without one,
+        async_client: async client next to a sync ``client`` (for ``awrap``; ``aclient=``,
+            its former name, still works with a DeprecationWarning). Without one,
             ``awrap`` runs each Valkey command in a worker thread; with only an async
             client, ``wrap`` raises ``TypeError``.
         prefix: key prefix of this cache.
@@ -436,12 +437,11 @@ class ToolCache(CacheCore):
         ```
     """
 
-    _async_kw = "aclient"
-
     def __init__(
         self,
         client: Any,
         *,
+        async_client: Any | None = None,
         aclient: Any | None = None,
         prefix: str = DEFAULT_PREFIXES["tools"],
         ttl: float | None = 3600.0,
@@ -462,6 +462,7 @@ class ToolCache(CacheCore):
         tools: Iterable[BaseTool] = (),
         local_cache: bool = False,
     ) -> None:
+        aclient = async_client_argument(async_client, aclient)
         self.keys = ToolCacheKeys(prefix)
         self.local_cache = local_cache
         if local_cache:
