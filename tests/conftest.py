@@ -5,6 +5,7 @@ server that answers FT.* (see README "Tests"). A missing binary is an error, not
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -205,4 +206,18 @@ def raw_client(url: str) -> Any:
     return client_from_url(url)
 
 
-__all__ = ["FT_SERVERS", "ft_server_url", "raw_client", "valkey"]
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed again): connections to it
+    are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """The URL of a server that is not there (see :func:`dead_port`)."""
+    return f"valkey://127.0.0.1:{dead_port()}"
+
+
+__all__ = ["FT_SERVERS", "dead_port", "ft_server_url", "raw_client", "valkey"]

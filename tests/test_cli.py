@@ -24,6 +24,7 @@ from langgraph.types import Command, Send, StateSnapshot, interrupt
 
 from langgraph_valkey_cache import ValkeySaver
 from langgraph_valkey_cache.__main__ import main
+from tests.conftest import dead_port
 
 NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"  # LangGraph's writes not of a task
 
@@ -313,12 +314,6 @@ def test_a_server_that_is_not_valkey(capsys: pytest.CaptureFixture[str]) -> None
     assert "does not answer like Valkey" in err and err.count("\n") == 1
 
 
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again: nothing listens there
-
-
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
@@ -332,7 +327,7 @@ def _dead_port() -> int:
     ],
 )  # fmt: skip
 def test_process_exit_codes_without_tracebacks(argv: list[str], code: int, message: str) -> None:
-    argv = [a.replace("{port}", str(_dead_port())) for a in argv]
+    argv = [a.replace("{port}", str(dead_port())) for a in argv]
     proc = subprocess.run(
         [sys.executable, "-m", "langgraph_valkey_cache", *argv],
         capture_output=True,

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from langgraph_valkey_cache import ValkeyCache
 from langgraph_valkey_cache._client import client_from_url
 from langgraph_valkey_cache._telemetry import get_metrics
-from tests.test_savings import IN, OUT, PricedModel
+from tests.test_savings import IN, OUT, priced_model
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
 _METRIC = re.compile(r"\blanggraph_valkey_cache_[a-z_]+")
@@ -91,7 +91,7 @@ def test_a_cache_in_use_emits_the_ledger_series(valkey_url: str, prefix: str) ->
     registry = CollectorRegistry()
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=prefix, metrics=registry)
-    model = PricedModel(cache=cache, cache_read=256)
+    model = priced_model(cache=cache, cache_read=256)
     for _ in range(3):
         model.invoke("dashboard")
     ns = "langgraph_valkey_cache"
@@ -112,7 +112,7 @@ def test_a_cache_in_use_emits_the_ledger_series(valkey_url: str, prefix: str) ->
     assert value(f"{ns}_provider_cache_saved_usd_total", model="gpt-4o-mini") > 0
     assert value(f"{ns}_operation_duration_seconds_count", operation="lookup") == 3
     # a model that bills cache writes above the input rate: the premium series
-    claude = PricedModel(cache=cache, model_name="claude-sonnet-4-5", cache_creation=500)
+    claude = priced_model(cache=cache, model_name="claude-sonnet-4-5", cache_creation=500)
     claude.invoke("dashboard")
     premium = value(f"{ns}_provider_cache_write_premium_usd_total", model="claude-sonnet-4-5")
     full = calc_price(Usage(input_tokens=IN), "claude-sonnet-4-5").input_price

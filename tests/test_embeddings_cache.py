@@ -61,14 +61,8 @@ def test_ttl_and_one_round_trip(valkey_url: str, prefix: str) -> None:
     client.close()
 
 
-def test_fail_open_mget(prefix: str) -> None:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
+def test_fail_open_mget(dead_url: str, prefix: str) -> None:
+    client = client_from_url(dead_url, timeout=0.2)
     store = ValkeyByteStore(client, prefix=prefix, metrics=False)
     assert store.mget(["a"]) == [None]
     store.mset([("a", b"1")])  # no raise
@@ -81,19 +75,13 @@ def test_fail_open_mget(prefix: str) -> None:
 
 
 async def test_fail_open_skips_a_dead_server_while_it_is_down(
-    prefix: str, caplog: pytest.LogCaptureFixture
+    dead_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
-    import socket
     import time
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    url = f"valkey://127.0.0.1:{port}"
-    client = client_from_url(url, timeout=0.2)
-    aclient = client_from_url(url, timeout=0.2, asyncio=True)
+    client = client_from_url(dead_url, timeout=0.2)
+    aclient = client_from_url(dead_url, timeout=0.2, asyncio=True)
     store = ValkeyByteStore(client, async_client=aclient, prefix=prefix, metrics=False)
     caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
     assert store.mget(["a"]) == [None]  # fails: warning, breaker open

@@ -218,17 +218,6 @@ def test_lookup_many_one_round_trip(sync_client: Any, prefix: str) -> None:
         assert log.round_trips == 1  # cluster pipelines take one per node
 
 
-@pytest.fixture
-def dead_url() -> str:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"valkey://127.0.0.1:{port}"
-
-
 def test_fail_open_sync(dead_url: str, caplog: pytest.LogCaptureFixture) -> None:
     client = client_from_url(dead_url, timeout=0.2)
     cache = ValkeyCache(client, metrics=False)

@@ -139,14 +139,8 @@ async def test_semantic_mode(search_url: str, prefix: str) -> None:
     await aclient.aclose()
 
 
-def test_fail_open_agent(prefix: str) -> None:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
+def test_fail_open_agent(dead_url: str, prefix: str) -> None:
+    client = client_from_url(dead_url, timeout=0.2)
     model = _model()
     agent = create_agent(
         model, [get_weather], middleware=[ModelCacheMiddleware(ValkeyCache(client, metrics=False))]

@@ -26,7 +26,12 @@ from langgraph_valkey_cache.testing import HashingEmbeddings, ScriptedModel
 IN, OUT = 1200, 300
 
 
-def _priced_model(cache: Any = None, cache_read: int = 0, cache_creation: int = 0) -> ScriptedModel:
+def priced_model(
+    cache: Any = None,
+    cache_read: int = 0,
+    cache_creation: int = 0,
+    model_name: str = "gpt-4o-mini",
+) -> ScriptedModel:
     """A scripted chat model that reports a model name and token usage, as OpenAI's and
     Anthropic's integrations do (``response_metadata["model_name"]``, ``usage_metadata``
     with ``input_token_details``)."""
@@ -45,10 +50,10 @@ def _priced_model(cache: Any = None, cache_read: int = 0, cache_creation: int = 
         return AIMessage(
             content=f"answer to {messages[-1].content}",
             usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata={"model_name": "gpt-4o-mini", "model_provider": "openai"},
+            response_metadata={"model_name": model_name, "model_provider": "openai"},
         )
 
-    return ScriptedModel(script=answer, model_name="gpt-4o-mini", cache=cache)
+    return ScriptedModel(script=answer, model_name=model_name, cache=cache)
 
 
 def _price(**usage: int) -> float:
@@ -77,7 +82,7 @@ def test_hits_without_cost_of_are_priced_by_genai_prices(
 ) -> None:
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
-    model = _priced_model(cache=cache)
+    model = priced_model(cache=cache)
     for _ in range(3):  # 1 miss, 2 hits
         model.invoke("What is Valkey?")
     assert model.calls == 1
@@ -101,7 +106,7 @@ def test_hits_without_cost_of_are_priced_by_genai_prices(
 def test_cost_of_still_overrides_the_price(valkey_url: str, prefix: str) -> None:
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=prefix, metrics=False, cost_of=lambda gens: 0.5)
-    model = _priced_model(cache=cache)
+    model = priced_model(cache=cache)
     for _ in range(3):
         model.invoke("hi")
     st = cache.stats()
@@ -133,7 +138,7 @@ def test_provider_prompt_cache_reads_are_priced_apart(
 ) -> None:
     client = client_from_url(valkey_url)
     cache = ValkeyCache(client, prefix=f"{prefix}llm", metrics=False)
-    model = _priced_model(cache=cache, cache_read=1024)
+    model = priced_model(cache=cache, cache_read=1024)
     model.invoke("first question")  # misses: fresh responses, each read 1024 from the
     model.invoke("second question")  # provider's prompt cache
     model.invoke("first question")  # our hit: not a provider figure
@@ -230,13 +235,8 @@ def test_registry_written_once_per_process(valkey_url: str, prefix: str) -> None
     client.close()
 
 
-def test_a_failed_flush_registers_later(prefix: str) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client = client_from_url(f"valkey://127.0.0.1:{port}", socket_timeout=0.2)
+def test_a_failed_flush_registers_later(dead_url: str, prefix: str) -> None:
+    client = client_from_url(dead_url, socket_timeout=0.2)
     cache = ValkeyCache(client, prefix=prefix, metrics=False)
     cache.lookup("q", "m")  # fails open: a miss
     cache.flush_stats()  # the server is not there: counts and registration stay pending
@@ -255,7 +255,7 @@ def test_semantic_and_middleware_hits_are_ledgered(
 
     sclient = client_from_url(search_url)
     sem = ValkeySemanticCache(sclient, HashingEmbeddings(32), prefix=prefix, metrics=False)
-    model = _priced_model(cache=sem)
+    model = priced_model(cache=sem)
     for _ in range(2):
         model.invoke("What is Valkey?")
     assert model.calls == 1
@@ -267,7 +267,7 @@ def test_semantic_and_middleware_hits_are_ledgered(
     client = client_from_url(valkey_url)
     for single_flight in (True, False):  # the flight path and the lookup/store path
         exact = ValkeyCache(client, prefix=f"{prefix}mw{single_flight}", metrics=False)
-        agent_model = _priced_model(cache_read=512)
+        agent_model = priced_model(cache_read=512)
         mw = ModelCacheMiddleware(exact, single_flight=single_flight)
         agent = create_agent(agent_model, [], middleware=[mw])
         for _ in range(3):
@@ -352,7 +352,7 @@ def test_composes_with_anthropic_prompt_caching(valkey_url: str, prefix: str) ->
 def test_ledger_and_registry_on_a_cluster(cluster_url: str, prefix: str, capsys: Any) -> None:
     client = client_from_url(cluster_url)
     cache = ValkeyCache(client, prefix=prefix, metrics=False)
-    model = _priced_model(cache=cache, cache_read=100)
+    model = priced_model(cache=cache, cache_read=100)
     for _ in range(2):
         model.invoke("on a cluster")
     cache.flush_stats()  # HINCRBYs and the registry HSET: keys of different slots
@@ -368,7 +368,7 @@ def test_ledger_and_registry_on_a_cluster(cluster_url: str, prefix: str, capsys:
 async def test_async_hits_and_astats(valkey_url: str, prefix: str) -> None:
     aclient = client_from_url(valkey_url, asyncio=True)
     cache = ValkeyCache(aclient, prefix=prefix, metrics=False)
-    model = _priced_model(cache=cache, cache_creation=800)
+    model = priced_model(cache=cache, cache_creation=800)
     for _ in range(3):
         await model.ainvoke("async question")
     assert model.calls == 1

@@ -388,18 +388,13 @@ def test_edge_hits_use_the_threshold_each_lookup_used(
 
 
 def test_dead_server_is_skipped_without_embedding(
-    emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
+    dead_url: str, emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After one failure the server's breaker skips the server and the embedding model:
     a lookup of a dead cache costs nothing until the cooldown ends, then one probe."""
     import logging
-    import socket
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
+    client = client_from_url(dead_url, timeout=0.2)
     c = _cache(client, emb, prefix, dims=256)
     caplog.set_level(logging.WARNING, "langgraph_valkey_cache")
     assert c.lookup(Q, "llm") is None  # setup fails: one warning, breaker open
@@ -499,14 +494,10 @@ def test_ttl(cache: ValkeySemanticCache, sclient: Any, emb: Any, prefix: str) ->
     c.drop_index()
 
 
-def test_fail_open(emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    client = client_from_url(f"valkey://127.0.0.1:{port}", timeout=0.2)
+def test_fail_open(
+    dead_url: str, emb: HashingEmbeddings, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_from_url(dead_url, timeout=0.2)
     c = _cache(client, emb, prefix, dims=256)
     model = FakeMessagesListChatModel(responses=[AIMessage("fresh")], cache=c)
     assert model.invoke(Q).content == "fresh"

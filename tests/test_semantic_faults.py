@@ -14,14 +14,12 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from langgraph_valkey_cache import ValkeySemanticCache, cache_client_from_url
 from langgraph_valkey_cache.embedded import EmbeddedValkey, redisearch_module_path
-from langgraph_valkey_cache.testing import HashingEmbeddings
+from langgraph_valkey_cache.testing import HashingEmbeddings, ScriptedModel
 from tests.conftest import FT_SERVERS
 from tests.test_cache_faults import _blocking, stopped
 
@@ -43,30 +41,12 @@ def _module(name: str) -> str:
 
 
 class Rig:
-    """A counting model whose ``cache=`` is a semantic cache on ``url``."""
+    """A scripted model whose ``cache=`` is a semantic cache on ``url``."""
 
     def __init__(self, url: str, *, asyncio_: bool) -> None:
         self.asyncio = asyncio_
         self.client = cache_client_from_url(url, asyncio=asyncio_, timeout=BUDGET)
-        self.calls = 0
-        rig = self
-
-        class CountingModel(FakeListChatModel):
-            def _call(self, *args: Any, **kwargs: Any) -> str:
-                rig.calls += 1
-                return super()._call(*args, **kwargs)
-
-        class CountingEmbeddings(HashingEmbeddings):
-            embedded = 0
-
-            def embed_query(self, text: str) -> list[float]:
-                CountingEmbeddings.embedded += 1
-                return super().embed_query(text)
-
-            async def aembed_query(self, text: str) -> list[float]:
-                return self.embed_query(text)
-
-        self.embeddings = CountingEmbeddings(256)
+        self.embeddings = HashingEmbeddings(256)
         self.cache = ValkeySemanticCache(
             self.client,
             self.embeddings,
@@ -75,21 +55,21 @@ class Rig:
             metrics=False,
             timeout=BUDGET,
         )
-        self.model = CountingModel(responses=["Paris"], cache=self.cache)
+        self.model = ScriptedModel(script=["Paris"], cache=self.cache)
 
     @property
     def embedded(self) -> int:
-        return type(self.embeddings).embedded  # type: ignore[attr-defined, no-any-return]
+        return self.embeddings.queries
 
     async def step(self, prompt: str) -> tuple[float, bool]:
         """One model call: ``(seconds, whether the model ran)``."""
-        before = self.calls
+        before = self.model.calls
         start = time.monotonic()
         if self.asyncio:
             await self.model.ainvoke(prompt)
         else:
             self.model.invoke(prompt)
-        return time.monotonic() - start, self.calls > before
+        return time.monotonic() - start, self.model.calls > before
 
     async def warm(self) -> None:
         await self.step(Q)

@@ -6,7 +6,6 @@ exporter, real servers."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from langgraph_valkey_cache._client import client_from_url
 from langgraph_valkey_cache.cache.middleware import ModelCacheMiddleware
 from langgraph_valkey_cache.embeddings import CachedEmbeddings, ValkeyByteStore
 from langgraph_valkey_cache.testing import HashingEmbeddings
-from tests.test_savings import PricedModel
+from tests.test_savings import priced_model
 
 OUTCOME = "langgraph_valkey_cache.outcome"
 SECRET = "secret-prompt-4711"
@@ -110,7 +109,7 @@ def test_every_tier_reports_hits_and_misses(
     assert _outcomes(spans)["embedding_cache.mget"] == ["miss", "hit"]
 
     mw_cache = ValkeyCache(client, prefix=f"{prefix}mw", metrics=False)
-    agent = create_agent(PricedModel(), [], middleware=[ModelCacheMiddleware(mw_cache)])
+    agent = create_agent(priced_model(), [], middleware=[ModelCacheMiddleware(mw_cache)])
     for _ in range(2):
         agent.invoke({"messages": [HumanMessage(SECRET)]}, {"configurable": {"thread_id": SECRET}})
 
@@ -137,12 +136,9 @@ def test_batches_carry_their_counts(
 
 
 def test_a_lookup_that_failed_open_is_an_error_span(
-    spans: InMemorySpanExporter, prefix: str
+    dead_url: str, spans: InMemorySpanExporter, prefix: str
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client = client_from_url(f"valkey://127.0.0.1:{port}")
+    client = client_from_url(dead_url)
     cache = ValkeyCache(client, prefix=prefix, metrics=False)
     assert cache.lookup(SECRET, "m") is None  # fails open: a miss...
     assert cache.lookup(SECRET, "m") is None  # ...then skipped: the breaker is open
