@@ -22,7 +22,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,13 +35,14 @@ from langchain_core.callbacks import (
 )
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import PrivateAttr, SkipValidation
 
 from langgraph_valkey_cache import _wire
 
-__all__ = ["CommandLog", "HashingEmbeddings", "ScriptedModel", "count_commands"]
+__all__ = ["CommandLog", "HashingEmbeddings", "ScriptedModel", "count_commands", "join_chunks"]
 
 
 @dataclass
@@ -357,3 +358,23 @@ class ScriptedModel(BaseChatModel):
             await asyncio.sleep(self.delay)
         for chunk in self._chunks(messages):
             yield chunk
+
+
+def join_chunks(chunks: Iterable[AIMessageChunk]) -> AIMessage:
+    """The message a stream of chunks adds up to (LangChain's chunk addition): to compare
+    what a stream (``cached_stream``, ``model.stream``) delivered with an ``invoke``.
+
+    Example:
+        >>> join_chunks([AIMessageChunk(content="Hel"), AIMessageChunk(content="lo")]).content
+        'Hello'
+    """
+    chunks = list(chunks)
+    if not chunks:
+        raise ValueError("join_chunks: no chunks")
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    message = message_chunk_to_message(total)
+    if not isinstance(message, AIMessage):
+        raise TypeError(f"join_chunks: the chunks add up to a {type(message).__name__}")
+    return message

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,6 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
@@ -37,7 +36,7 @@ from langgraph_valkey_cache.cache.middleware import (
     acached_stream,
     cached_stream,
 )
-from langgraph_valkey_cache.testing import ScriptedModel
+from langgraph_valkey_cache.testing import ScriptedModel, join_chunks
 
 CITIES = ("Paris", "Lima")
 
@@ -87,6 +86,17 @@ def _calls_per_run(model: ScriptedModel, run: Any, runs: int = 3) -> list[int]:
     return out
 
 
+async def _acalls_per_run(
+    model: ScriptedModel, run: Callable[[int], Awaitable[None]], runs: int = 3
+) -> list[int]:
+    out = []
+    for i in range(runs):
+        before = model.calls
+        await run(i)
+        out.append(model.calls - before)
+    return out
+
+
 # -- 1. agent replays hit on every model call through plain set_llm_cache --------------------
 
 
@@ -121,13 +131,12 @@ async def test_agent_replay_async(async_client: Any, prefix: str, global_cache: 
     set_llm_cache(ValkeyCache(async_client, prefix=prefix, metrics=False))
     model = _model()
     agent = create_agent(model, [get_weather])
-    calls = []
-    for _ in range(3):
-        before = model.calls
+
+    async def run(i: int) -> None:
         out = await agent.ainvoke(QUESTION)
-        calls.append(model.calls - before)
         assert out["messages"][-1].content == "Sunny in Paris and Lima."
-    assert calls == [3, 0, 0]
+
+    assert await _acalls_per_run(model, run) == [3, 0, 0]
 
 
 def test_agent_replay_streaming(sync_client: Any, prefix: str, global_cache: None) -> None:
@@ -154,22 +163,12 @@ async def test_agent_replay_astreaming(async_client: Any, prefix: str, global_ca
     set_llm_cache(ValkeyCache(async_client, prefix=prefix, metrics=False))
     model = _model()
     agent = create_agent(model, [get_weather])
-    calls = []
-    for _ in range(3):
-        before = model.calls
+
+    async def run(i: int) -> None:
         async for _chunk in agent.astream(QUESTION, stream_mode="messages"):
             pass
-        calls.append(model.calls - before)
-    assert calls == [3, 0, 0]
 
-
-def _sum(chunks: list[AIMessageChunk]) -> AIMessage:
-    acc = chunks[0]
-    for c in chunks[1:]:
-        acc = acc + c
-    msg = message_chunk_to_message(acc)
-    assert isinstance(msg, AIMessage)
-    return msg
+    assert await _acalls_per_run(model, run) == [3, 0, 0]
 
 
 def _tool_results(msg: AIMessage) -> list[ToolMessage]:
@@ -188,7 +187,7 @@ def test_cached_stream_conversation_replay(sync_client: Any, prefix: str) -> Non
     def run(i: int) -> None:
         messages: list[BaseMessage] = [HumanMessage("Weather in Paris and Lima?")]
         while True:
-            msg = _sum(list(cached_stream(model, messages, cache)))
+            msg = join_chunks(list(cached_stream(model, messages, cache)))
             messages.append(msg)
             if not msg.tool_calls:
                 break
@@ -201,18 +200,17 @@ def test_cached_stream_conversation_replay(sync_client: Any, prefix: str) -> Non
 async def test_acached_stream_conversation_replay(async_client: Any, prefix: str) -> None:
     cache = ValkeyCache(async_client, prefix=prefix, metrics=False)
     model = _model()
-    calls = []
-    for _ in range(3):
-        before = model.calls
+
+    async def run(i: int) -> None:
         messages: list[BaseMessage] = [HumanMessage("Weather in Paris and Lima?")]
         while True:
-            msg = _sum([c async for c in acached_stream(model, messages, cache)])
+            msg = join_chunks([c async for c in acached_stream(model, messages, cache)])
             messages.append(msg)
             if not msg.tool_calls:
                 break
             messages.extend(_tool_results(msg))
-        calls.append(model.calls - before)
-    assert calls == [3, 0, 0]
+
+    assert await _acalls_per_run(model, run) == [3, 0, 0]
 
 
 def test_middleware_agent_replay_new_threads(sync_client: Any, prefix: str) -> None:
@@ -449,7 +447,7 @@ async def test_cached_stream_cache_control(async_client: Any, prefix: str) -> No
     model = _model()
 
     async def stream(config: Any = None) -> AIMessage:
-        return _sum([c async for c in acached_stream(model, "Weather?", cache, config)])
+        return join_chunks([c async for c in acached_stream(model, "Weather?", cache, config)])
 
     await stream(_control(skip=True))
     await stream()
