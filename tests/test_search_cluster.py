@@ -11,14 +11,20 @@ import os
 from typing import Any
 
 import pytest
-from langgraph.store.base import PutOp
-from langgraph.store.memory import InMemoryStore
 
 from langgraph_valkey_cache import ValkeyStore
 from langgraph_valkey_cache.embedded import EmbeddedCluster
 from langgraph_valkey_cache.testing import HashingEmbeddings
 from tests.test_store import FLAVOURS, call, open_store
-from tests.test_store_search import DIMS, QUERIES, _docs, _fill, _index, _same_ranking
+from tests.test_store_search import (
+    DIMS,
+    QUERIES,
+    _docs,
+    _index,
+    _loaded,
+    _ranks_as_inmemory,
+    _same_ranking,
+)
 
 pytestmark = [pytest.mark.search_cluster, pytest.mark.cluster, pytest.mark.search]
 
@@ -35,25 +41,11 @@ ALGORITHMS: dict[str, tuple[str, dict[str, Any]]] = {
 async def test_bulk_load_matches_inmemory(
     flavour: str, algorithm: str, search_cluster_url: str, prefix: str
 ) -> None:
-    emb = HashingEmbeddings(DIMS)
     algo, params = ALGORITHMS[algorithm]
-    async with open_store(
-        flavour,
-        search_cluster_url,
-        prefix=prefix,
-        index=_index(emb),
-        vector_algorithm=algo,
-        vector_params=params,
-    ) as store:
-        await call(store, "setup")
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        await _fill(store, mem, _docs(80))
-        for query in QUERIES:
-            for pre in [("mem",), ("mem", "alice"), ("mem", "bob", "x"), ()]:
-                for limit, offset in [(5, 0), (10, 3), (100, 0)]:
-                    ours = await call(store, "search", pre, query=query, limit=limit, offset=offset)
-                    theirs = mem.search(pre, query=query, limit=limit, offset=offset)
-                    _same_ranking(ours, theirs)
+    async with _loaded(
+        flavour, search_cluster_url, prefix, _docs(80), vector_algorithm=algo, vector_params=params
+    ) as (store, mem):
+        await _ranks_as_inmemory(store, mem)
 
 
 N_PUTS = 40
@@ -89,17 +81,13 @@ async def test_search_right_after_index_creation_over_existing_data(
     """Items written before the FT index exists (no setup, no search yet): the first
     search creates the index, waits for the backfill of every shard, and then answers
     as InMemoryStore does. Fresh prefixes, so every trial creates a new index."""
-    emb = HashingEmbeddings(DIMS)
     failures: list[str] = []
     for trial in range(TRIALS):
-        async with open_store(
-            flavour, search_cluster_url, prefix=f"{prefix}t{trial}", index=_index(emb)
-        ) as store:
-            mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-            docs = _docs(60, seed=10 + trial)
-            await call(store, "batch", [PutOp(ns, k, v, index=ix) for ns, k, v, ix in docs])
-            for ns, k, v, ix in docs:
-                mem.batch([PutOp(ns, k, v, index=ix)])
+        docs = _docs(60, seed=10 + trial)
+        async with _loaded(flavour, search_cluster_url, f"{prefix}t{trial}", docs, setup=False) as (
+            store,
+            mem,
+        ):
             query = QUERIES[trial % len(QUERIES)]
             ours = await call(store, "search", ("mem",), query=query, limit=10)
             theirs = mem.search(("mem",), query=query, limit=10)

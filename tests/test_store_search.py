@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -95,31 +97,42 @@ async def _fill(store: Any, mem: InMemoryStore, docs: list[Any]) -> None:
         mem.batch([PutOp(ns, k, v, index=ix)])
 
 
+@asynccontextmanager
+async def _loaded(
+    flavour: str, url: str, prefix: str, docs: list[Any], *, setup: bool = True, **kwargs: Any
+) -> AsyncIterator[tuple[Any, InMemoryStore]]:
+    """Our store (``setup()`` first unless ``setup=False``) and an InMemoryStore with the
+    same index, both holding ``docs``; ``kwargs`` go to the store."""
+    emb = HashingEmbeddings(DIMS)
+    async with open_store(flavour, url, prefix=prefix, index=_index(emb), **kwargs) as store:
+        if setup:
+            await call(store, "setup")
+        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
+        await _fill(store, mem, docs)
+        yield store, mem
+
+
+async def _ranks_as_inmemory(store: Any, mem: InMemoryStore) -> None:
+    """Every query, under namespace prefixes of each depth, with and without offsets."""
+    for query in QUERIES:
+        for pre in [("mem",), ("mem", "alice"), ("mem", "bob", "x"), ()]:
+            for limit, offset in [(5, 0), (10, 3), (100, 0)]:
+                ours = await call(store, "search", pre, query=query, limit=limit, offset=offset)
+                theirs = mem.search(pre, query=query, limit=limit, offset=offset)
+                _same_ranking(ours, theirs)
+
+
 @pytest.mark.search
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("algorithm", ["HNSW", "FLAT"])
 async def test_vector_search_matches_inmemory(
     flavour: str, algorithm: str, search_url: str, prefix: str
 ) -> None:
-    emb = HashingEmbeddings(DIMS)
     params = {"M": 16, "EF_CONSTRUCTION": 200, "EF_RUNTIME": 50} if algorithm == "HNSW" else {}
-    async with open_store(
-        flavour,
-        search_url,
-        prefix=prefix,
-        index=_index(emb),
-        vector_algorithm=algorithm,
-        vector_params=params,
-    ) as store:
-        await call(store, "setup")
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        await _fill(store, mem, _docs(80))
-        for query in QUERIES:
-            for pre in [("mem",), ("mem", "alice"), ("mem", "bob", "x"), ()]:
-                for limit, offset in [(5, 0), (10, 3), (100, 0)]:
-                    ours = await call(store, "search", pre, query=query, limit=limit, offset=offset)
-                    theirs = mem.search(pre, query=query, limit=limit, offset=offset)
-                    _same_ranking(ours, theirs)
+    async with _loaded(
+        flavour, search_url, prefix, _docs(80), vector_algorithm=algorithm, vector_params=params
+    ) as (store, mem):
+        await _ranks_as_inmemory(store, mem)
 
 
 @pytest.mark.search
@@ -127,17 +140,9 @@ async def test_vector_search_matches_inmemory(
 async def test_filters_pushed_down_and_post_filtered(
     flavour: str, search_url: str, prefix: str
 ) -> None:
-    emb = HashingEmbeddings(DIMS)
-    async with open_store(
-        flavour,
-        search_url,
-        prefix=prefix,
-        index=_index(emb),
-        filter_fields=["kind", "n", "meta.lang"],
-    ) as store:
-        await call(store, "setup")
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        await _fill(store, mem, _docs(120, seed=2))
+    async with _loaded(
+        flavour, search_url, prefix, _docs(120, seed=2), filter_fields=["kind", "n", "meta.lang"]
+    ) as (store, mem):
         filters: list[dict[str, Any]] = [
             {"kind": "fact"},
             {"kind": {"$ne": "fact"}, "n": {"$gte": 3}},
@@ -174,14 +179,11 @@ async def test_post_filter_never_returns_fewer_than_limit(
         url = str(request.getfixturevalue("search_cluster_url"))
     else:
         url = ft_server_url(request, server)
-    emb = HashingEmbeddings(DIMS)
-    async with open_store(flavour, url, prefix=prefix, index=_index(emb)) as store:
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        docs = [
-            (("sparse",), f"k{i}", {"text": f"alice note {i}", "rare": i % 31 == 0}, None)
-            for i in range(250)
-        ]
-        await _fill(store, mem, docs)
+    docs = [
+        (("sparse",), f"k{i}", {"text": f"alice note {i}", "rare": i % 31 == 0}, None)
+        for i in range(250)
+    ]
+    async with _loaded(flavour, url, prefix, docs, setup=False) as (store, mem):
         ours = await call(
             store, "search", ("sparse",), query="alice", filter={"rare": True}, limit=6
         )
@@ -197,11 +199,7 @@ async def test_one_round_trip_and_vector_docs_without_item_copy(
 ) -> None:
     """A search is one FT.SEARCH returning whole items; vector docs written before they
     carried the item (no ``it`` field) are still found, with one fetch of the items."""
-    emb = HashingEmbeddings(DIMS)
-    async with open_store(flavour, search_url, prefix=prefix, index=_index(emb)) as store:
-        await call(store, "setup")
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        await _fill(store, mem, _docs(40, seed=3))
+    async with _loaded(flavour, search_url, prefix, _docs(40, seed=3)) as (store, mem):
         want = mem.search(("mem",), query="alice lisbon", limit=5)
         with count_commands() as log:
             got = await call(store, "search", ("mem",), query="alice lisbon", limit=5)
@@ -391,11 +389,7 @@ def test_setup_idempotent_and_new_index_on_config_change(search_url: str, prefix
 async def test_fallback_without_search_module(
     flavour: str, valkey_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    emb = HashingEmbeddings(DIMS)
-    async with open_store(flavour, valkey_url, prefix=prefix, index=_index(emb)) as store:
-        await call(store, "setup")
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        await _fill(store, mem, _docs(60, seed=3))
+    async with _loaded(flavour, valkey_url, prefix, _docs(60, seed=3)) as (store, mem):
         with caplog.at_level(logging.WARNING, logger="langgraph_valkey_cache.store"):
             for query in QUERIES:
                 for flt in [None, {"kind": "fact"}]:
@@ -531,11 +525,8 @@ def test_another_embedding_model_never_compares_old_vectors(
 async def test_fallback_on_cluster_matches_inmemory(
     flavour: str, cluster_url: str, prefix: str
 ) -> None:
-    emb = HashingEmbeddings(DIMS)
-    async with open_store(flavour, cluster_url, prefix=prefix, index=_index(emb)) as store:
-        await call(store, "setup")  # FT.* answered "unknown command" by the cluster
-        mem = InMemoryStore(index=_index(emb))  # type: ignore[arg-type]
-        await _fill(store, mem, _docs(40, seed=4))
+    # setup: FT.* answered "unknown command" by the cluster
+    async with _loaded(flavour, cluster_url, prefix, _docs(40, seed=4)) as (store, mem):
         for query in QUERIES:
             ours = await call(store, "search", ("mem",), query=query, limit=6)
             _same_ranking(ours, mem.search(("mem",), query=query, limit=6))
