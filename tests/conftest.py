@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, closing
 from typing import Any
 
 import pytest
@@ -183,16 +184,14 @@ def any_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def sync_client(any_url: str) -> Iterator[Any]:
-    client = client_from_url(any_url)
-    yield client
-    client.close()
+    with closing(client_from_url(any_url)) as client:
+        yield client
 
 
 @pytest.fixture
 async def async_client(any_url: str) -> AsyncIterator[Any]:
-    client = client_from_url(any_url, asyncio=True)
-    yield client
-    await client.aclose()
+    async with aclosing(client_from_url(any_url, asyncio=True)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, closing
 from typing import Any
 
 import pytest
@@ -32,16 +33,14 @@ THRESHOLD = 0.08
 
 @pytest.fixture
 def sclient(search_url: str) -> Iterator[Any]:
-    client = client_from_url(search_url)
-    yield client
-    client.close()
+    with closing(client_from_url(search_url)) as client:
+        yield client
 
 
 @pytest.fixture
 async def aclient(search_url: str) -> AsyncIterator[Any]:
-    client = client_from_url(search_url, asyncio=True)
-    yield client
-    await client.aclose()
+    async with aclosing(client_from_url(search_url, asyncio=True)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +19,36 @@ from langgraph_valkey_cache.testing import count_commands
 
 def _decode(raw: bytes) -> str:
     return raw.decode()
+
+
+class _SlowCompute:
+    """A compute that takes ``seconds`` and counts its runs (thread-safe)."""
+
+    def __init__(self, result: tuple[str, bytes | None], seconds: float) -> None:
+        self.result, self.seconds = result, seconds
+        self.runs = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> tuple[str, bytes | None]:
+        with self.lock:
+            self.runs += 1
+        time.sleep(self.seconds)
+        return self.result
+
+
+def _in_threads(n: int, fn: Callable[[], object]) -> None:
+    """Run ``fn`` in ``n`` threads released at once; return when all have finished."""
+    start = threading.Barrier(n)
+
+    def worker() -> None:
+        start.wait()
+        fn()
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def test_hit_is_one_round_trip_and_leader_miss_two(sync_client: Any, prefix: str) -> None:
@@ -38,31 +69,16 @@ def test_hit_is_one_round_trip_and_leader_miss_two(sync_client: Any, prefix: str
 
 def test_threads_compute_once(sync_client: Any, prefix: str) -> None:
     sf = SingleFlight(sync_client)
-    runs = 0
-    lock = threading.Lock()
-    start = threading.Barrier(20)
-
-    def compute() -> tuple[str, bytes]:
-        nonlocal runs
-        with lock:
-            runs += 1
-        time.sleep(0.2)
-        return "v", b"v"
-
+    compute = _SlowCompute(("v", b"v"), 0.2)
     results: list[str] = []
 
-    def worker() -> None:
-        start.wait()
+    def call() -> None:
         flight = sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode)
-        with lock:
+        with compute.lock:
             results.append(flight.outcome)
 
-    threads = [threading.Thread(target=worker) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert runs == 1
+    _in_threads(20, call)
+    assert compute.runs == 1
     assert sorted(set(results)) == ["follower", "leader"]
     assert results.count("leader") == 1
 
@@ -131,28 +147,10 @@ def test_uncacheable_result_and_compute_error_leave_a_short_marker(
 def test_failing_callers_do_not_queue(sync_client: Any, prefix: str) -> None:
     """20 concurrent calls whose result is an error: waiters run in parallel, not one by one."""
     sf = SingleFlight(sync_client)
-    runs = 0
-    lock = threading.Lock()
-    start = threading.Barrier(20)
-
-    def compute() -> tuple[str, None]:
-        nonlocal runs
-        with lock:
-            runs += 1
-        time.sleep(0.3)
-        return "error", None
-
-    def worker() -> None:
-        start.wait()
-        sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode)
-
-    threads = [threading.Thread(target=worker) for _ in range(20)]
+    compute = _SlowCompute(("error", None), 0.3)
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert runs == 20  # errors are never shared...
+    _in_threads(20, lambda: sf.run(f"{prefix}:k", compute, ttl=60, decode=_decode))
+    assert compute.runs == 20  # errors are never shared...
     assert time.monotonic() - t0 < 2.0  # ...but nobody queued behind 19 others (6 s)
 
 
