@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypedDict
 
@@ -234,16 +234,21 @@ def _fresh_breakers() -> Iterator[None]:
 FLAVOURS = ["sync", "async"]
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-async def test_sigstop_longer_than_the_budget(server: EmbeddedValkey, flavour: str) -> None:
-    rig = Rig(server.url, asyncio_=flavour == "async")
+@pytest.fixture(params=FLAVOURS)
+async def rig(server: EmbeddedValkey, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """A sync or async rig on ``server``, warm: every step ran once."""
+    rig = Rig(server.url, asyncio_=request.param == "async")
     await rig.step_all("warm")
+    yield rig
+    await rig.close()
+
+
+async def test_sigstop_longer_than_the_budget(server: EmbeddedValkey, rig: Rig) -> None:
     assert not any(ran for _, ran in (await rig.step_all("warm")).values())  # all hits
     with stopped(server):
         rounds = await assert_fails_open_for(rig, 12.0)
     assert rounds > 10
     await assert_hits_again(rig)
-    await rig.close()
 
 
 async def test_sigstop_for_a_minute_sync_and_async(server: EmbeddedValkey) -> None:
@@ -260,18 +265,14 @@ async def test_sigstop_for_a_minute_sync_and_async(server: EmbeddedValkey) -> No
         await rig.close()
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-async def test_sigstop_shorter_than_the_budget(server: EmbeddedValkey, flavour: str) -> None:
+async def test_sigstop_shorter_than_the_budget(server: EmbeddedValkey, rig: Rig) -> None:
     """A 0.1 s stall is absorbed: the steps just take a little longer, and hit."""
-    rig = Rig(server.url, asyncio_=flavour == "async")
-    await rig.step_all("warm")
     pid = server._proc.pid  # type: ignore[union-attr]
     os.kill(pid, signal.SIGSTOP)
     threading.Timer(0.1, os.kill, (pid, signal.SIGCONT)).start()
     results = await rig.step_all("warm")
     assert all(elapsed < BUDGET + SLACK for elapsed, _ in results.values())
     await assert_hits_again(rig)
-    await rig.close()
 
 
 def _blocking(server: EmbeddedValkey, *command: Any) -> threading.Thread:
@@ -290,21 +291,14 @@ def _blocking(server: EmbeddedValkey, *command: Any) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-async def test_debug_sleep(server: EmbeddedValkey, flavour: str) -> None:
-    rig = Rig(server.url, asyncio_=flavour == "async")
-    await rig.step_all("warm")
+async def test_debug_sleep(server: EmbeddedValkey, rig: Rig) -> None:
     t = _blocking(server, "DEBUG", "SLEEP", "12")
     await assert_fails_open_for(rig, 10.0)
     t.join()
     await assert_hits_again(rig)
-    await rig.close()
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-async def test_client_pause(server: EmbeddedValkey, flavour: str) -> None:
-    rig = Rig(server.url, asyncio_=flavour == "async")
-    await rig.step_all("warm")
+async def test_client_pause(server: EmbeddedValkey, rig: Rig) -> None:
     admin = valkey.Valkey.from_url(server.url)
     paused_until = time.monotonic() + 4.0
     admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")
@@ -312,7 +306,6 @@ async def test_client_pause(server: EmbeddedValkey, flavour: str) -> None:
     admin.close()
     time.sleep(max(0.0, paused_until - time.monotonic()))  # the server's own clock ends it
     await assert_hits_again(rig)
-    await rig.close()
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
