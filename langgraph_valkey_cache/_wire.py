@@ -94,8 +94,8 @@ def pack(args: Sequence[Any], encoder: Encoder) -> list[bytes]:
     return chunks
 
 
-class Wire:
-    """Send commands for one sync standalone client (see the module docstring)."""
+class _Lane:
+    """What both paths keep of a client: its pool, encoder settings, callbacks."""
 
     def __init__(self, client: Any) -> None:
         pool = client.connection_pool
@@ -106,6 +106,13 @@ class Wire:
         self.encoder = Encoder(encoding, kw.get("encoding_errors", "strict"), False)
         self.idle: deque[Any] = deque()
         self.idle_cap = _idle_cap(pool)
+
+
+class Wire(_Lane):
+    """Send commands for one sync standalone client (see the module docstring)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
         self.pid = os.getpid()
 
     # -- connections ------------------------------------------------------------------
@@ -189,21 +196,13 @@ class Wire:
             return self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
-class AsyncWire:
+class AsyncWire(_Lane):
     """:class:`Wire` for one ``valkey.asyncio`` standalone client. Idle connections are
     kept with the event loop they were opened on; one taken on another loop (a second
     ``asyncio.run``) is reset and reconnects, where valkey-py's own path would raise
     "Event loop is closed"."""
 
-    def __init__(self, client: Any) -> None:
-        pool = client.connection_pool
-        kw = pool.connection_kwargs
-        self.pool = pool
-        self.callbacks = client.response_callbacks
-        encoding = kw.get("encoding", "utf-8")
-        self.encoder = Encoder(encoding, kw.get("encoding_errors", "strict"), False)
-        self.idle: deque[tuple[Any, asyncio.AbstractEventLoop]] = deque()
-        self.idle_cap = _idle_cap(pool)
+    idle: deque[tuple[Any, asyncio.AbstractEventLoop]]
 
     async def _take(self, loop: asyncio.AbstractEventLoop) -> Any:
         while self.idle:
