@@ -100,7 +100,7 @@ async def test_search_right_after_index_creation_over_existing_data(
 
 def test_cluster_without_coordinator_is_a_clear_error(search_cluster_url: str) -> None:
     """valkey-search loaded on each node without ``--use-coordinator``: FT.CREATE stays on
-    one node, and setup says what to fix after its wait (~10 s) instead of failing later
+    one node, and setup says what to fix after its wait (~30 s) instead of failing later
     with "index not found" on some searches."""
     with EmbeddedCluster(3, search=os.environ["VALKEY_SEARCH_MODULE"]) as lone:
         emb = HashingEmbeddings(DIMS)

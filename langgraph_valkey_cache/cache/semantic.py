@@ -480,7 +480,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             yield from self._plan_wait_everywhere(index)
         self._ready = True
 
-    def _plan_wait_everywhere(self, index: str, seconds: float = 10.0) -> Plan:
+    def _plan_wait_everywhere(self, index: str, seconds: float = 30.0) -> Plan:
         """FT.INFO is per node: the coordinator creates the index on every primary a
         moment after FT.CREATE; without the coordinator it never does."""
         deadline = time.monotonic() + seconds

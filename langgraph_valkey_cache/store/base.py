@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import struct
+import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,6 +75,11 @@ from langgraph_valkey_cache.store import search as q
 __all__ = ["Call", "Embed", "Pipe", "Sleep", "ValkeyStoreBase", "op_name"]
 
 logger = logging.getLogger("langgraph_valkey_cache.store")
+
+#: How long ``setup()`` waits for a new index to exist on every primary and finish its
+#: backfill. valkey-search's coordinator propagates FT.CREATE to the other primaries a
+#: moment later; on a loaded cluster that moment has exceeded 10 s (seen once in CI).
+INDEX_WAIT_SECONDS = 30.0
 _REGISTRY = ScriptRegistry(STORE_SCRIPTS)
 _ALGORITHMS = ("HNSW", "FLAT")
 
@@ -824,7 +830,8 @@ class ValkeyStoreBase(BaseStore):
         """
         assert self.index_name is not None
         missing = 0
-        for _ in range(200):
+        deadline = time.monotonic() + INDEX_WAIT_SECONDS
+        while True:
             if not self._cluster:
                 (info,) = yield Pipe([Call(("FT.INFO", self.index_name))])
                 infos: list[Any] = [info]
@@ -840,6 +847,8 @@ class ValkeyStoreBase(BaseStore):
                     busy = True
             if not missing and not busy:
                 return
+            if time.monotonic() >= deadline:
+                break
             yield Sleep(0.05)
         if missing:
             raise RuntimeError(
