@@ -634,22 +634,26 @@ class Executor:
 
     # -- sync -------------------------------------------------------------------------------
 
-    def _io(self, step: Any) -> Any:
+    def _on_wire(self, step: Any) -> Any:
+        """A ``Cmd``, ``Pipe`` or ``Script`` on the lean path of a standalone client: the
+        reply (``Wire``) or an awaitable of it (``AsyncWire``), so both drivers share it."""
         wire = self.wire
         t = type(step)
-        if wire is not None:
-            if t is Cmd:
-                if step.node == "primaries":
-                    try:
-                        return [wire.call(step.args)]
-                    except ResponseError as exc:
-                        return [exc]
-                return wire.call(step.args)
-            if t is Pipe:
-                return wire.pipeline(step.cmds)
-            if t is Script:
-                script = step.registry.bind(self.client)[step.name]
-                return wire.evalsha(script, step.keys, step.args)
+        if t is Cmd:
+            if step.node == "primaries":  # the one primary: its reply or error, in a list
+                return wire.pipeline((step.args,), raise_on_error=False)
+            return wire.call(step.args)
+        if t is Pipe:
+            return wire.pipeline(step.cmds)
+        if t is Script:
+            script = step.registry.bind(self.client)[step.name]
+            return wire.evalsha(script, step.keys, step.args)
+        raise TypeError(f"unexpected plan step {step!r}")
+
+    def _io(self, step: Any) -> Any:
+        t = type(step)
+        if self.wire is not None and t is not Scan:
+            return self._on_wire(step)
         client = self.client
         if t is Cmd:
             if step.node == "primaries":
@@ -723,21 +727,9 @@ class Executor:
     async def _aio(self, step: Any) -> Any:
         if not self.is_async:  # a sync client only: its I/O in a worker thread
             return await asyncio.to_thread(self._io, step)
-        wire = self.wire
         t = type(step)
-        if wire is not None:
-            if t is Cmd:
-                if step.node == "primaries":
-                    try:
-                        return [await wire.call(step.args)]
-                    except ResponseError as exc:
-                        return [exc]
-                return await wire.call(step.args)
-            if t is Pipe:
-                return await wire.pipeline(step.cmds)
-            if t is Script:
-                script = step.registry.bind(self.client)[step.name]
-                return await wire.evalsha(script, step.keys, step.args)
+        if self.wire is not None and t is not Scan:
+            return await self._on_wire(step)
         client = self.client
         if t is Cmd and step.node == "primaries":
             if self.cluster:
