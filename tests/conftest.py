@@ -189,6 +189,13 @@ def sync_client(any_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
+def client(valkey_url: str) -> Iterator[Any]:
+    """A sync client of the standalone test server (``client_from_url``)."""
+    with closing(client_from_url(valkey_url)) as c:
+        yield c
+
+
+@pytest.fixture
 async def async_client(any_url: str) -> AsyncIterator[Any]:
     async with aclosing(client_from_url(any_url, asyncio=True)) as client:
         yield client

@@ -32,13 +32,6 @@ def graph(calls: Counter[str], cache: Any, ttl: int | None = None) -> Any:
     return builder.compile(cache=cache)
 
 
-@pytest.fixture
-def client(valkey_url: str) -> Any:
-    c = client_from_url(valkey_url)
-    yield c
-    c.close()
-
-
 def entries(client: Any, cache: ValkeyNodeCache) -> list[Any]:
     return list(scan_keys(client, cache.keys.all_pattern()))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,13 +39,6 @@ def request(args: dict[str, Any], call_id: str, fn: Any, name: str = "echo") -> 
         state={},
         runtime=SimpleNamespace(config={}),  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture
-def client(valkey_url: str) -> Iterator[Any]:
-    c = client_from_url(valkey_url)
-    yield c
-    c.close()
 
 
 def test_memoised_keys_are_the_keys_of_a_fresh_cache(client: Any, prefix: str) -> None:

@@ -18,13 +18,6 @@ from langgraph_valkey_cache._client import client_from_url, scan_keys
 from tests.test_tool_cache import FakeToolModel, make_tools, tool_call, tool_graph
 
 
-@pytest.fixture
-def client(valkey_url: str) -> Any:
-    c = client_from_url(valkey_url)
-    yield c
-    c.close()
-
-
 def entries(client: Any, cache: ToolCache) -> list[bytes]:
     return sorted(scan_keys(client, cache.keys.all_pattern()))  # type: ignore[type-var]
 
