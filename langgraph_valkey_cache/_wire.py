@@ -175,8 +175,7 @@ class Wire(_Lane):
 
     def call(self, args: Sequence[Any]) -> Any:
         """One command; its reply as ``client.execute_command(*args)`` returns it."""
-        replies = self._exchange(_packed((args,), self.encoder), 1)
-        return _parsed((args,), replies, self.callbacks)[0]
+        return self.pipeline((args,))[0]
 
     def pipeline(self, commands: Iterable[Sequence[Any]], raise_on_error: bool = True) -> list[Any]:
         """Commands in one round trip, like a non-transactional pipeline's ``execute()``:
@@ -263,8 +262,7 @@ class AsyncWire(_Lane):
 
     async def call(self, args: Sequence[Any]) -> Any:
         """One command; its reply as ``await client.execute_command(*args)`` gives it."""
-        replies = await self._exchange(_packed((args,), self.encoder), 1)
-        return _parsed((args,), replies, self.callbacks)[0]
+        return (await self.pipeline((args,)))[0]
 
     async def pipeline(
         self, commands: Iterable[Sequence[Any]], raise_on_error: bool = True
