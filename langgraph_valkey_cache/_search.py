@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 __all__ = [
     "DEFAULT_EF_RUNTIME",
     "EF_PER_K",
+    "INDEX_WAIT_SECONDS",
     "MAX_KNN_K",
+    "NoCoordinator",
     "SearchModuleMissing",
     "escape_tag",
     "filter_command",
@@ -42,6 +44,24 @@ DEFAULT_EF_RUNTIME = 100
 EF_PER_K = 2
 #: valkey-search 1.2 rejects a larger KNN K.
 MAX_KNN_K = 10_000
+
+
+#: How long ``setup()`` waits for a new index on every primary of a cluster (and, in the
+#: store, for its backfill). valkey-search's coordinator creates it on the other
+#: primaries a moment after FT.CREATE; under load that moment has exceeded 10 s (seen
+#: once in CI).
+INDEX_WAIT_SECONDS = 30.0
+
+
+class NoCoordinator(RuntimeError):
+    """An index still missing on some primaries after :data:`INDEX_WAIT_SECONDS`."""
+
+    def __init__(self, index: str, missing: int, primaries: int) -> None:
+        super().__init__(
+            f"FT index {index} is missing on {missing} of the cluster's {primaries} "
+            "primaries: valkey-search must run with its coordinator on a cluster (config "
+            "file line: loadmodule /path/libsearch.so --use-coordinator)"
+        )
 
 
 class SearchModuleMissing(RuntimeError):

@@ -68,6 +68,8 @@ from langgraph_valkey_cache._failopen import (
 from langgraph_valkey_cache._keys import DEFAULT_PREFIXES, LLMCacheKeys
 from langgraph_valkey_cache._prices import DEFAULT_PRICER, Pricer, PriceTable, fresh_tally
 from langgraph_valkey_cache._search import (
+    INDEX_WAIT_SECONDS,
+    NoCoordinator,
     SearchModuleMissing,
     escape_tag,
     hnsw_ef_runtime,
@@ -480,7 +482,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             yield from self._plan_wait_everywhere(index)
         self._ready = True
 
-    def _plan_wait_everywhere(self, index: str, seconds: float = 30.0) -> Plan:
+    def _plan_wait_everywhere(self, index: str, seconds: float = INDEX_WAIT_SECONDS) -> Plan:
         """FT.INFO is per node: the coordinator creates the index on every primary a
         moment after FT.CREATE; without the coordinator it never does."""
         deadline = time.monotonic() + seconds
@@ -490,11 +492,7 @@ class ValkeySemanticCache(CacheCore, BaseCache):
             if not missing:
                 return
             if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"FT index {index} is missing on {missing} of the cluster's {len(infos)} "
-                    "primaries: valkey-search must run with its coordinator on a cluster "
-                    "(config file line: loadmodule /path/libsearch.so --use-coordinator)"
-                )
+                raise NoCoordinator(index, missing, len(infos))
             yield Sleep(0.05)
 
     def _plan_ready(self) -> Plan:

@@ -55,7 +55,9 @@ from langgraph_valkey_cache._client import is_cluster, require_bytes_client
 from langgraph_valkey_cache._keys import StoreKeys, decode, digest, encode
 from langgraph_valkey_cache._scripts import STORE_SCRIPTS, ScriptRegistry
 from langgraph_valkey_cache._search import (
+    INDEX_WAIT_SECONDS,
     MAX_KNN_K,
+    NoCoordinator,
     filter_command,
     hnsw_ef_runtime,
     is_backfilling,
@@ -75,11 +77,6 @@ from langgraph_valkey_cache.store import search as q
 __all__ = ["Call", "Embed", "Pipe", "Sleep", "ValkeyStoreBase", "op_name"]
 
 logger = logging.getLogger("langgraph_valkey_cache.store")
-
-#: How long ``setup()`` waits for a new index to exist on every primary and finish its
-#: backfill. valkey-search's coordinator propagates FT.CREATE to the other primaries a
-#: moment later; on a loaded cluster that moment has exceeded 10 s (seen once in CI).
-INDEX_WAIT_SECONDS = 30.0
 _REGISTRY = ScriptRegistry(STORE_SCRIPTS)
 _ALGORITHMS = ("HNSW", "FLAT")
 
@@ -851,11 +848,7 @@ class ValkeyStoreBase(BaseStore):
                 break
             yield Sleep(0.05)
         if missing:
-            raise RuntimeError(
-                f"FT index {self.index_name} is missing on {missing} of the cluster's "
-                "primaries: valkey-search must run with its coordinator on a cluster "
-                "(config file line: loadmodule /path/libsearch.so --use-coordinator)"
-            )
+            raise NoCoordinator(self.index_name, missing, len(infos))
         logger.warning(
             "FT index %s still backfilling after 10 s: searching anyway", self.index_name
         )
