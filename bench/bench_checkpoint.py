@@ -145,20 +145,25 @@ async def run_async(saver: Any, threads: int, tag: str) -> float:  # wall s
 
 
 class Recorder(InMemorySaver):
-    """InMemorySaver that keeps a copy of every put/put_writes call, in order."""
+    """InMemorySaver that keeps a copy of every put/put_writes call, in order. One
+    deep-copy memo for the whole run: an object LangGraph hands to several calls (a
+    message in every later checkpoint's list) is one object in the replay too, as it
+    is in the live loop (copying each call apart would make every put's messages new
+    objects, which no real run does)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.memo: dict[int, Any] = {}  # also keeps the originals alive (ids stay theirs)
 
     def put(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
         args = (config, checkpoint, metadata, new_versions)
-        self.calls.append(("put", copy.deepcopy(args)))
+        self.calls.append(("put", copy.deepcopy(args, self.memo)))
         return super().put(*args)
 
     def put_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
         args = (config, writes, task_id, task_path)
-        self.calls.append(("put_writes", copy.deepcopy(args)))
+        self.calls.append(("put_writes", copy.deepcopy(args, self.memo)))
         super().put_writes(*args)
 
 

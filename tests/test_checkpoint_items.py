@@ -5,6 +5,7 @@ checkpoint refers to any more are collected by prune, retention and deletes."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
 
@@ -322,3 +324,62 @@ def test_forked_workers_draw_their_own_generation_tokens() -> None:
     child = os.read(r, 64)
     os.close(r)
     assert child and child != base._TOKEN_PREFIX
+
+
+class _CountingSerde(JsonPlusSerializer):
+    """LangGraph's serializer, recording the length of every list it serialises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists: list[int] = []
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        if type(obj) is list:
+            self.lists.append(len(obj))
+        return super().dumps_typed(obj)
+
+
+def test_a_put_serialises_only_new_or_changed_items(valkey_url: str, prefix: str) -> None:
+    """A growing list of the same objects (as LangGraph's channels hand them over)
+    costs each put its new items; an item whose attribute was reassigned, whose
+    pydantic extras are set, or which is a mutable value without attributes, is
+    serialised again from there; every checkpoint reads back as it was put."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    client = client_from_url(valkey_url)
+    serde = _CountingSerde()
+    saver = ValkeySaver(client, prefix=prefix, serde=serde)
+    msgs: list[Any] = [HumanMessage("q0", id="h0")]
+    cfg: Any = {"configurable": {"thread_id": "grow", "checkpoint_ns": ""}}
+    expected: list[tuple[Any, list[Any]]] = []
+
+    def put(items: list[Any]) -> int:
+        nonlocal cfg
+        serde.lists.clear()
+        versions: dict[str, str | int | float] = {"messages": len(expected) + 1}
+        cp = generate_checkpoint(channel_values={"messages": items}, channel_versions=versions)
+        cfg = saver.put(cfg, cp, generate_metadata(), versions)
+        expected.append((cfg, copy.deepcopy(items)))
+        return sum(serde.lists)
+
+    assert put(msgs := [*msgs, AIMessage("a0", id="a0")]) == 2  # the first put: all
+    for i in range(1, 5):
+        assert put(msgs := [*msgs, HumanMessage(f"q{i}", id=f"h{i}")]) == 1
+    assert put(list(msgs)) == 0  # the same objects again: nothing to serialise
+    msgs[2].content = "reassigned"  # same object, an attribute reassigned
+    assert put(msgs := [*msgs, AIMessage("a1", id="a1")]) == len(msgs) - 2
+    msgs[3].__pydantic_extra__["note"] = "x"  # extras: always serialised again
+    assert put(msgs := [*msgs, AIMessage("a2", id="a2")]) == len(msgs) - 3
+    assert put(msgs := [*msgs, AIMessage("a3", id="a3")]) == len(msgs) - 3
+    tags = {"a"}
+    values: list[Any] = ["s", 1, tags, "t"]  # a set has no attributes: never reused
+    assert put(values) == 4
+    tags.add("b")
+    assert put(values) == 2
+    for config, items in expected:
+        tup = saver.get_tuple(config)
+        assert tup is not None and tup.checkpoint["channel_values"]["messages"] == items
+    assert saver.get_tuple(expected[6][0]).checkpoint["channel_values"]["messages"][2].content == (  # type: ignore[union-attr]
+        "reassigned"
+    )
+    client.close()

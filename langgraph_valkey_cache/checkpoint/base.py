@@ -27,6 +27,7 @@ removed) and the plan sends one more script to the index slot only then.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import itertools
 import os
@@ -36,7 +37,10 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from operator import is_
 from typing import Any, cast
+from uuid import UUID
 
 import ormsgpack
 from langchain_core.runnables import RunnableConfig
@@ -224,6 +228,38 @@ def _split_array(data: bytes, pos: int, n: int) -> list[bytes] | None:
     return out if pos == size else None
 
 
+#: Item types whose serialised bytes depend on nothing but the object's identity.
+_IMMUTABLE = frozenset(
+    {str, bytes, int, float, bool, type(None), UUID, Decimal}
+    | {_dt.datetime, _dt.date, _dt.time, _dt.timedelta}
+)
+_CHANGED = object()  # the snapshot of an item that is always serialised again
+
+
+def _snapshot(obj: Any) -> Any:
+    """What decides whether list item ``obj``, the same object as in the previous
+    version, still serialises as it did: nothing for an immutable value; for an object
+    with attributes (a message, a document, a dataclass) the attribute values, as a
+    tuple holding them (compared by identity); anything else is serialised again."""
+    if type(obj) in _IMMUTABLE:
+        return None
+    attrs = getattr(obj, "__dict__", None)
+    if type(attrs) is not dict or getattr(obj, "__pydantic_extra__", None):
+        return _CHANGED
+    return tuple(attrs.values())
+
+
+def _unchanged(obj: Any, snap: Any) -> bool:
+    if snap is None:
+        return True
+    if snap is _CHANGED:
+        return False
+    attrs = obj.__dict__
+    if getattr(obj, "__pydantic_extra__", None):  # extras set since (see _snapshot)
+        return False
+    return len(attrs) == len(snap) and all(map(is_, attrs.values(), snap))
+
+
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
@@ -365,9 +401,9 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         # there while the items' generation was that one
         self._known: dict[tuple[str, str], tuple[bytes, set[bytes]]] = {}
         self._salts: dict[str, Any] = {}  # channel -> blake2b primed with its name
-        # (thread, ns, channel) -> (items, bytes after the array header, digests,
-        # item arguments) of the last list version this saver wrote there
-        self._lists: dict[tuple[str, str, str], tuple[int, bytes, list[bytes], list[bytes]]] = {}
+        # (thread, ns, channel) -> (the items, their snapshots, digests, item arguments,
+        # stored bytes) of the last list version this saver wrote there
+        self._lists: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._lists_bytes = 0
         self._zlocal = threading.local()
         require_bytes_client(client, "the checkpointer", "serialized values are binary")
@@ -486,37 +522,43 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         thread_id: str,
         ns: str,
         channel: str,
-        typed: tuple[str, bytes],
+        value: list[Any],
         old: list[bytes],
         new: list[bytes],
-    ) -> bytes | None:
-        """The reference blob of a list stored item by item (None: store it whole);
-        appends the items' (digest, stored item) arguments to ``old`` (the items of
-        the previous version this saver wrote there, which this one starts with) and
-        ``new`` (the others). The list is serialised once, as a whole, and cut into its
-        items. A digest covers the channel and the item's stored bytes, so an item is
-        stored once per namespace and channel, and garbage collection only compares
-        blobs of one channel."""
-        if typed[0] != "msgpack":  # e.g. an encrypting serde: opaque bytes
-            return None
-        data = bytes(typed[1])
-        start = _array_start(data)
-        if start is None:
-            return None
-        n, pos = start
-        # a growing list starts with the previous version's items (same bytes): only
-        # the new ones are cut and hashed
+    ) -> tuple[bytes | None, tuple[str, bytes] | None]:
+        """(the reference blob of list ``value`` stored item by item, None; or None and
+        the whole list serialised, to be stored whole). Appends the items' (digest,
+        stored item) arguments to ``old`` (the items of the previous version this saver
+        wrote there, which this one starts with) and ``new`` (the others).
+
+        Only the items after the longest prefix that is unchanged since that version
+        are serialised (as one list, cut into its items): a growing message list costs
+        its new messages, not the whole thread, on every put. An item is unchanged when
+        it is the same object and, for an object with attributes, every attribute is
+        still the same value (:func:`_snapshot`: a message whose ``content`` or ``id``
+        was reassigned is serialised again). A digest covers the channel and the item's
+        stored bytes, so an item is stored once per namespace and channel, and garbage
+        collection only compares blobs of one channel."""
         key = (thread_id, ns, channel)
         prev = self._lists.get(key)
-        if prev is not None and prev[0] <= n and data.startswith(prev[1], pos):
-            _, body, refs, pairs = prev
-            parts = _split_array(data, pos + len(body), n - len(refs))
-            refs = refs.copy()
-        else:
-            prev, refs, pairs = None, [], []
-            parts = _split_array(data, pos, n)
-        if parts is None:
-            return None
+        n, k = len(value), 0
+        if prev is not None:
+            objs, snaps = prev[0], prev[1]
+            common = min(n, len(objs))
+            while k < common and value[k] is objs[k] and _unchanged(value[k], snaps[k]):
+                k += 1
+        parts: list[bytes] = []
+        if k < n:
+            what = f"value of channel {channel!r}"
+            typed = dumps_checked(self.serde, value[k:] if k else value, what)
+            if typed[0] != "msgpack":  # e.g. an encrypting serde: opaque bytes
+                return None, (typed if not k else None)
+            data = bytes(typed[1])
+            start = _array_start(data)
+            cut = None if start is None else _split_array(data, start[1], start[0])
+            if cut is None:  # e.g. nested lists or maps: stored whole
+                return None, (typed if not k else None)
+            parts = cut
         salt = self._salts.get(channel)
         if salt is None:
             salt = hashlib.blake2b(
@@ -525,6 +567,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             if len(self._salts) >= _KEY_CACHE_SIZE:
                 self._salts.clear()
             self._salts[channel] = salt
+        refs: list[bytes] = prev[2][:k] if k else []  # type: ignore[index]
+        pairs: list[bytes] = prev[3][: 2 * k] if k else []  # type: ignore[index]
         old += pairs
         added: list[bytes] = []
         limit = self.compress_min_bytes
@@ -540,13 +584,20 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             refs.append(ref)
             added += (ref, stored)
         new += added
-        if len(data) <= _REMEMBER_LIST:
-            self._lists_bytes += len(data) - pos - (len(prev[1]) if prev is not None else 0)
+        size = sum([len(v) for v in added[1::2]])
+        if k:  # the prefix's stored bytes
+            size += prev[4] if k == len(prev[0]) else sum([len(v) for v in pairs[1::2]])  # type: ignore[index]
+        if size <= _REMEMBER_LIST:
+            self._lists_bytes += size - (prev[4] if prev is not None else 0)
             if len(self._lists) >= _LISTS_SIZE or self._lists_bytes > _LISTS_BYTES:
                 self._lists.clear()
-                self._lists_bytes = len(data) - pos
-            self._lists[key] = (n, data[pos:], refs, pairs + added)
-        return _ITEMS + b"".join(refs)
+                self._lists_bytes = size
+            snaps = (prev[1][:k] if k else []) + [_snapshot(o) for o in value[k:]]  # type: ignore[index]
+            self._lists[key] = (list(value), snaps, refs, pairs + added, size)
+        elif prev is not None:
+            self._lists_bytes -= prev[4]
+            self._lists.pop(key, None)
+        return _ITEMS + b"".join(refs), None
 
     def _pairs(self, metadata: dict[str, Any]) -> str:
         """The indexed metadata pairs of a record, comma-joined (encoded: no commas)."""
@@ -683,11 +734,12 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         for ch, ver in new_versions.items():
             if ch in values:
                 value = values[ch]
-                typed = dumps_checked(self.serde, value, f"value of channel {ch!r}")
-                blob = None
+                blob = typed = None
                 if self.list_items and type(value) is list and len(value) >= _MIN_ITEMS:
-                    blob = self._list_blob(thread_id, ns, ch, typed, old, new)
+                    blob, typed = self._list_blob(thread_id, ns, ch, value, old, new)
                 if blob is None:
+                    if typed is None:
+                        typed = dumps_checked(self.serde, value, f"value of channel {ch!r}")
                     blob = self._z(pack_typed(typed))
                 blobs += (self._blob_field(ch, ver).encode(), blob)
                 stored += len(blob)
