@@ -11,16 +11,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from langgraph_valkey_cache._metrics import (
+    CounterSlice,
+    HistogramSlice,
+    ShardedCounter,
+    ShardedHistogram,
+)
 from langgraph_valkey_cache._version import __version__
 
 __all__ = ["Metrics", "Telemetry", "get_metrics"]
@@ -32,10 +38,12 @@ _NS = "langgraph_valkey_cache"
 
 @dataclass(frozen=True)
 class Metrics:
-    requests: Counter
-    duration: Histogram
-    errors: Counter
-    stored_bytes: Counter
+    # updated by (nearly) every operation: sharded per thread, see _metrics
+    requests: ShardedCounter
+    duration: ShardedHistogram
+    errors: ShardedCounter
+    stored_bytes: ShardedCounter
+    # updated on cache hits and fresh LLM responses only: plain prometheus_client
     cost_saved: Counter
     tokens_saved: Counter
     model_saved: Counter
@@ -55,24 +63,21 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     found = _metrics_by_registry.get(id(reg))
     if found is None:
         found = Metrics(
-            requests=Counter(
-                f"{_NS}_requests", "Operations by tier and result", ["tier", "result"], registry=reg
+            requests=ShardedCounter(
+                f"{_NS}_requests", "Operations by tier and result", ["tier", "result"], reg
             ),
-            duration=Histogram(
+            duration=ShardedHistogram(
                 f"{_NS}_operation_duration_seconds",
                 "Duration of operations",
                 ["tier", "operation"],
-                registry=reg,
+                reg,
                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             ),
-            errors=Counter(
-                f"{_NS}_errors",
-                "Server or client errors",
-                ["tier", "operation", "reason"],
-                registry=reg,
+            errors=ShardedCounter(
+                f"{_NS}_errors", "Server or client errors", ["tier", "operation", "reason"], reg
             ),
-            stored_bytes=Counter(
-                f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], registry=reg
+            stored_bytes=ShardedCounter(
+                f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], reg
             ),
             cost_saved=Counter(
                 f"{_NS}_cost_saved_usd",
@@ -156,8 +161,9 @@ class Telemetry:
 
     The same context manager serves sync and async code (it does no I/O). With no
     OpenTelemetry SDK configured no span is created at all (an API no-op span still
-    costs ~15 us), and metric children are bound once per label set, so an operation
-    costs one ``perf_counter`` pair and one histogram observation.
+    costs ~15 us); the per-operation metrics are per-thread dict updates (see
+    :mod:`._metrics`) and the rarer savings counters bind their children once per label
+    set, so an operation costs one ``perf_counter`` pair and a few dict operations.
     """
 
     def __init__(
@@ -169,8 +175,17 @@ class Telemetry:
     ) -> None:
         self.tier = tier
         self._metrics: Metrics | None = None
+        # this tier's slices of the per-operation families, bound once
+        self._duration: HistogramSlice | None = None
+        self._requests: CounterSlice | None = None
+        self._errors: CounterSlice | None = None
+        self._stored: CounterSlice | None = None
         if metrics is not False:
-            self._metrics = get_metrics(None if metrics is True else metrics)
+            m = self._metrics = get_metrics(None if metrics is True else metrics)
+            self._duration = m.duration.slice(tier)
+            self._requests = m.requests.slice(tier)
+            self._errors = m.errors.slice(tier)
+            self._stored = m.stored_bytes.slice(tier)
         self._attrs: dict[str, Any] = {
             "db.system.name": "valkey",
             "langgraph_valkey_cache.tier": tier,
@@ -216,8 +231,9 @@ class Telemetry:
         skipped on purpose: ``cache_control``, no scope value, an uncacheable call),
         ``hit`` (only hits) or ``miss``; a batch also gets its hit and miss counts.
         Nothing else: no keys, prompts, arguments or thread ids."""
-        if self._metrics is not None:
-            self._child("duration", name).observe(time.perf_counter() - start)
+        duration = self._duration
+        if duration is not None:
+            duration.observe(name, perf_counter() - start)
         if span is not None:
             s, token = span
             if outcome is not None:
@@ -233,7 +249,7 @@ class Telemetry:
 
     @contextmanager
     def operation(self, name: str) -> Iterator[Any]:
-        start = time.perf_counter()
+        start = perf_counter()
         span = self.start(name)
         error: BaseException | None = None
         try:
@@ -250,16 +266,18 @@ class Telemetry:
 
     def result(self, result: str, n: int = 1) -> None:
         """Count an outcome: ``hit``, ``miss``, ``ok``, ``error``..."""
-        if self._metrics is not None:
-            self._child("requests", result).inc(n)
+        requests = self._requests
+        if requests is not None:
+            requests.inc(result, n)
 
     def error(self, operation: str, reason: str = "error") -> None:
-        if self._metrics is not None:
-            self._child("errors", operation, reason).inc()
+        if self._errors is not None:
+            self._errors.inc((operation, reason))
 
     def stored(self, nbytes: int) -> None:
-        if self._metrics is not None and nbytes:
-            self._child("stored_bytes").inc(nbytes)
+        stored = self._stored
+        if stored is not None and nbytes:
+            stored.inc((), nbytes)
 
     def saved(self, usd: float) -> None:
         if self._metrics is not None and usd > 0:
