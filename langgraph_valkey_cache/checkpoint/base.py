@@ -341,6 +341,9 @@ def checkpoint_metadata(config: RunnableConfig, metadata: CheckpointMetadata) ->
     for extra in (config.get("metadata"), config.get("configurable")):
         if not extra:
             continue
+        maps = getattr(extra, "maps", None)
+        if maps is not None:  # LangGraph's ChainMap: its items() rebuilds it per key
+            extra = {k: v for m in reversed(maps) for k, v in m.items()}
         for key, v in extra.items():
             if key in out or key in EXCLUDED_METADATA_KEYS or key.startswith("__"):
                 continue
