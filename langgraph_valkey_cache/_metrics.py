@@ -1,19 +1,20 @@
-"""Prometheus counters and histograms that cost a few dict operations per update.
+"""Prometheus counters and histograms whose update is one list append.
 
 prometheus_client's ``Counter`` / ``Histogram`` take a lock and run Python-level checks
-on every update (~1 us each), and every cache or checkpoint operation makes two or
-three. Here each thread adds to dicts of its own (monotonic totals per label set;
-only that thread writes them, so no lock and no lost update), and the collector sums
-copies of every thread's dicts when the registry is scraped. The exposition is the one
-a plain ``Counter`` / ``Histogram`` gives for the same updates (names, help, labels,
-buckets, ``_created``), and it includes every update made before the scrape.
+on every update: ~1 us each in a tight loop, and several us inside a real operation
+whose own work has pushed that code and data out of the CPU caches. Here an update
+appends the amount (or the observed value) to its series' list of pending values:
+``list.append`` is atomic, so concurrent threads lose nothing, and it touches little
+memory. Pending values are folded into the series' totals in batches, under a lock,
+by the thread whose append fills a batch (if no one else holds the lock) and by every
+scrape, which folds everything first: the exposition includes every update made
+before it and is the one a plain ``Counter`` / ``Histogram`` gives for the same
+updates (names, help, labels, buckets, ``_created``).
 
 A family is cut into slices by its leading label values (the tier): a component binds
 its slice once, and an update is then keyed by the remaining label value, a plain
-string whose hash Python caches. A thread that ends leaves its totals behind: its
-shard is folded into the slice's retired totals at the next scrape or the next
-thread's first update, so memory stays bounded by live threads times label sets
-(which are low-cardinality).
+string whose hash Python caches. Memory is one list of at most about
+:data:`BATCH` pending values per series; label sets are low-cardinality.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Iterator, Sequence
+from functools import partial, reduce
+from operator import add
 from typing import Any, Generic, TypeVar
 
 import prometheus_client.metrics
@@ -33,121 +35,89 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CounterSlice", "HistogramSlice", "ShardedCounter", "ShardedHistogram"]
+__all__ = ["BATCH", "CounterSlice", "HistogramSlice", "BatchedCounter", "BatchedHistogram"]
+
+#: Pending values per series that make the appending thread fold them.
+BATCH = 256
 
 #: All label values of a series, in the family's label order.
 Key = tuple[str, ...]
 #: A series within a slice: the one remaining label value, or a tuple of them.
 Rest = str | Key
-V = TypeVar("V")
-S = TypeVar("S", bound="_Slice[Any]")
+T = TypeVar("T")
+S = TypeVar("S", bound="_Slice")
 
 
-class _Owner:
-    """Lives in one thread's ``threading.local``: it dies with the thread, and a weak
-    reference to it tells the slice that thread's shard will not change again."""
+class _Series(Generic[T]):
+    """One label set: values not yet folded, the folded total, the first update's time."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("created", "key", "pending", "total")
+
+    def __init__(self, key: Key, total: T) -> None:
+        self.key = key
+        self.pending: list[float] = []
+        self.total = total
+        self.created = time.time()
 
 
-class _Slice(Generic[V]):
+class _Slice:
     """The series of one family whose leading label values are ``prefix``."""
 
-    def __init__(self, family: _Family[Any, V], prefix: Key) -> None:
+    def __init__(self, family: _Family[Any, Any], prefix: Key) -> None:
         self._family = family
         self._prefix = prefix
-        self._rest_len = len(family._labelnames) - len(prefix)
-        self._local = threading.local()
-        self._live: dict[weakref.ref[_Owner], dict[Rest, V]] = {}
-        self._ended: deque[weakref.ref[_Owner]] = deque()
-        self._retired: dict[Rest, V] = {}
+        self._pending: dict[Rest, list[float]] = {}
+        self._series: dict[Rest, _Series[Any]] = {}
 
-    def _series(self, rest: Rest, zero: V) -> V:
-        """This thread's entry for ``rest``, made on its first update."""
+    def _append(self, rest: Rest, value: float = 1) -> None:
         try:
-            shard = self._local.shard
-        except AttributeError:
-            shard = self._local.shard = self._join()
-        if rest not in shard:
-            self._family._new_key(self.key(rest))
-        return shard.setdefault(rest, zero)
+            pending = self._pending[rest]
+        except KeyError:
+            pending = self._new(rest)
+        pending.append(value)
+        if len(pending) >= BATCH:
+            self._full(rest)
 
-    def _join(self) -> dict[Rest, V]:
-        shard: dict[Rest, V] = {}
-        owner = self._local.owner = _Owner()
-        # the callback runs when the thread's locals are cleared (it ended): a deque
-        # append takes no lock, so it is safe wherever that happens
-        ref = weakref.ref(owner, self._ended.append)
-        with self._family._lock:
-            self._fold()
-            self._live[ref] = shard
-        return shard
+    def _new(self, rest: Rest) -> list[float]:
+        # no lock: dict.setdefault is atomic, so racing threads agree on one series, and
+        # a finalizer run here by the GC in the middle of a scrape cannot deadlock
+        series = self._family._new_series(self.key(rest))
+        self._series.setdefault(rest, series)
+        return self._pending.setdefault(rest, series.pending)
+
+    def _full(self, rest: Rest) -> None:
+        # never wait on the hot path: a scrape or another thread that holds the lock
+        # folds these too, or the next append retries
+        lock = self._family._lock
+        if lock.acquire(blocking=False):
+            try:
+                self._family._fold(self._series[rest])
+            finally:
+                lock.release()
 
     def key(self, rest: Rest) -> Key:
+        family = self._family
         full = self._prefix + ((rest,) if isinstance(rest, str) else rest)
-        if len(full) != len(self._family._labelnames) or not all(type(v) is str for v in full):
-            raise ValueError(
-                f"{self._family._name}: labels {full!r} for {self._family._labelnames}"
-            )
+        if len(full) != len(family._labelnames) or not all(type(v) is str for v in full):
+            raise ValueError(f"{family._name}: labels {full!r} for {family._labelnames}")
         return full
 
-    def _fold(self) -> None:
-        """Move the shards of ended threads into the retired totals (lock held)."""
-        add = self._family._add
-        while self._ended:
-            shard = self._live.pop(self._ended.popleft(), None)
-            for rest, value in (shard or {}).items():
-                self._retired[rest] = add(self._retired.get(rest), value)
 
-    def _totals(self, into: dict[Key, V]) -> None:
-        """Add every series' total now to ``into`` (lock held for the retired part)."""
-        add = self._family._add
-        self._fold()
-        totals = {rest: add(None, v) for rest, v in self._retired.items()}
-        for shard in list(self._live.values()):
-            # dict.copy() is atomic under the GIL: the owning thread may be mid-update
-            for rest, value in shard.copy().items():
-                totals[rest] = add(totals.get(rest), value)
-        for rest, value in totals.items():
-            key = self.key(rest)
-            into[key] = add(into.get(key), value)
+class CounterSlice(_Slice):
+    #: ``inc(rest, amount)``: add ``amount`` (>= 0, a count or a length: not checked on
+    #: the hot path) to the series ``rest``. An alias, not a wrapper: one call less.
+    inc = _Slice._append
 
 
-class CounterSlice(_Slice[float]):
-    def inc(self, rest: Rest, amount: float = 1) -> None:
-        """Add ``amount`` (>= 0: a count or a length; not checked, this is the hot path
-        and a counter only grows) to the series ``rest``."""
-        try:
-            # one read-modify-write with no call inside it: nothing (not even a
-            # finalizer run by the GC in this thread) can update the entry in between
-            self._local.shard[rest] += amount
-        except (AttributeError, KeyError):
-            self._series(rest, 0.0)
-            self._local.shard[rest] += amount
+class HistogramSlice(_Slice):
+    #: ``observe(rest, value)``: count ``value`` in the series ``rest``.
+    observe = _Slice._append
 
 
-class HistogramSlice(_Slice[list[float]]):
-    """A series' entry is ``[count per bucket..., count above the last bound, sum]``:
-    not cumulative, so an observation touches one bucket."""
-
-    def __init__(self, family: _Family[Any, list[float]], prefix: Key) -> None:
-        super().__init__(family, prefix)
-        assert isinstance(family, ShardedHistogram)
-        self._bounds = family._bounds
-        self._empty = family._empty
-
-    def observe(self, rest: Rest, value: float) -> None:
-        try:
-            h = self._local.shard[rest]
-        except (AttributeError, KeyError):
-            h = self._series(rest, self._empty.copy())
-        # bounds are inclusive (le): a value on a bound counts in that bound's bucket
-        h[bisect_left(self._bounds, value)] += 1
-        h[-1] += value
-
-
-class _Family(Generic[S, V]):
-    """One metric family in one registry: its slices and the collector protocol."""
+class _Family(Generic[S, T]):
+    """One metric family in one registry: its slices, its series in creation order
+    (plain prometheus_client exports children in that order) and the collector
+    protocol."""
 
     _slice_type: type[S]
 
@@ -163,9 +133,7 @@ class _Family(Generic[S, V]):
         self._labelnames = tuple(labelnames)
         self._lock = threading.Lock()
         self._slices: dict[Key, S] = {}
-        # each series' first update in any thread, in that order: plain
-        # prometheus_client exports children in creation order with this timestamp
-        self._created: dict[Key, float] = {}
+        self._all: dict[Key, _Series[T]] = {}
         _families.add(self)
         registry.register(self)
 
@@ -173,30 +141,51 @@ class _Family(Generic[S, V]):
         """The series whose leading label values are ``prefix`` (made once)."""
         found = self._slices.get(prefix)
         if found is None:
-            with self._lock:
-                found = self._slices.setdefault(prefix, self._slice_type(self, prefix))
+            found = self._slices.setdefault(prefix, self._slice_type(self, prefix))
         return found
 
-    def _new_key(self, key: Key) -> None:
-        self._created.setdefault(key, time.time())
+    def _new_series(self, key: Key) -> _Series[T]:
+        """The series of ``key``, made on its first update; two slices may name the
+        same key (``slice("a").inc("b")`` and ``inc(("a", "b"))``)."""
+        found = self._all.get(key)
+        if found is None:
+            found = self._all.setdefault(key, _Series(key, self._zero()))
+        return found
 
-    def _add(self, total: V | None, value: V) -> V:
+    def _fold(self, series: _Series[T]) -> None:
+        """Move ``series``' pending values into its total (lock held). Appends go on
+        while this runs: they land after the first ``n`` values, which only a folder
+        (serialised by the lock) removes."""
+        pending = series.pending
+        n = len(pending)
+        if n:
+            batch = pending[:n]
+            del pending[:n]
+            series.total = self._folded(series.total, batch)
+
+    def _totals(self) -> list[tuple[Key, T, float]]:
+        """Every series' total now, in creation order, with its creation time."""
+        with self._lock:
+            out = []
+            for series in list(self._all.values()):
+                self._fold(series)
+                out.append((series.key, self._copy(series.total), series.created))
+        return out
+
+    def _zero(self) -> T:
         raise NotImplementedError
 
-    def _totals(self) -> dict[Key, V]:
-        """Every series' total now, in creation order."""
-        totals: dict[Key, V] = {}
-        with self._lock:
-            slices = list(self._slices.values())
-            for s in slices:
-                s._totals(totals)
-        return {k: totals[k] for k in self._created.copy() if k in totals}
+    def _folded(self, total: T, batch: list[float]) -> T:
+        raise NotImplementedError
 
-    def _family(self) -> Metric:
+    def _copy(self, total: T) -> T:
+        return total
+
+    def _metric(self) -> Metric:
         raise NotImplementedError
 
     def describe(self) -> list[Metric]:
-        return [self._family()]
+        return [self._metric()]
 
     def collect(self) -> Iterator[Metric]:
         raise NotImplementedError
@@ -205,7 +194,7 @@ class _Family(Generic[S, V]):
         return f"{type(self).__name__}({self._name})"
 
 
-class ShardedCounter(_Family[CounterSlice, float]):
+class BatchedCounter(_Family[CounterSlice, float]):
     """A labelled counter: ``c.slice("checkpoint").inc("ok")``, or ``c.inc(labels)``."""
 
     _slice_type = CounterSlice
@@ -213,23 +202,30 @@ class ShardedCounter(_Family[CounterSlice, float]):
     def inc(self, labels: Key, amount: float = 1) -> None:
         self.slice(*labels).inc((), amount)
 
-    def _add(self, total: float | None, value: float) -> float:
-        return value if total is None else total + value
+    def _zero(self) -> float:
+        return 0.0
 
-    def _family(self) -> CounterMetricFamily:
+    def _folded(self, total: float, batch: list[float]) -> float:
+        # left to right, as prometheus_client adds each increment in turn
+        return reduce(add, batch, total)
+
+    def _metric(self) -> CounterMetricFamily:
         return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        created = self._created if _use_created() else {}
-        for key, value in self._totals().items():
-            family.add_metric(key, value, created=created.get(key))
+        family = self._metric()
+        created = _use_created()
+        for key, total, ts in self._totals():
+            family.add_metric(key, total, created=ts if created else None)
         yield family
 
 
-class ShardedHistogram(_Family[HistogramSlice, list[float]]):
+class BatchedHistogram(_Family[HistogramSlice, list[float]]):
     """A labelled histogram with fixed bucket bounds:
-    ``h.slice("checkpoint").observe("put", seconds)``, or ``h.observe(labels, v)``."""
+    ``h.slice("checkpoint").observe("put", seconds)``, or ``h.observe(labels, v)``.
+
+    A series' total is ``[count per bucket..., count above the last bound, sum]``,
+    not cumulative (the scrape accumulates)."""
 
     _slice_type = HistogramSlice
 
@@ -246,35 +242,40 @@ class ShardedHistogram(_Family[HistogramSlice, list[float]]):
             bounds.pop()
         if not bounds or bounds != sorted(bounds) or bounds[0] < 0:
             raise ValueError(f"{name}: bucket bounds must be sorted and non-negative")
-        self._bounds = tuple(bounds)
+        # bounds are inclusive (le): a value on a bound counts in that bound's bucket
+        self._bucket_of = partial(bisect_left, tuple(bounds))
         self._le = (*(floatToGoString(b) for b in bounds), "+Inf")
-        self._empty = [0.0] * (len(bounds) + 2)
         super().__init__(name, documentation, labelnames, registry)
 
     def observe(self, labels: Key, value: float) -> None:
         self.slice(*labels).observe((), value)
 
-    def _add(self, total: list[float] | None, value: list[float]) -> list[float]:
-        snap = value.copy()  # atomic: the owning thread may be mid-update
-        if total is None:
-            return snap
-        return [a + b for a, b in zip(total, snap, strict=True)]
+    def _zero(self) -> list[float]:
+        return [0.0] * (len(self._le) + 1)
 
-    def _family(self) -> HistogramMetricFamily:
+    def _folded(self, total: list[float], batch: list[float]) -> list[float]:
+        for i in map(self._bucket_of, batch):
+            total[i] += 1
+        total[-1] = reduce(add, batch, total[-1])  # in order, as prometheus_client sums
+        return total
+
+    def _copy(self, total: list[float]) -> list[float]:
+        return total.copy()
+
+    def _metric(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        created = self._created if _use_created() else {}
-        for key, h in self._totals().items():
+        family = self._metric()
+        created = _use_created()
+        for key, total, ts in self._totals():
             acc = 0.0
             buckets: list[tuple[str, float]] = []
-            for le, n in zip(self._le, h[:-1], strict=True):
+            for le, n in zip(self._le, total[:-1], strict=True):
                 acc += n
                 buckets.append((le, acc))
-            family.add_metric(key, buckets, h[-1])
-            ts = created.get(key)
-            if ts is not None:
+            family.add_metric(key, buckets, total[-1])
+            if created:
                 labels = dict(zip(self._labelnames, key, strict=True))
                 family.samples.append(Sample(f"{self._name}_created", labels, ts))
         yield family

@@ -24,8 +24,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from langgraph_valkey_cache._metrics import (
     CounterSlice,
     HistogramSlice,
-    ShardedCounter,
-    ShardedHistogram,
+    BatchedCounter,
+    BatchedHistogram,
 )
 from langgraph_valkey_cache._version import __version__
 
@@ -38,11 +38,11 @@ _NS = "langgraph_valkey_cache"
 
 @dataclass(frozen=True)
 class Metrics:
-    # updated by (nearly) every operation: sharded per thread, see _metrics
-    requests: ShardedCounter
-    duration: ShardedHistogram
-    errors: ShardedCounter
-    stored_bytes: ShardedCounter
+    # updated by (nearly) every operation: one list append each, see _metrics
+    requests: BatchedCounter
+    duration: BatchedHistogram
+    errors: BatchedCounter
+    stored_bytes: BatchedCounter
     # updated on cache hits and fresh LLM responses only: plain prometheus_client
     cost_saved: Counter
     tokens_saved: Counter
@@ -63,20 +63,20 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     found = _metrics_by_registry.get(id(reg))
     if found is None:
         found = Metrics(
-            requests=ShardedCounter(
+            requests=BatchedCounter(
                 f"{_NS}_requests", "Operations by tier and result", ["tier", "result"], reg
             ),
-            duration=ShardedHistogram(
+            duration=BatchedHistogram(
                 f"{_NS}_operation_duration_seconds",
                 "Duration of operations",
                 ["tier", "operation"],
                 reg,
                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             ),
-            errors=ShardedCounter(
+            errors=BatchedCounter(
                 f"{_NS}_errors", "Server or client errors", ["tier", "operation", "reason"], reg
             ),
-            stored_bytes=ShardedCounter(
+            stored_bytes=BatchedCounter(
                 f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], reg
             ),
             cost_saved=Counter(
@@ -161,9 +161,9 @@ class Telemetry:
 
     The same context manager serves sync and async code (it does no I/O). With no
     OpenTelemetry SDK configured no span is created at all (an API no-op span still
-    costs ~15 us); the per-operation metrics are per-thread dict updates (see
+    costs ~15 us); the per-operation metrics are one list append each (see
     :mod:`._metrics`) and the rarer savings counters bind their children once per label
-    set, so an operation costs one ``perf_counter`` pair and a few dict operations.
+    set, so an operation costs one ``perf_counter`` pair and two or three appends.
     """
 
     def __init__(

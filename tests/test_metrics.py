@@ -1,10 +1,10 @@
-"""The per-thread sharded metric families (_metrics): exact under threads, scraped with
-every update made before the scrape, and exposed exactly as plain prometheus_client
+"""The batched metric families (_metrics): exact under threads, scraped with every
+update made before the scrape, and exposed exactly as plain prometheus_client
 Counter / Histogram families would be for the same updates."""
 
 from __future__ import annotations
 
-import gc
+import sys
 import threading
 from collections.abc import Callable
 
@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from langgraph_valkey_cache._metrics import ShardedCounter, ShardedHistogram
+from langgraph_valkey_cache._metrics import BATCH, BatchedCounter, BatchedHistogram
 from langgraph_valkey_cache._telemetry import Telemetry, get_metrics
 
 _NS = "langgraph_valkey_cache"
@@ -63,13 +63,18 @@ def test_concurrent_updates_on_one_series_are_exact() -> None:
 
     workers = [threading.Thread(target=work) for _ in range(threads)]
     scraper = threading.Thread(target=scrape)
-    for t in (*workers, scraper):
-        t.start()
-    go.set()
-    for t in workers:
-        t.join()
-    done.set()
-    scraper.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: mid-append, mid-fold, mid-scrape
+    try:
+        for t in (*workers, scraper):
+            t.start()
+        go.set()
+        for t in workers:
+            t.join()
+        done.set()
+        scraper.join()
+    finally:
+        sys.setswitchinterval(interval)
 
     assert not failures
     total = threads * per_thread
@@ -77,38 +82,55 @@ def test_concurrent_updates_on_one_series_are_exact() -> None:
     assert len(seen) > 1
     for earlier, later in zip(seen, seen[1:], strict=False):
         assert all(a <= b for a, b in zip(earlier, later, strict=True)), (earlier, later)
-    # the workers ended: their totals stay, their shards are folded into one
-    gc.collect()
-    assert sample() == (total, total, 3 * total)
-    assert not get_metrics(registry).requests.slice("checkpoint")._live
 
 
-def test_many_short_threads_keep_their_counts_in_bounded_memory() -> None:
+def test_pending_values_stay_bounded_without_scrapes() -> None:
     registry = CollectorRegistry()
-    counter = ShardedCounter("churn", "Threads that came and went", ["tier"], registry)
-    for _ in range(20):
-        _threads(10, lambda: counter.inc(("t",), 2))
-    gc.collect()
-    assert registry.get_sample_value("churn_total", {"tier": "t"}) == 400
-    assert len(counter.slice("t")._live) == 0
-    assert len(counter.slice("t")._retired) == 1
+    counter = BatchedCounter("appends", "Appends", ["tier"], registry)
+    part = counter.slice("t")
+
+    def work() -> None:
+        for _ in range(3 * BATCH):
+            part.inc((), 2)
+
+    for _ in range(5):
+        _threads(4, work)
+    # folded by the appending threads as batches filled, no scrape in between
+    assert len(part._pending[()]) < BATCH
+    assert registry.get_sample_value("appends_total", {"tier": "t"}) == 5 * 4 * 3 * BATCH * 2
+    assert not part._pending[()]
 
 
 def test_histogram_buckets_are_cumulative_with_inclusive_bounds() -> None:
     registry = CollectorRegistry()
-    hist = ShardedHistogram("lat", "Latency", ["op"], registry, buckets=(0.1, 1, 5))
+    hist = BatchedHistogram("lat", "Latency", ["op"], registry, buckets=(0.1, 1, 5))
     values = [0.05, 0.1, 0.5, 1.0, 5.0, 7.0, 0.0]
+    rounds = BATCH  # 7 * BATCH values: several batches folded by the appending thread
     part = hist.slice()
-    for v in values[:3]:
-        part.observe(("get",), v)
-    _threads(1, lambda: [hist.observe(("get",), v) for v in values[3:]])  # another shard
+    for _ in range(rounds):
+        for v in values[:3]:
+            part.observe(("get",), v)
+
+    def other() -> None:  # the same series through another slice, from another thread
+        for _ in range(rounds):
+            for v in values[3:]:
+                hist.observe(("get",), v)
+
+    _threads(1, other)
 
     def bucket(le: str) -> float | None:
         return registry.get_sample_value("lat_bucket", {"op": "get", "le": le})
 
-    assert [bucket(le) for le in ("0.1", "1.0", "5.0", "+Inf")] == [3, 5, 6, 7]
-    assert registry.get_sample_value("lat_count", {"op": "get"}) == 7
-    assert registry.get_sample_value("lat_sum", {"op": "get"}) == pytest.approx(sum(values))
+    assert [bucket(le) for le in ("0.1", "1.0", "5.0", "+Inf")] == [
+        3 * rounds,
+        5 * rounds,
+        6 * rounds,
+        7 * rounds,
+    ]
+    assert registry.get_sample_value("lat_count", {"op": "get"}) == 7 * rounds
+    assert registry.get_sample_value("lat_sum", {"op": "get"}) == pytest.approx(
+        sum(values) * rounds
+    )
     assert registry.get_sample_value("lat_bucket", {"op": "put", "le": "+Inf"}) is None
 
 
@@ -206,8 +228,8 @@ def test_created_series_follow_prometheus_switch() -> None:
     import prometheus_client.metrics as pm
 
     registry = CollectorRegistry()
-    ShardedCounter("c", "C", ["a"], registry).inc(("x",))
-    ShardedHistogram("h", "H", ["a"], registry, buckets=(1,)).observe(("x",), 0.5)
+    BatchedCounter("c", "C", ["a"], registry).inc(("x",))
+    BatchedHistogram("h", "H", ["a"], registry, buckets=(1,)).observe(("x",), 0.5)
     assert registry.get_sample_value("c_created", {"a": "x"}) is not None
     assert registry.get_sample_value("h_created", {"a": "x"}) is not None
     was = pm._use_created
@@ -222,9 +244,9 @@ def test_a_family_registers_once_per_registry() -> None:
     registry = CollectorRegistry()
     assert get_metrics(registry) is get_metrics(registry)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        ShardedCounter(f"{_NS}_requests", "again", ["tier", "result"], registry)
+        BatchedCounter(f"{_NS}_requests", "again", ["tier", "result"], registry)
     with pytest.raises(ValueError, match="labels"):
-        ShardedCounter("bad", "Bad", ["a", "b"], registry).inc(("only-one",))
+        BatchedCounter("bad", "Bad", ["a", "b"], registry).inc(("only-one",))
 
 
 def test_metrics_off_binds_nothing() -> None:
