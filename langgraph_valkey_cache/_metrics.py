@@ -70,6 +70,8 @@ class _Slice:
         self._series: dict[Rest, _Series[Any]] = {}
 
     def _append(self, rest: Rest, value: float = 1) -> None:
+        """Add ``value`` to the series ``rest`` (the remaining label value, or values).
+        ``list.append`` is atomic: no lock, and no thread's update is lost."""
         try:
             pending = self._pending[rest]
         except KeyError:

@@ -22,10 +22,10 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from langgraph_valkey_cache._metrics import (
-    CounterSlice,
-    HistogramSlice,
     BatchedCounter,
     BatchedHistogram,
+    CounterSlice,
+    HistogramSlice,
 )
 from langgraph_valkey_cache._version import __version__
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from langgraph_valkey_cache._metrics import BATCH, BatchedCounter, BatchedHistogram
@@ -161,6 +162,8 @@ def _lines(text: bytes, names: set[str]) -> tuple[list[str], set[str]]:
     keep, created = [], set()
     for line in text.decode().splitlines():
         words = line.split(" ")
+        if line == "# EOF":
+            continue
         name = words[2] if line.startswith("#") else line.split("{")[0].split(" ")[0]
         base = name.removesuffix("_total")
         for suffix in ("_bucket", "_count", "_sum", "_created"):
@@ -214,10 +217,11 @@ def test_exposition_equals_plain_prometheus_client() -> None:
         f"{_NS}_errors",
         f"{_NS}_stored_bytes",
     }
-    got, got_created = _lines(generate_latest(ours), names)
-    want, want_created = _lines(generate_latest(plain), names)
-    assert got == want
-    assert got_created == want_created and len(want_created) == 11
+    for exposition in (generate_latest, openmetrics_latest):
+        got, got_created = _lines(exposition(ours), names)
+        want, want_created = _lines(exposition(plain), names)
+        assert got == want
+        assert got_created == want_created and len(want_created) == 11
     # and the parsed families agree too (types, label sets, values)
     parsed = {f.name: f for f in text_string_to_metric_families(generate_latest(ours).decode())}
     assert parsed[f"{_NS}_operation_duration_seconds"].type == "histogram"
