@@ -82,7 +82,13 @@ def pack(args: Sequence[Any], encoder: Encoder) -> list[bytes]:
     head = [b"*%d\r\n" % len(args)]
     chunks: list[bytes] = []
     for value in args:
-        b = _arg(value, encoder)
+        t = type(value)  # _arg's common cases inlined: a put has ~24 arguments
+        if t is bytes:
+            b = value
+        elif t is str:
+            b = value.encode(encoder.encoding, encoder.encoding_errors)
+        else:
+            b = _arg(value, encoder)
         if len(b) < _BIG:
             head.append(b"$%d\r\n%b\r\n" % (len(b), b))
         else:  # no copy of a large value into the command buffer
