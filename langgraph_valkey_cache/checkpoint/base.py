@@ -95,7 +95,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_token_prefix)
 _REMEMBER_LIST = 1 << 20  # the last version of lists up to 1 MB is kept, per channel...
 _LISTS_SIZE = 256  # ...of this many (thread, namespace, channel)s...
-_LISTS_BYTES = 32 << 20  # ...and this many bytes in all (then forgotten at once)
+_LISTS_BYTES = 16 << 20  # ...and this many stored bytes in all (then forgotten at once)
 
 
 @dataclass(frozen=True)
