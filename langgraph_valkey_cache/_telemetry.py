@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from langgraph_valkey_cache._metrics import (
     BatchedCounter,
@@ -38,20 +38,20 @@ _NS = "langgraph_valkey_cache"
 
 @dataclass(frozen=True)
 class Metrics:
-    # updated by (nearly) every operation: one list append each, see _metrics
+    # every family: one list append per update (see _metrics); these four by (nearly)
+    # every operation, the rest by every cache hit (savings) or fresh LLM response
     requests: BatchedCounter
     duration: BatchedHistogram
     errors: BatchedCounter
     stored_bytes: BatchedCounter
-    # updated on cache hits and fresh LLM responses only: plain prometheus_client
-    cost_saved: Counter
-    tokens_saved: Counter
-    model_saved: Counter
-    time_saved: Counter
-    calls_saved: Counter
-    provider_tokens: Counter
-    provider_saved: Counter
-    provider_premium: Counter
+    cost_saved: BatchedCounter
+    tokens_saved: BatchedCounter
+    model_saved: BatchedCounter
+    time_saved: BatchedCounter
+    calls_saved: BatchedCounter
+    provider_tokens: BatchedCounter
+    provider_saved: BatchedCounter
+    provider_premium: BatchedCounter
 
 
 _metrics_by_registry: dict[int, Metrics] = {}
@@ -79,56 +79,56 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             stored_bytes=BatchedCounter(
                 f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], reg
             ),
-            cost_saved=Counter(
+            cost_saved=BatchedCounter(
                 f"{_NS}_cost_saved_usd",
                 "Estimated cost saved by cache hits",
                 ["tier"],
-                registry=reg,
+                reg,
             ),
-            tokens_saved=Counter(
+            tokens_saved=BatchedCounter(
                 f"{_NS}_tokens_saved",
                 "Input plus output tokens of the cached responses LLM-cache hits served",
                 ["tier", "model"],
-                registry=reg,
+                reg,
             ),
-            model_saved=Counter(
+            model_saved=BatchedCounter(
                 f"{_NS}_model_saved_usd",
                 "Price of the cached responses LLM-cache hits served, by model",
                 ["tier", "model"],
-                registry=reg,
+                reg,
             ),
-            time_saved=Counter(
+            time_saved=BatchedCounter(
                 f"{_NS}_time_saved_seconds",
                 "Run time of the tool calls tool-cache hits avoided",
                 ["tier", "tool"],
-                registry=reg,
+                reg,
             ),
-            calls_saved=Counter(
+            calls_saved=BatchedCounter(
                 f"{_NS}_calls_saved",
                 "Embedding calls (texts) embedding-cache hits avoided",
                 ["tier"],
-                registry=reg,
+                reg,
             ),
-            provider_tokens=Counter(
+            provider_tokens=BatchedCounter(
                 f"{_NS}_provider_cache_tokens",
                 "Input tokens of fresh model responses, all (kind=input) and those read "
                 "from (read) or written to (write) the provider's prompt cache",
                 ["tier", "model", "kind"],
-                registry=reg,
+                reg,
             ),
-            provider_saved=Counter(
+            provider_saved=BatchedCounter(
                 f"{_NS}_provider_cache_saved_usd",
                 "What provider prompt-cache reads saved on fresh responses (read at the "
                 "cached rate against the input rate; the write premium is apart)",
                 ["tier", "model"],
-                registry=reg,
+                reg,
             ),
-            provider_premium=Counter(
+            provider_premium=BatchedCounter(
                 f"{_NS}_provider_cache_write_premium_usd",
                 "What provider prompt-cache writes cost above the input rate on fresh "
                 "responses (net saving = provider_cache_saved_usd minus this)",
                 ["tier", "model"],
-                registry=reg,
+                reg,
             ),
         )
         _metrics_by_registry[id(reg)] = found
@@ -162,8 +162,9 @@ class Telemetry:
     The same context manager serves sync and async code (it does no I/O). With no
     OpenTelemetry SDK configured no span is created at all (an API no-op span still
     costs ~15 us); the per-operation metrics are one list append each (see
-    :mod:`._metrics`) and the rarer savings counters bind their children once per label
-    set, so an operation costs one ``perf_counter`` pair and two or three appends.
+    :mod:`._metrics`; a component binds its tier's slice of each family once), so an
+    operation costs one ``perf_counter`` pair and two or three appends (an LLM-cache hit
+    a few more: the savings).
     """
 
     def __init__(
@@ -192,16 +193,15 @@ class Telemetry:
         }
         if server_address:
             self._attrs["server.address"] = server_address
-        self._bound: dict[tuple[str, ...], Any] = {}
+        self._bound: dict[str, CounterSlice] = {}
 
-    def _child(self, family: str, *labels: str) -> Any:
-        key = (family, *labels)
-        child = self._bound.get(key)
-        if child is None:
+    def _part(self, family: str) -> CounterSlice:
+        """This tier's slice of counter family ``family`` (bound on first use)."""
+        found = self._bound.get(family)
+        if found is None:
             assert self._metrics is not None
-            child = getattr(self._metrics, family).labels(self.tier, *labels)
-            self._bound[key] = child
-        return child
+            found = self._bound[family] = getattr(self._metrics, family).slice(self.tier)
+        return found
 
     # -- spans --------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ class Telemetry:
 
     def saved(self, usd: float) -> None:
         if self._metrics is not None and usd > 0:
-            self._child("cost_saved").inc(usd)
+            self._part("cost_saved").inc((), usd)
 
     def label(self, kind: str, name: str) -> str:
         """``name`` as a metric label / stats field, from a bounded set: the first
@@ -304,15 +304,15 @@ class Telemetry:
         if self._metrics is None:
             return
         if t.saved_usd > 0:
-            self._child("cost_saved").inc(t.saved_usd)
+            self._part("cost_saved").inc((), t.saved_usd)
             if model is not None:
-                self._child("model_saved", model).inc(t.saved_usd)
+                self._part("model_saved").inc(model, t.saved_usd)
         if t.tokens_saved:
-            self._child("tokens_saved", model or "unknown").inc(t.tokens_saved)
+            self._part("tokens_saved").inc(model or "unknown", t.tokens_saved)
         if t.saved_ms:
-            self._child("time_saved", tool or "unknown").inc(t.saved_ms / 1000)
+            self._part("time_saved").inc(tool or "unknown", t.saved_ms / 1000)
         if t.calls_saved:
-            self._child("calls_saved").inc(t.calls_saved)
+            self._part("calls_saved").inc((), t.calls_saved)
 
     def provider_cache(self, t: Any, model: str | None) -> None:
         """What the provider's prompt cache did on a fresh response."""
@@ -325,14 +325,14 @@ class Telemetry:
             ("write", t.provider_write_tokens),
         ):
             if n:
-                self._child("provider_tokens", m, kind).inc(n)
+                self._part("provider_tokens").inc((m, kind), n)
         # counters only grow: the read saving and the write premium apart (net = the
         # difference, what stats() reports as provider_saved_usd)
         read_saving = t.provider_saved_usd + t.provider_premium_usd
         if read_saving > 0:
-            self._child("provider_saved", m).inc(read_saving)
+            self._part("provider_saved").inc(m, read_saving)
         if t.provider_premium_usd > 0:
-            self._child("provider_premium", m).inc(t.provider_premium_usd)
+            self._part("provider_premium").inc(m, t.provider_premium_usd)
 
 
 #: Distinct model / tool names per tier and process that keep their own label.
