@@ -383,3 +383,32 @@ def test_a_put_serialises_only_new_or_changed_items(valkey_url: str, prefix: str
         "reassigned"
     )
     client.close()
+
+
+def test_reused_items_are_sent_again_after_the_thread_was_deleted(
+    valkey_url: str, prefix: str
+) -> None:
+    """The items a put does not serialise again (same objects as the previous version)
+    are still sent when the server no longer has them: after delete_thread, and after
+    another saver deleted the thread behind this one's back."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix)
+    other = ValkeySaver(client, prefix=prefix)
+    msgs: list[Any] = [HumanMessage(f"q{i}", id=f"h{i}") for i in range(3)]
+
+    def put(items: list[Any], version: int) -> Any:
+        versions: dict[str, str | int | float] = {"messages": version}
+        cp = generate_checkpoint(channel_values={"messages": items}, channel_versions=versions)
+        cfg = {"configurable": {"thread_id": "gone", "checkpoint_ns": ""}}
+        return saver.put(cfg, cp, generate_metadata(), versions)
+
+    put(msgs, 1)
+    for deleter in (saver, other):
+        deleter.delete_thread("gone")
+        msgs = [*msgs, AIMessage(f"a{len(msgs)}", id=f"a{len(msgs)}")]
+        cfg = put(msgs, len(msgs))
+        tup = saver.get_tuple(cfg)
+        assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs
+    client.close()
