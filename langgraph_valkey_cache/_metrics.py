@@ -27,15 +27,25 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from functools import partial, reduce
 from operator import add
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import prometheus_client.metrics
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["BATCH", "CounterSlice", "HistogramSlice", "BatchedCounter", "BatchedHistogram"]
+__all__ = [
+    "BATCH",
+    "BatchedCounter",
+    "BatchedHistogram",
+    "CounterPart",
+    "CounterSlice",
+    "HistogramPart",
+    "HistogramSlice",
+    "counter_family",
+    "histogram_family",
+]
 
 #: Pending values per series that make the appending thread fold them.
 BATCH = 256
@@ -299,3 +309,88 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+# -- prometheus_client's multiprocess mode ------------------------------------------------
+
+
+class CounterPart(Protocol):
+    """What a component holds of a counter family: its tier's slice."""
+
+    def inc(self, rest: Rest, value: float = 1) -> None: ...
+
+
+class HistogramPart(Protocol):
+    def observe(self, rest: Rest, value: float) -> None: ...
+
+
+def multiprocess_mode() -> bool:
+    """prometheus_client's multiprocess mode (gunicorn-style workers; its environment
+    variable picks it before the first metric): values live in files that its
+    ``MultiProcessCollector`` sums over the worker processes, which a collector of our
+    own cannot take part in. The families are plain prometheus_client ones then."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ
+
+
+class _PlainSlice:
+    """A tier's slice of a plain prometheus_client family: children bound once."""
+
+    def __init__(self, metric: Any, prefix: Key) -> None:
+        self._metric = metric
+        self._prefix = prefix
+        self._children: dict[Rest, Any] = {}
+
+    def _child(self, rest: Rest) -> Any:
+        child = self._children.get(rest)
+        if child is None:
+            labels = self._prefix + ((rest,) if isinstance(rest, str) else rest)
+            child = self._children.setdefault(rest, self._metric.labels(*labels))
+        return child
+
+    def inc(self, rest: Rest, value: float = 1) -> None:
+        self._child(rest).inc(value)
+
+    def observe(self, rest: Rest, value: float) -> None:
+        self._child(rest).observe(value)
+
+
+class _PlainFamily:
+    """A plain prometheus_client ``Counter`` / ``Histogram`` behind the batched families'
+    ``slice`` interface (it registers itself; this wrapper is not a collector)."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._labelnames = tuple(metric._labelnames)
+        self._slices: dict[Key, _PlainSlice] = {}
+
+    def slice(self, *prefix: str) -> _PlainSlice:
+        found = self._slices.get(prefix)
+        if found is None:
+            found = self._slices.setdefault(prefix, _PlainSlice(self._metric, prefix))
+        return found
+
+    def describe(self) -> list[Metric]:
+        return list(self._metric.describe())
+
+
+def counter_family(
+    name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+) -> BatchedCounter | _PlainFamily:
+    """A labelled counter: batched, or plain in prometheus_client's multiprocess mode."""
+    if multiprocess_mode():
+        return _PlainFamily(Counter(name, documentation, labelnames, registry=registry))
+    return BatchedCounter(name, documentation, labelnames, registry)
+
+
+def histogram_family(
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str],
+    registry: CollectorRegistry,
+    buckets: Sequence[float],
+) -> BatchedHistogram | _PlainFamily:
+    """A labelled histogram: batched, or plain in prometheus_client's multiprocess mode."""
+    if multiprocess_mode():
+        metric = Histogram(name, documentation, labelnames, registry=registry, buckets=buckets)
+        return _PlainFamily(metric)
+    return BatchedHistogram(name, documentation, labelnames, registry, buckets=buckets)

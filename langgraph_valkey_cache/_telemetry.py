@@ -22,10 +22,10 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from langgraph_valkey_cache._metrics import (
-    BatchedCounter,
-    BatchedHistogram,
-    CounterSlice,
-    HistogramSlice,
+    CounterPart,
+    HistogramPart,
+    counter_family,
+    histogram_family,
 )
 from langgraph_valkey_cache._version import __version__
 
@@ -38,20 +38,22 @@ _NS = "langgraph_valkey_cache"
 
 @dataclass(frozen=True)
 class Metrics:
-    # every family: one list append per update (see _metrics); these four by (nearly)
-    # every operation, the rest by every cache hit (savings) or fresh LLM response
-    requests: BatchedCounter
-    duration: BatchedHistogram
-    errors: BatchedCounter
-    stored_bytes: BatchedCounter
-    cost_saved: BatchedCounter
-    tokens_saved: BatchedCounter
-    model_saved: BatchedCounter
-    time_saved: BatchedCounter
-    calls_saved: BatchedCounter
-    provider_tokens: BatchedCounter
-    provider_saved: BatchedCounter
-    provider_premium: BatchedCounter
+    # _metrics.BatchedCounter / BatchedHistogram, one list append per update (plain
+    # prometheus_client families in its multiprocess mode: _metrics.multiprocess_mode);
+    # these four by (nearly) every operation, the rest by every cache hit (savings) or
+    # fresh LLM response
+    requests: Any
+    duration: Any
+    errors: Any
+    stored_bytes: Any
+    cost_saved: Any
+    tokens_saved: Any
+    model_saved: Any
+    time_saved: Any
+    calls_saved: Any
+    provider_tokens: Any
+    provider_saved: Any
+    provider_premium: Any
 
 
 _metrics_by_registry: dict[int, Metrics] = {}
@@ -63,67 +65,67 @@ def get_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     found = _metrics_by_registry.get(id(reg))
     if found is None:
         found = Metrics(
-            requests=BatchedCounter(
+            requests=counter_family(
                 f"{_NS}_requests", "Operations by tier and result", ["tier", "result"], reg
             ),
-            duration=BatchedHistogram(
+            duration=histogram_family(
                 f"{_NS}_operation_duration_seconds",
                 "Duration of operations",
                 ["tier", "operation"],
                 reg,
                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             ),
-            errors=BatchedCounter(
+            errors=counter_family(
                 f"{_NS}_errors", "Server or client errors", ["tier", "operation", "reason"], reg
             ),
-            stored_bytes=BatchedCounter(
+            stored_bytes=counter_family(
                 f"{_NS}_stored_bytes", "Bytes written to Valkey", ["tier"], reg
             ),
-            cost_saved=BatchedCounter(
+            cost_saved=counter_family(
                 f"{_NS}_cost_saved_usd",
                 "Estimated cost saved by cache hits",
                 ["tier"],
                 reg,
             ),
-            tokens_saved=BatchedCounter(
+            tokens_saved=counter_family(
                 f"{_NS}_tokens_saved",
                 "Input plus output tokens of the cached responses LLM-cache hits served",
                 ["tier", "model"],
                 reg,
             ),
-            model_saved=BatchedCounter(
+            model_saved=counter_family(
                 f"{_NS}_model_saved_usd",
                 "Price of the cached responses LLM-cache hits served, by model",
                 ["tier", "model"],
                 reg,
             ),
-            time_saved=BatchedCounter(
+            time_saved=counter_family(
                 f"{_NS}_time_saved_seconds",
                 "Run time of the tool calls tool-cache hits avoided",
                 ["tier", "tool"],
                 reg,
             ),
-            calls_saved=BatchedCounter(
+            calls_saved=counter_family(
                 f"{_NS}_calls_saved",
                 "Embedding calls (texts) embedding-cache hits avoided",
                 ["tier"],
                 reg,
             ),
-            provider_tokens=BatchedCounter(
+            provider_tokens=counter_family(
                 f"{_NS}_provider_cache_tokens",
                 "Input tokens of fresh model responses, all (kind=input) and those read "
                 "from (read) or written to (write) the provider's prompt cache",
                 ["tier", "model", "kind"],
                 reg,
             ),
-            provider_saved=BatchedCounter(
+            provider_saved=counter_family(
                 f"{_NS}_provider_cache_saved_usd",
                 "What provider prompt-cache reads saved on fresh responses (read at the "
                 "cached rate against the input rate; the write premium is apart)",
                 ["tier", "model"],
                 reg,
             ),
-            provider_premium=BatchedCounter(
+            provider_premium=counter_family(
                 f"{_NS}_provider_cache_write_premium_usd",
                 "What provider prompt-cache writes cost above the input rate on fresh "
                 "responses (net saving = provider_cache_saved_usd minus this)",
@@ -177,10 +179,10 @@ class Telemetry:
         self.tier = tier
         self._metrics: Metrics | None = None
         # this tier's slices of the per-operation families, bound once
-        self._duration: HistogramSlice | None = None
-        self._requests: CounterSlice | None = None
-        self._errors: CounterSlice | None = None
-        self._stored: CounterSlice | None = None
+        self._duration: HistogramPart | None = None
+        self._requests: CounterPart | None = None
+        self._errors: CounterPart | None = None
+        self._stored: CounterPart | None = None
         if metrics is not False:
             m = self._metrics = get_metrics(None if metrics is True else metrics)
             self._duration = m.duration.slice(tier)
@@ -193,9 +195,9 @@ class Telemetry:
         }
         if server_address:
             self._attrs["server.address"] = server_address
-        self._bound: dict[str, CounterSlice] = {}
+        self._bound: dict[str, CounterPart] = {}
 
-    def _part(self, family: str) -> CounterSlice:
+    def _part(self, family: str) -> CounterPart:
         """This tier's slice of counter family ``family`` (bound on first use)."""
         found = self._bound.get(family)
         if found is None:

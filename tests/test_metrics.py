@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -260,3 +261,45 @@ def test_metrics_off_binds_nothing() -> None:
     tel.result("hit")
     tel.stored(10)
     tel.error("put")
+
+
+_MULTIPROCESS_SCRIPT = """
+import sys
+from langchain_core.outputs import Generation
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from langgraph_valkey_cache import ValkeyCache
+from langgraph_valkey_cache._client import client_from_url
+from langgraph_valkey_cache._metrics import multiprocess_mode
+
+assert multiprocess_mode()
+cache = ValkeyCache(client_from_url(sys.argv[1]), prefix=sys.argv[2])
+cache.update("prompt", "llm", [Generation(text="x")])
+for _ in range(3):
+    assert cache.lookup("prompt", "llm")
+registry = CollectorRegistry()
+MultiProcessCollector(registry)  # what a gunicorn worker's /metrics serves
+ns = "langgraph_valkey_cache"
+hits = registry.get_sample_value(ns + "_requests_total", {"tier": "llm_cache", "result": "hit"})
+n = registry.get_sample_value(
+    ns + "_operation_duration_seconds_count", {"tier": "llm_cache", "operation": "lookup"}
+)
+print(hits, n)
+"""
+
+
+def test_prometheus_multiprocess_mode_gets_plain_families(
+    valkey_url: str, prefix: str, tmp_path: Any
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set (gunicorn-style workers), the families are
+    prometheus_client's own, so its MultiProcessCollector sums them over the workers:
+    a real cache in a fresh process, read back through that collector."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MULTIPROCESS_SCRIPT, valkey_url, prefix],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.split() == ["3.0", "3.0"], out.stderr
