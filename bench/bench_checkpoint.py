@@ -30,6 +30,9 @@ loop (about 11 KB of state at the end) and for a 50-message chat thread (25 turn
 ~400-character messages drawn from a Zipf vocabulary, about as compressible as prose),
 for our saver as is, with ``compress_min_bytes=1024`` and langgraph-checkpoint-aws's.
 
+``--thread-lengths 20,100,400`` adds the client CPU of one ``put`` that appends a message
+to a thread of that many messages, per saver (a long conversation's cost per step).
+
 ``--one-way-ms`` routes every saver through a delaying TCP proxy (bench/_latency.py,
 its own process) to show what round trips cost over a real network; the measured
 round-trip time is printed.
@@ -305,6 +308,44 @@ def state_bytes(saver: Any, config: dict[str, Any]) -> int:
     )
 
 
+def long_thread_table(
+    savers: dict[str, Any], lengths: list[int], puts: int = 40
+) -> list[tuple[int, dict[str, float]]]:
+    """Median client CPU us of one ``put`` that appends a message to a thread of N
+    messages (the same message objects from put to put, as LangGraph hands them over),
+    per saver: what a long conversation costs each step."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    def checkpoint(msgs: list[Any], version: int) -> Any:
+        cp = empty_checkpoint()
+        cp["id"] = f"{version:08d}-{random.getrandbits(64):016x}"
+        cp["channel_values"] = {"messages": msgs}
+        cp["channel_versions"] = {"messages": version}
+        return cp
+
+    out = []
+    for n in lengths:
+        row = {}
+        for name, saver in savers.items():
+            msgs: list[Any] = [
+                HumanMessage("q " * 60, id=f"h{i}") if i % 2 == 0 else AIMessage("a " * 120)
+                for i in range(n)
+            ]
+            cfg = {"configurable": {"thread_id": f"long-{n}", "checkpoint_ns": ""}}
+            first = checkpoint(msgs, 1)
+            cfg = saver.put(cfg, first, {"source": "loop", "step": 0}, {"messages": 1})
+            times = []
+            for k in range(puts):
+                msgs = [*msgs, AIMessage(f"n{k} " * 50, id=f"n{n}-{k}")]
+                cp, meta = checkpoint(msgs, k + 2), {"source": "loop", "step": k + 1}
+                t = time.process_time()
+                cfg = saver.put(cfg, cp, meta, {"messages": k + 2})
+                times.append(time.process_time() - t)
+            row[name] = statistics.median(times) * 1e6
+        out.append((n, row))
+    return out
+
+
 def memory_table(
     raw: valkey.Valkey, url: str, make_client: Any
 ) -> list[tuple[str, str, float, int]]:
@@ -358,6 +399,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="agent-loop runs, best kept")
     parser.add_argument("--memory", action="store_true", help="server bytes per checkpoint")
     parser.add_argument(
+        "--thread-lengths",
+        default="",
+        help="comma-separated message counts, e.g. 20,100,400: CPU of one put per length",
+    )
+    parser.add_argument(
         "--client",
         choices=("ours", "plain"),
         default="ours",
@@ -386,6 +432,21 @@ def main() -> None:
             print(f"through a delaying proxy: measured RTT {measured_rtt_ms(url):.2f} ms")
 
         mem_rows = memory_table(raw, url, make_client) if args.memory else []
+        long_rows: list[tuple[int, dict[str, float]]] = []
+        if args.thread_lengths:
+            long_savers: dict[str, Any] = {
+                "InMemorySaver": InMemorySaver(),
+                "ValkeySaver (ours)": ValkeySaver(make_client(url), prefix="long"),
+            }
+            try:
+                from langgraph_checkpoint_aws import ValkeySaver as AwsLongSaver
+            except ImportError:
+                pass
+            else:
+                long_savers["langgraph-checkpoint-aws ValkeySaver"] = AwsLongSaver(make_client(url))
+            lengths = [int(x) for x in args.thread_lengths.split(",")]
+            long_rows = long_thread_table(long_savers, lengths)
+            raw.flushdb()
         ops_rows: list[tuple[str, dict[str, tuple[float, float]]]] = []
         calls = record_calls() if args.ops else []
         if calls:
@@ -507,6 +568,12 @@ def main() -> None:
                   f"{(wall - floor_wall) / steps * 1e6:>8.0f}"
                   f"{cpu / steps * 1e6:>8.0f}{cpu / base_cpu:>8.2f}{xac}"
                   f"{(cpu - floor_cpu) / steps * 1e6:>8.0f}{b:>11}  {rt}")  # fmt: skip
+        if long_rows:
+            print("\nclient CPU us of one put appending a message to a thread of N messages")
+            names = list(long_rows[0][1])
+            print(f"{'messages':>9}" + "".join(f"{n[:34]:>36}" for n in names))
+            for n, row in long_rows:
+                print(f"{n:>9}" + "".join(f"{row[name]:>36.0f}" for name in names))
         if mem_rows:
             print("\nserver bytes per checkpoint (MEMORY USAGE of every key / checkpoints)")
             print(f"{'scenario':<24}{'saver':<46}{'bytes/ckpt':>12}{'x aws':>8}{'state B':>9}")
