@@ -120,15 +120,29 @@ local function item_refs(blob)
   end
   return out
 end
--- per blob, the items of the list blobs ({} for the others)
+-- per blob, the items of the list blobs ({} for the others). When every item is there
+-- and stored raw (0x00 + its msgpack bytes: self-delimiting), one string of their bytes
+-- joined: the client then parses one reply, not one per message (a long thread's
+-- get_tuple spent ~2 us per item there); else the items one by one ('' when missing)
 local function load_items(ks, blobs)
   local out = {}
   for i, blob in ipairs(blobs) do
     local refs = item_refs(blob)
     if #refs > 0 then
       local got = hmget(ks.e, refs)
-      for j = 1, #refs do if not got[j] then got[j] = '' end end
-      out[i] = got
+      local raw = true
+      for j = 1, #refs do
+        local it = got[j]
+        if not it then got[j] = ''; raw = false
+        elseif string.byte(it, 1) ~= 0 then raw = false end
+      end
+      if raw then
+        local parts = {}
+        for j = 1, #refs do parts[j] = string.sub(got[j], 2) end
+        out[i] = table.concat(parts)
+      else
+        out[i] = got
+      end
     else
       out[i] = {}
     end

@@ -412,3 +412,27 @@ def test_reused_items_are_sent_again_after_the_thread_was_deleted(
         tup = saver.get_tuple(cfg)
         assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs
     client.close()
+
+
+@pytest.mark.parametrize("compress", [None, 64])
+def test_a_missing_item_is_reported_not_skipped(
+    valkey_url: str, prefix: str, compress: int | None
+) -> None:
+    """A list reads back whole or raises naming its channel: the script joins raw items
+    into one reply only when every item is there (with compressed items too)."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_metadata
+
+    client = client_from_url(valkey_url)
+    saver = ValkeySaver(client, prefix=prefix, compress_min_bytes=compress)
+    msgs = [HumanMessage(("long " * 40) if i % 2 else f"q{i}", id=f"m{i}") for i in range(6)]
+    versions: dict[str, str | int | float] = {"messages": 1}
+    cp = generate_checkpoint(channel_values={"messages": msgs}, channel_versions=versions)
+    cfg = {"configurable": {"thread_id": "dmg", "checkpoint_ns": ""}}
+    cfg = saver.put(cfg, cp, generate_metadata(), versions)
+    tup = saver.get_tuple(cfg)
+    assert tup is not None and tup.checkpoint["channel_values"]["messages"] == msgs
+    key = saver.keys.base("dmg") + "e:"
+    client.hdel(key, next(f for f in client.hkeys(key) if len(f) == 16))
+    with pytest.raises(RuntimeError, match="'messages' is missing"):
+        saver.get_tuple(cfg)
+    client.close()

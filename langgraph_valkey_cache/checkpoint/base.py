@@ -509,16 +509,21 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
     def _unblob(self, blob: bytes) -> Any:
         return self.serde.loads_typed(unpack_typed(_unz(blob)))
 
-    def _value(self, blob: bytes, items: Sequence[bytes], channel: str) -> Any:
-        """A channel value: one blob, or a list reassembled from its stored items."""
+    def _value(self, blob: bytes, items: bytes | Sequence[bytes], channel: str) -> Any:
+        """A channel value: one blob, or a list reassembled from its stored items (the
+        script sends raw items joined into one string, see ``load_items``)."""
         if blob[:1] != _ITEMS:
             return self._unblob(blob)
-        if len(items) * 16 != len(blob) - 1 or not all(items):
+        n = (len(blob) - 1) // 16
+        if isinstance(items, bytes):
+            body = items
+        elif len(items) != n or not all(items):
             raise RuntimeError(
                 f"checkpoint data is damaged: an item of list channel {channel!r} is missing"
             )
-        parts = [it[1:] if it[:1] == _RAW else _zstd_loads(it[1:]) for it in items]
-        return self.serde.loads_typed(("msgpack", _array_header(len(parts)) + b"".join(parts)))
+        else:
+            body = b"".join([it[1:] if it[:1] == _RAW else _zstd_loads(it[1:]) for it in items])
+        return self.serde.loads_typed(("msgpack", _array_header(n) + body))
 
     def _list_blob(
         self,
