@@ -18,7 +18,9 @@ The executor alone owns the failure policy (DESIGN.md, "Faults"):
   server is probed every 0.25 s. Caching therefore resumes about a second after the server's
   return. One warning per outage, one info line when the server is back.
 * **Budget.** Async steps run under a deadline of ``timeout`` seconds each, whatever the
-  client (a user's client without timeouts included). Sync steps are bounded by the
+  client (a user's client without timeouts included): on the lean path the wire keeps it
+  (one timer per event loop aborts an exchange past its deadline), elsewhere
+  ``asyncio.timeout``. Sync steps are bounded by the
   client's socket timeout; clients built by :func:`cache_client_from_url` get the
   budget as socket timeout, no retries and no health-check PINGs.
 * **Classification.** A failed step is thrown into the plan as :class:`CacheUnavailable`
@@ -634,20 +636,21 @@ class Executor:
 
     # -- sync -------------------------------------------------------------------------------
 
-    def _on_wire(self, step: Any) -> Any:
+    def _on_wire(self, step: Any, **budget: float) -> Any:
         """A ``Cmd``, ``Pipe`` or ``Script`` on the lean path of a standalone client: the
-        reply (``Wire``) or an awaitable of it (``AsyncWire``), so both drivers share it."""
+        reply (``Wire``) or an awaitable of it (``AsyncWire``, which then bounds the step
+        by ``budget=`` itself), so both drivers share it."""
         wire = self.wire
         t = type(step)
         if t is Cmd:
             if step.node == "primaries":  # the one primary: its reply or error, in a list
-                return wire.pipeline((step.args,), raise_on_error=False)
-            return wire.call(step.args)
+                return wire.pipeline((step.args,), raise_on_error=False, **budget)
+            return wire.call(step.args, **budget)
         if t is Pipe:
-            return wire.pipeline(step.cmds)
+            return wire.pipeline(step.cmds, **budget)
         if t is Script:
             script = step.registry.bind(self.client)[step.name]
-            return wire.evalsha(script, step.keys, step.args)
+            return wire.evalsha(script, step.keys, step.args, **budget)
         raise TypeError(f"unexpected plan step {step!r}")
 
     def _io(self, step: Any) -> Any:
@@ -778,6 +781,10 @@ class Executor:
             # an async cluster client's first use discovers the slots (several round
             # trips to every node): allowed up to a second, once, then the budget holds
             await asyncio.wait_for(self.client.initialize(), max(self.timeout, 1.0))
+        if self.wire is not None and self.is_async and type(step) is not Scan:
+            # the lean path keeps the budget with its loop's one deadline timer: a timer
+            # per step here cost as much CPU as the round trip's syscalls
+            return await self._on_wire(step, budget=self.timeout)
         if _timeout is not None:
             async with _timeout(self.timeout):
                 return await self._aio(step)

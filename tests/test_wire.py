@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import valkey
@@ -277,3 +278,41 @@ async def test_async_tasks_share_it(valkey_url: str, prefix: str) -> None:
     await asyncio.gather(*(work(i) for i in range(8)))
     assert len(w.idle) <= 8
     await c.aclose()
+
+
+async def test_async_deadlines_are_kept_by_one_timer(prefix: str) -> None:
+    """The socket timeout and a caller's budget bound each exchange without a timer per
+    call: a stalled server times out each call at its own deadline (an earlier one
+    armed after a later one included), no late reply reaches the next command, and a
+    thousand calls leave no timer per call on the loop."""
+    with EmbeddedValkey(extra_args=["--enable-debug-command", "yes"]) as server:
+        c = avalkey.Valkey.from_url(server.url, socket_timeout=0.3)
+        w = AsyncWire(c)
+        await w.call(("SET", f"{prefix}k", "mine"))
+        loop: Any = asyncio.get_running_loop()
+        before = len(loop._scheduled)  # the connect's own timers, cancelled, may linger
+        for _ in range(1000):
+            await w.call(("GET", f"{prefix}k"))
+        assert len(loop._scheduled) <= before
+        assert len([h for h in loop._scheduled if not h.cancelled()]) <= 1
+        sleeper = avalkey.Valkey.from_url(server.url)
+
+        async def timed(budget: float | None) -> float:
+            t0 = time.perf_counter()
+            with pytest.raises(VTimeoutError):
+                await w.call(("GET", f"{prefix}k"), budget=budget)
+            return time.perf_counter() - t0
+
+        # two connections idle, so both calls below wait on a read (not on a connect)
+        await asyncio.gather(*(w.call(("GET", f"{prefix}k")) for _ in range(2)))
+        assert len(w.idle) == 2
+        stall = asyncio.ensure_future(sleeper.execute_command("DEBUG", "SLEEP", "0.8"))
+        await asyncio.sleep(0.05)  # the server is asleep from here
+        late, early = await asyncio.gather(timed(None), timed(0.1))
+        assert 0.25 <= late < 0.55, late  # the socket timeout, 0.3 s
+        assert 0.08 <= early < 0.25, early  # the budget, armed after the later deadline
+        await stall
+        assert await w.call(("GET", f"{prefix}k")) == b"mine"
+        assert await w.evalsha(c.register_script("return 7"), (), (), budget=1.0) == 7
+        await sleeper.aclose()
+        await c.aclose()
