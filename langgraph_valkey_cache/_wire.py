@@ -260,8 +260,16 @@ class AsyncWire(_Lane):
         end = 0.0 if limit is None else start + limit
 
         async def once() -> list[Any]:
-            if not conn.is_connected:
-                await conn.connect()
+            if not conn.is_connected:  # a (re)connect: within what is left of the deadline
+                if limit is None:
+                    await conn.connect()
+                else:
+                    try:
+                        await asyncio.wait_for(conn.connect(), max(end - loop.time(), 0.001))
+                    except asyncio.TimeoutError:
+                        raise valkey.exceptions.TimeoutError(
+                            f"Timeout connecting to {conn._host_error()}"
+                        ) from None
             if watch is not None:
                 watch.add(conn, end)
             writer = conn._writer

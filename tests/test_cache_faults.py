@@ -339,6 +339,20 @@ async def test_async_budget_holds_on_a_client_without_timeouts(server: EmbeddedV
     await client.aclose()
 
 
+async def test_async_budget_holds_while_connecting_without_timeouts(
+    server: EmbeddedValkey,
+) -> None:
+    """The same client kind with no connection yet: the connect (the kernel accepts it,
+    the stopped server never answers the handshake) is bounded by the budget too."""
+    client = valkey.asyncio.Valkey.from_url(server.url)
+    cache = ValkeyCache(client, prefix=f"u{uuid.uuid4().hex[:6]}", metrics=False, timeout=BUDGET)
+    with stopped(server):
+        start = time.monotonic()
+        assert await cache.alookup("p", "m") is None
+        assert time.monotonic() - start < BUDGET + SLACK
+    await client.aclose()
+
+
 def test_sync_client_without_socket_timeout_warns(
     server: EmbeddedValkey, caplog: pytest.LogCaptureFixture
 ) -> None:
