@@ -39,7 +39,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from operator import is_
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 import ormsgpack
@@ -236,6 +236,16 @@ _IMMUTABLE = frozenset(
 _CHANGED = object()  # the snapshot of an item that is always serialised again
 
 
+class _ListVersion(NamedTuple):
+    """The last version of a list channel a saver wrote in one thread namespace."""
+
+    items: list[Any]  # the item objects (kept alive: their identity is compared)
+    snaps: list[Any]  # their _snapshot()s
+    refs: list[bytes]  # their digests
+    pairs: list[bytes]  # (digest, stored item) arguments
+    size: int  # stored bytes of the items
+
+
 def _snapshot(obj: Any) -> Any:
     """What decides whether list item ``obj``, the same object as in the previous
     version, still serialises as it did: nothing for an immutable value; for an object
@@ -404,9 +414,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         # there while the items' generation was that one
         self._known: dict[tuple[str, str], tuple[bytes, set[bytes]]] = {}
         self._salts: dict[str, Any] = {}  # channel -> blake2b primed with its name
-        # (thread, ns, channel) -> (the items, their snapshots, digests, item arguments,
-        # stored bytes) of the last list version this saver wrote there
-        self._lists: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        # (thread, ns, channel) -> the last list version this saver wrote there
+        self._lists: dict[tuple[str, str, str], _ListVersion] = {}
         self._lists_bytes = 0
         self._zlocal = threading.local()
         require_bytes_client(client, "the checkpointer", "serialized values are binary")
@@ -551,7 +560,7 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
         prev = self._lists.get(key)
         n, k = len(value), 0
         if prev is not None:
-            objs, snaps = prev[0], prev[1]
+            objs, snaps = prev.items, prev.snaps
             common = min(n, len(objs))
             while k < common and value[k] is objs[k] and _unchanged(value[k], snaps[k]):
                 k += 1
@@ -575,8 +584,8 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             if len(self._salts) >= _KEY_CACHE_SIZE:
                 self._salts.clear()
             self._salts[channel] = salt
-        refs: list[bytes] = prev[2][:k] if k else []  # type: ignore[index]
-        pairs: list[bytes] = prev[3][: 2 * k] if k else []  # type: ignore[index]
+        refs: list[bytes] = prev.refs[:k] if prev is not None else []
+        pairs: list[bytes] = prev.pairs[: 2 * k] if prev is not None else []
         old += pairs
         added: list[bytes] = []
         limit = self.compress_min_bytes
@@ -593,17 +602,18 @@ class ValkeySaverBase(BaseCheckpointSaver[str]):
             added += (ref, stored)
         new += added
         size = sum([len(v) for v in added[1::2]])
-        if k:  # the prefix's stored bytes
-            size += prev[4] if k == len(prev[0]) else sum([len(v) for v in pairs[1::2]])  # type: ignore[index]
+        if prev is not None and k:  # the prefix's stored bytes
+            size += prev.size if k == len(prev.items) else sum([len(v) for v in pairs[1::2]])
         if size <= _REMEMBER_LIST:
-            self._lists_bytes += size - (prev[4] if prev is not None else 0)
+            self._lists_bytes += size - (prev.size if prev is not None else 0)
             if len(self._lists) >= _LISTS_SIZE or self._lists_bytes > _LISTS_BYTES:
                 self._lists.clear()
                 self._lists_bytes = size
-            snaps = (prev[1][:k] if k else []) + [_snapshot(o) for o in value[k:]]  # type: ignore[index]
-            self._lists[key] = (list(value), snaps, refs, pairs + added, size)
+            kept = prev.snaps[:k] if prev is not None else []
+            snaps = kept + [_snapshot(o) for o in value[k:]]
+            self._lists[key] = _ListVersion(list(value), snaps, refs, pairs + added, size)
         elif prev is not None:
-            self._lists_bytes -= prev[4]
+            self._lists_bytes -= prev.size
             self._lists.pop(key, None)
         return _ITEMS + b"".join(refs), None
 
