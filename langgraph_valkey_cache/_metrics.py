@@ -132,6 +132,7 @@ class _Family(Generic[S, T]):
     protocol."""
 
     _slice_type: type[S]
+    _metric_type: Any  # CounterMetricFamily or HistogramMetricFamily
 
     def __init__(
         self,
@@ -194,13 +195,21 @@ class _Family(Generic[S, T]):
         return total
 
     def _metric(self) -> Metric:
+        return self._metric_type(self._name, self._documentation, labels=self._labelnames)
+
+    def _add(self, family: Any, key: Key, total: T, created: float | None) -> None:
+        """Add one series' samples to ``family`` (``created``: None when disabled)."""
         raise NotImplementedError
 
     def describe(self) -> list[Metric]:
         return [self._metric()]
 
     def collect(self) -> Iterator[Metric]:
-        raise NotImplementedError
+        family = self._metric()
+        created = _use_created()
+        for key, total, ts in self._totals():
+            self._add(family, key, total, ts if created else None)
+        yield family
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._name})"
@@ -210,6 +219,7 @@ class BatchedCounter(_Family[CounterSlice, float]):
     """A labelled counter: ``c.slice("checkpoint").inc("ok")``, or ``c.inc(labels)``."""
 
     _slice_type = CounterSlice
+    _metric_type = CounterMetricFamily
 
     def inc(self, labels: Key, amount: float = 1) -> None:
         self.slice(*labels).inc((), amount)
@@ -221,15 +231,8 @@ class BatchedCounter(_Family[CounterSlice, float]):
         # left to right, as prometheus_client adds each increment in turn
         return reduce(add, batch, total)
 
-    def _metric(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._metric()
-        created = _use_created()
-        for key, total, ts in self._totals():
-            family.add_metric(key, total, created=ts if created else None)
-        yield family
+    def _add(self, family: Any, key: Key, total: float, created: float | None) -> None:
+        family.add_metric(key, total, created=created)
 
 
 class BatchedHistogram(_Family[HistogramSlice, list[float]]):
@@ -240,6 +243,7 @@ class BatchedHistogram(_Family[HistogramSlice, list[float]]):
     not cumulative (the scrape accumulates)."""
 
     _slice_type = HistogramSlice
+    _metric_type = HistogramMetricFamily
 
     def __init__(
         self,
@@ -274,23 +278,16 @@ class BatchedHistogram(_Family[HistogramSlice, list[float]]):
     def _copy(self, total: list[float]) -> list[float]:
         return total.copy()
 
-    def _metric(self) -> HistogramMetricFamily:
-        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._metric()
-        created = _use_created()
-        for key, total, ts in self._totals():
-            acc = 0.0
-            buckets: list[tuple[str, float]] = []
-            for le, n in zip(self._le, total[:-1], strict=True):
-                acc += n
-                buckets.append((le, acc))
-            family.add_metric(key, buckets, total[-1])
-            if created:
-                labels = dict(zip(self._labelnames, key, strict=True))
-                family.samples.append(Sample(f"{self._name}_created", labels, ts))
-        yield family
+    def _add(self, family: Any, key: Key, total: list[float], created: float | None) -> None:
+        acc = 0.0
+        buckets: list[tuple[str, float]] = []
+        for le, n in zip(self._le, total[:-1], strict=True):
+            acc += n
+            buckets.append((le, acc))
+        family.add_metric(key, buckets, total[-1])
+        if created is not None:
+            labels = dict(zip(self._labelnames, key, strict=True))
+            family.samples.append(Sample(f"{self._name}_created", labels, created))
 
 
 def _use_created() -> bool:
