@@ -218,7 +218,7 @@ class AsyncWire(_Lane):
         if idle:
             conn, home = idle[-1]
             reader = conn._reader
-            if home is loop and reader is not None and not (reader.at_eof() or reader._buffer):
+            if home is loop and reader is not None and not _spoiled(reader):
                 idle.pop()
                 return conn
         return None
@@ -233,8 +233,7 @@ class AsyncWire(_Lane):
                     pass
                 return conn
             reader = conn._reader
-            if reader is not None and (reader.at_eof() or reader._buffer):
-                # the pool's check: the server closed it, or sent something unasked
+            if reader is not None and _spoiled(reader):
                 await conn.disconnect(nowait=True)
             return conn
         return await self.pool.get_connection("_")
@@ -353,6 +352,12 @@ class AsyncWire(_Lane):
             sha = await self.call(("SCRIPT", "LOAD", script.script), _left(end))
             script.sha = _text(sha)
             return await self.call(("EVALSHA", script.sha, len(keys), *keys, *args), _left(end))
+
+
+def _spoiled(reader: Any) -> bool:
+    """The pool's check of an idle async connection: the server closed it, or sent
+    something unasked (never reuse it as it is)."""
+    return bool(reader.at_eof() or reader._buffer)
 
 
 def _left(end: float | None) -> float | None:
